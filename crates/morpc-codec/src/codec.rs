@@ -1,0 +1,140 @@
+//! The `Codec`: turns frames into bytes and a read buffer back into frames.
+//!
+//! Encoding writes length, flag, optional fields, headers and body into a `BytesMut` and
+//! hands the payload back as a separate `Bytes`, so a writer sends both with one vectored
+//! write without copying the payload. Decoding is incremental over a read buffer.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::{CodecConfig, CodecError, Frame, FrameError, Framing, Message, v05, v07};
+
+/// Length of the frame length prefix.
+pub(crate) const LEN_PREFIX: usize = 4;
+
+/// Largest read-buffer reservation [`Codec::decode`] makes for a partial frame, so memory
+/// follows bytes that arrived, never a length the peer merely claims.
+pub const MAX_DECODE_RESERVE: usize = 64 * 1024;
+
+/// A frame encoder and incremental decoder for one configuration. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Codec {
+    /// The configuration, shared by every clone.
+    config: Arc<CodecConfig>,
+}
+
+impl Codec {
+    /// A codec for `config`.
+    pub fn new(config: CodecConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CodecConfig {
+        &self.config
+    }
+
+    /// The framing.
+    pub fn framing(&self) -> Framing {
+        self.config.framing()
+    }
+
+    /// Appends `frame` to `dst`, except for its payload, which is returned to be written
+    /// right after `dst`'s new bytes (the length prefix already counts it). The payload is
+    /// the message's own `Bytes`, not a copy, unless compression rewrote it.
+    ///
+    /// On error nothing is appended.
+    ///
+    /// # Errors
+    /// [`CodecError::FrameTooLarge`] when the body or frame exceeds the configured limit;
+    /// [`CodecError::Unsupported`] for a ping or pong in V05.
+    #[inline]
+    pub fn encode<M: Message>(
+        &self,
+        frame: &Frame<M>,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Bytes>, CodecError> {
+        let start = dst.len();
+        let result = match self.config.framing() {
+            Framing::V05 => v05::encode(&self.config, frame, dst),
+            Framing::V07 => v07::encode(&self.config, frame, dst),
+        };
+        let payload = result.inspect_err(|_| dst.truncate(start))?;
+        let payload_len = payload.as_ref().map_or(0, Bytes::len);
+        let len = dst.len() - start - LEN_PREFIX + payload_len;
+        let max = self.config.frame_limit().min(u32::MAX as usize);
+        if len > max {
+            dst.truncate(start);
+            return Err(CodecError::FrameTooLarge { size: len, max });
+        }
+        dst[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(payload.filter(|p| !p.is_empty()))
+    }
+
+    /// Decodes the first complete frame of `src`.
+    ///
+    /// Returns `Ok(None)` when `src` does not yet hold a whole frame; nothing is consumed
+    /// then, and at most [`MAX_DECODE_RESERVE`] bytes are reserved in `src`. A complete
+    /// frame is split off the front of `src`; body and payload are zero-copy slices of it
+    /// (unless decompressed).
+    ///
+    /// # Errors
+    /// Any [`CodecError`]: the stream is then out of sync and the connection must close.
+    /// An oversized length prefix fails as soon as its 4 bytes are present.
+    #[inline]
+    pub fn decode<M: Message>(&self, src: &mut BytesMut) -> Result<Option<Frame<M>>, CodecError> {
+        let Some(len) = self.frame_len(src)? else {
+            return Ok(None);
+        };
+        if src.len() < LEN_PREFIX + len {
+            let missing = LEN_PREFIX + len - src.len();
+            src.reserve(missing.min(MAX_DECODE_RESERVE));
+            return Ok(None);
+        }
+        let mut frame = src.split_to(LEN_PREFIX + len).freeze();
+        frame.advance(LEN_PREFIX);
+        match self.config.framing() {
+            Framing::V05 => v05::decode(&self.config, frame),
+            Framing::V07 => v07::decode(&self.config, frame),
+        }
+        .map(Some)
+    }
+
+    /// Reads and validates the length prefix at the front of `src`, if present.
+    ///
+    /// # Errors
+    /// [`FrameError::ZeroLength`] or [`CodecError::FrameTooLarge`].
+    pub fn frame_len(&self, src: &[u8]) -> Result<Option<usize>, CodecError> {
+        let Some(prefix) = src.get(..LEN_PREFIX) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            return Err(FrameError::ZeroLength.into());
+        }
+        let max = self.config.frame_limit();
+        if len > max {
+            return Err(CodecError::FrameTooLarge { size: len, max });
+        }
+        Ok(Some(len))
+    }
+}
+
+/// Reads a big-endian `u32` from the front of `rest`, or reports `section` as truncated.
+pub(crate) fn take_u32(rest: &mut Bytes, section: &'static str) -> Result<u32, CodecError> {
+    if rest.len() < 4 {
+        return Err(FrameError::Truncated { section }.into());
+    }
+    Ok(rest.get_u32())
+}
+
+/// Reads a big-endian `u64` from the front of `rest`, or reports `section` as truncated.
+pub(crate) fn take_u64(rest: &mut Bytes, section: &'static str) -> Result<u64, CodecError> {
+    if rest.len() < 8 {
+        return Err(FrameError::Truncated { section }.into());
+    }
+    Ok(rest.get_u64())
+}
