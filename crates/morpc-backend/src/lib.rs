@@ -2,6 +2,45 @@
 //! writes, a reader task that completes response futures and feeds streams, request ids
 //! from a per-connection counter, busy detection, reconnect and heartbeat.
 //!
-//! Built on [`morpc_codec`], which it re-exports for convenience.
+//! The layer above, `morpc-client`, pools backends per address; below, [`morpc_codec`]
+//! (re-exported as [`codec`]) knows the bytes.
+//!
+//! ```no_run
+//! use morpc_backend::{Backend, BackendConfig, SendOptions};
+//! use morpc_backend::codec::RawMessage;
+//! use std::time::Duration;
+//!
+//! # async fn demo() -> Result<(), morpc_backend::BackendError> {
+//! let backend: Backend<RawMessage> =
+//!     Backend::create("127.0.0.1:9000".parse()?, BackendConfig::new()).await?;
+//! // Pipelining: queue two requests, then wait for both responses.
+//! let a = backend.send(RawMessage::new("a"), SendOptions::timeout(Duration::from_secs(1))).await?;
+//! let b = backend.send(RawMessage::new("b"), SendOptions::new()).await?;
+//! let (a, b) = (a.await?, b.await?);
+//! # let _ = (a, b);
+//! backend.close();
+//! # Ok(()) }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod address;
+mod backend;
+mod config;
+mod error;
+mod factory;
+mod future;
+mod pending;
+mod reader;
+mod stream;
+mod writer;
+
+pub use address::{Address, BoxReader, BoxWriter};
+pub use backend::Backend;
+pub use config::{
+    BackendConfig, DEFAULT_BATCH_SEND_SIZE, ReconnectPolicy, SendOptions, WriteFilter,
+};
+pub use error::BackendError;
+pub use factory::{BackendFactory, RemoteBackendFactory};
+pub use future::ResponseFuture;
 pub use morpc_codec as codec;
+pub use stream::BackendStream;

@@ -1,0 +1,449 @@
+//! `Backend`: the public handle of one connection, and the state its tasks share.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use morpc_codec::{Codec, CodecError, Frame, Framing, Message};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::pending::{Pending, PendingTable, StreamEnd, StreamSlot};
+use crate::{
+    Address, BackendConfig, BackendError, BackendStream, ResponseFuture, SendOptions, writer,
+};
+
+/// Deadline header value of one-way messages, as Go sends them.
+pub(crate) const ONE_WAY_DEADLINE: Duration = Duration::from_secs(600);
+/// Longest deadline header a ping carries, as Go sends it.
+pub(crate) const PING_DEADLINE_CAP: Duration = Duration::from_secs(10);
+
+/// What a queued item is, which decides what happens when it cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ItemKind {
+    /// A request with a pending response future.
+    Request,
+    /// A `ping()` with a pending waiter.
+    Ping,
+    /// A one-way message: nobody waits.
+    OneWay,
+    /// A stream message: written even when late, since it is already sequenced.
+    Stream,
+    /// A heartbeat ping: nobody waits.
+    Heartbeat,
+}
+
+impl ItemKind {
+    /// Whether a pending-table entry waits for this item's answer.
+    pub(crate) fn has_waiter(self) -> bool {
+        matches!(self, Self::Request | Self::Ping)
+    }
+}
+
+/// One frame waiting in the send queue.
+pub(crate) struct WriteItem<Req> {
+    /// The frame; its deadline header is filled in when it is encoded.
+    pub(crate) frame: Frame<Req>,
+    /// Request, ping or stream id.
+    pub(crate) id: u64,
+    /// When the caller stops caring.
+    pub(crate) deadline: Instant,
+    /// What the item is.
+    pub(crate) kind: ItemKind,
+    /// Opaque argument for the write filter.
+    pub(crate) arg: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl<Req> WriteItem<Req> {
+    pub(crate) fn new(
+        mut frame: Frame<Req>,
+        id: u64,
+        deadline: Instant,
+        kind: ItemKind,
+        opts: SendOptions,
+    ) -> Self {
+        frame.headers.trace = opts.trace;
+        Self {
+            frame,
+            id,
+            deadline,
+            kind,
+            arg: opts.arg,
+        }
+    }
+}
+
+/// Lifecycle of a backend.
+const OPEN: u8 = 0;
+const CLOSED: u8 = 1;
+const UNUSABLE: u8 = 2;
+
+/// State shared by the handle, the writer and reader tasks, futures and streams.
+pub(crate) struct Shared<Req, Resp> {
+    /// Where the backend connects.
+    pub(crate) address: Address,
+    /// Its configuration.
+    pub(crate) config: BackendConfig<Req>,
+    /// Encoder/decoder built from `config.codec`.
+    pub(crate) codec: Codec,
+    /// Requests, pings and streams waiting for frames.
+    pub(crate) pending: Arc<PendingTable<Resp>>,
+    /// The bounded send queue, drained by the writer task.
+    queue: mpsc::Sender<WriteItem<Req>>,
+    /// Source of request, stream and ping ids (from 1).
+    next_id: AtomicU64,
+    /// Cancelled when the backend is closed or unusable; stops both tasks.
+    pub(crate) closed: CancellationToken,
+    /// `OPEN`, `CLOSED` or `UNUSABLE`.
+    state: AtomicU8,
+    /// When the backend was created; the origin of `last_active`.
+    created: Instant,
+    /// Nanoseconds after `created` of the last send or receive.
+    last_active: AtomicU64,
+}
+
+impl<Req, Resp> Shared<Req, Resp> {
+    /// The next id.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records activity now.
+    pub(crate) fn touch(&self) {
+        let nanos = self.created.elapsed().as_nanos() as u64;
+        self.last_active.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// The error a send gets from a backend that is no longer open.
+    pub(crate) fn closed_error(&self) -> BackendError {
+        match self.state.load(Ordering::Acquire) {
+            UNUSABLE => BackendError::Unusable,
+            _ => BackendError::BackendClosed,
+        }
+    }
+
+    /// Fails fast when the backend is closed or unusable.
+    fn check_open(&self) -> Result<(), BackendError> {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => Ok(()),
+            _ => Err(self.closed_error()),
+        }
+    }
+
+    /// Moves the backend to `state` (closed or unusable) once: stops the tasks and fails
+    /// everything pending with the matching error.
+    pub(crate) fn shut(&self, state: u8) {
+        if self
+            .state
+            .compare_exchange(OPEN, state, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.closed.cancel();
+            self.pending.fail_all(&self.closed_error());
+        }
+    }
+
+    /// Marks the backend unusable after it could not reconnect.
+    pub(crate) fn mark_unusable(&self) {
+        self.shut(UNUSABLE);
+    }
+
+    /// Number of queued items.
+    fn queue_len(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+impl<Req: Message, Resp: Message> Shared<Req, Resp> {
+    /// Queues `item`, waiting for space until `deadline`.
+    pub(crate) async fn enqueue(
+        &self,
+        item: WriteItem<Req>,
+        deadline: Instant,
+    ) -> Result<(), BackendError> {
+        self.check_open()?;
+        self.touch();
+        match self.queue.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(item)) => {
+                match tokio::time::timeout_at(deadline.into(), self.queue.send(item)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(self.closed_error()),
+                    Err(_) => Err(BackendError::Busy),
+                }
+            }
+            Err(TrySendError::Closed(_)) => Err(self.closed_error()),
+        }
+    }
+
+    /// Queues `item` only if there is room at once (heartbeats).
+    pub(crate) fn try_enqueue(&self, item: WriteItem<Req>) -> bool {
+        self.queue.try_send(item).is_ok()
+    }
+}
+
+/// One connection to a morpc server (TCP or Unix), with a writer task that batches frames
+/// and a reader task that completes futures and feeds streams.
+///
+/// `Req` is what this side sends, `Resp` what it receives (the same type for Go-style
+/// peers). The backend connects lazily on first use unless `connect_on_create` is set,
+/// and reconnects after a broken connection (see [`ReconnectPolicy`](crate::ReconnectPolicy)).
+/// In-flight requests fail as soon as the connection breaks; nothing is re-sent.
+///
+/// Cloning is cheap and shares the connection. When the last clone is dropped the
+/// backend closes.
+pub struct Backend<Req, Resp = Req> {
+    /// Closes the backend when the last clone goes away.
+    handle: Arc<Handle<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for Backend<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for Backend<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("address", &self.handle.shared.address)
+            .field("state", &self.handle.shared.state.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Owner of the shared state on the user side; its drop closes the backend.
+struct Handle<Req, Resp> {
+    /// The state shared with the tasks.
+    shared: Arc<Shared<Req, Resp>>,
+}
+
+impl<Req, Resp> Drop for Handle<Req, Resp> {
+    fn drop(&mut self) {
+        self.shared.shut(CLOSED);
+    }
+}
+
+impl<Req: Message, Resp: Message> Backend<Req, Resp> {
+    /// Creates a backend for `address` and starts its writer task. With
+    /// `connect_on_create` it connects first and fails if it cannot; otherwise it
+    /// connects on the first send. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`BackendError::Connect`] when `connect_on_create` is set and connecting fails.
+    pub async fn create(
+        address: Address,
+        config: BackendConfig<Req>,
+    ) -> Result<Self, BackendError> {
+        let (queue, rx) = mpsc::channel(config.buffer_size);
+        let shared = Arc::new(Shared {
+            codec: Codec::new(config.codec.clone()),
+            address,
+            config,
+            pending: Arc::new(PendingTable::default()),
+            queue,
+            next_id: AtomicU64::new(1),
+            closed: CancellationToken::new(),
+            state: AtomicU8::new(OPEN),
+            created: Instant::now(),
+            last_active: AtomicU64::new(0),
+        });
+        let connection = if shared.config.connect_on_create {
+            let (reader, writer) = shared
+                .address
+                .connect(shared.config.connect_timeout)
+                .await?;
+            Some(writer::Connection::start(&shared, reader, writer))
+        } else {
+            None
+        };
+        tokio::spawn(writer::run(shared.clone(), rx, connection));
+        Ok(Self {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared<Req, Resp>> {
+        &self.handle.shared
+    }
+
+    /// The address this backend connects to.
+    pub fn address(&self) -> &Address {
+        &self.shared().address
+    }
+
+    /// Queues `msg` as a request and returns the future of its response. The id is
+    /// assigned here (the backend's counter, from 1). Waits for queue space within the
+    /// deadline of `opts` (default: `default_timeout`); the future fails with `Timeout`
+    /// at that deadline.
+    ///
+    /// # Errors
+    /// [`BackendError::Busy`] when the queue stayed full until the deadline;
+    /// [`BackendError::BackendClosed`] / [`BackendError::Unusable`] when the backend no
+    /// longer accepts work.
+    pub async fn send(
+        &self,
+        mut msg: Req,
+        opts: SendOptions,
+    ) -> Result<ResponseFuture<Resp>, BackendError> {
+        let shared = self.shared();
+        shared.check_open()?;
+        let deadline = opts.resolve_deadline(shared.config.default_timeout);
+        let id = shared.next_id();
+        msg.set_id(id);
+        let (tx, rx) = oneshot::channel();
+        shared.pending.insert(id, Pending::Request(tx));
+        // Built before queueing: if this call is dropped mid-wait, the future's drop
+        // unregisters the request.
+        let future = ResponseFuture::new(id, rx, deadline, shared.pending.clone());
+        let item = WriteItem::new(Frame::message(msg), id, deadline, ItemKind::Request, opts);
+        shared.enqueue(item, deadline).await?;
+        Ok(future)
+    }
+
+    /// Sends `msg` and waits for its response: `send(..).await?.await`.
+    ///
+    /// # Errors
+    /// Any error of [`send`](Backend::send) or of the [`ResponseFuture`].
+    pub async fn request(&self, msg: Req, opts: SendOptions) -> Result<Resp, BackendError> {
+        self.send(msg, opts).await?.await
+    }
+
+    /// Queues `msg` without expecting a response (its id is still assigned). Returns once
+    /// it is queued.
+    ///
+    /// # Errors
+    /// As for [`send`](Backend::send).
+    pub async fn send_oneway(&self, mut msg: Req, opts: SendOptions) -> Result<(), BackendError> {
+        let shared = self.shared();
+        let deadline = opts.resolve_deadline(shared.config.default_timeout);
+        let id = shared.next_id();
+        msg.set_id(id);
+        let item = WriteItem::new(Frame::message(msg), id, deadline, ItemKind::OneWay, opts);
+        shared.enqueue(item, deadline).await
+    }
+
+    /// Opens a stream whose receiver buffers up to `receive_buffer` messages (at least 1).
+    ///
+    /// # Errors
+    /// [`BackendError::BackendClosed`] / [`BackendError::Unusable`].
+    pub fn new_stream(
+        &self,
+        receive_buffer: usize,
+    ) -> Result<BackendStream<Req, Resp>, BackendError> {
+        let shared = self.shared();
+        shared.check_open()?;
+        let id = shared.next_id();
+        let (tx, rx) = mpsc::channel(receive_buffer.max(1));
+        let end = Arc::new(StreamEnd::default());
+        shared.pending.insert(
+            id,
+            Pending::Stream(StreamSlot {
+                tx,
+                end: end.clone(),
+                next_seq: 1,
+            }),
+        );
+        // A close that raced with the insert above must not leave the stream open.
+        if let Err(e) = shared.check_open() {
+            shared.pending.remove(id);
+            return Err(e);
+        }
+        Ok(BackendStream::new(id, shared.clone(), rx, end))
+    }
+
+    /// Sends a ping and waits for its pong; returns the round-trip time (V07 only).
+    ///
+    /// # Errors
+    /// `Timeout` when no pong arrives within `timeout`; [`CodecError::Unsupported`] (as
+    /// [`BackendError::Codec`]) in V05; connection errors as for requests.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration, BackendError> {
+        let shared = self.shared();
+        if shared.codec.framing() == Framing::V05 {
+            return Err(CodecError::Unsupported {
+                what: "ping",
+                framing: Framing::V05,
+            }
+            .into());
+        }
+        shared.check_open()?;
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let id = shared.next_id();
+        let (tx, rx) = oneshot::channel();
+        shared.pending.insert(id, Pending::Ping(tx));
+        let _unregister = Unregister {
+            table: &shared.pending,
+            id,
+        };
+        let item = WriteItem::new(
+            Frame::ping(id),
+            id,
+            deadline,
+            ItemKind::Ping,
+            SendOptions::new(),
+        );
+        shared.enqueue(item, deadline).await?;
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(result)) => result.map(|()| started.elapsed()),
+            Ok(Err(_)) => Err(shared.closed_error()),
+            Err(_) => Err(BackendError::Timeout),
+        }
+    }
+
+    /// Whether the send queue holds at least `busy_size` messages.
+    pub fn busy(&self) -> bool {
+        self.shared().queue_len() >= self.shared().config.busy_size()
+    }
+
+    /// Number of messages waiting in the send queue.
+    pub fn queue_len(&self) -> usize {
+        self.shared().queue_len()
+    }
+
+    /// Number of requests, pings and streams waiting for frames.
+    pub fn pending_len(&self) -> usize {
+        self.shared().pending.len()
+    }
+
+    /// Whether the backend was closed or gave up reconnecting.
+    pub fn is_closed(&self) -> bool {
+        self.shared().state.load(Ordering::Acquire) != OPEN
+    }
+
+    /// Whether the backend gave up reconnecting within its window (a client replaces it).
+    pub fn is_unusable(&self) -> bool {
+        self.shared().state.load(Ordering::Acquire) == UNUSABLE
+    }
+
+    /// When the backend last sent or received anything (its creation if never).
+    pub fn last_active(&self) -> Instant {
+        let shared = self.shared();
+        shared.created + Duration::from_nanos(shared.last_active.load(Ordering::Relaxed))
+    }
+
+    /// Closes the backend at once: every pending request, ping and stream fails with
+    /// [`BackendError::BackendClosed`], queued messages are dropped and the connection is
+    /// shut down. Idempotent.
+    pub fn close(&self) {
+        self.shared().shut(CLOSED);
+    }
+}
+
+/// Removes a pending entry when dropped (a cancelled or finished ping).
+struct Unregister<'a, Resp> {
+    /// The table holding the entry.
+    table: &'a PendingTable<Resp>,
+    /// The entry's id.
+    id: u64,
+}
+
+impl<Resp> Drop for Unregister<'_, Resp> {
+    fn drop(&mut self) {
+        self.table.remove(self.id);
+    }
+}

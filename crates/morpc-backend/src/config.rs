@@ -1,0 +1,352 @@
+//! Backend configuration and per-send options.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use morpc_codec::{CodecConfig, TraceContext};
+
+/// A write filter: returns `false` to drop a queued message before it is written. It sees
+/// the message and the opaque argument of its [`SendOptions`]. A dropped request's future
+/// fails with [`BackendError::Filtered`](crate::BackendError::Filtered).
+pub type WriteFilter<Req> =
+    Arc<dyn Fn(&Req, Option<&(dyn Any + Send + Sync)>) -> bool + Send + Sync>;
+
+/// How a backend reconnects after its connection broke: bounded exponential backoff with
+/// jitter, for at most `window`; then the backend reports itself
+/// [`Unusable`](crate::BackendError::Unusable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReconnectPolicy {
+    /// First pause after a failed attempt (default 10 ms).
+    pub initial_backoff: Duration,
+    /// Longest pause between attempts (default 1 s).
+    pub max_backoff: Duration,
+    /// How long to keep trying before giving up (default 30 s).
+    pub window: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+            window: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    /// A policy with the given window and the default backoff.
+    pub fn with_window(window: Duration) -> Self {
+        Self {
+            window,
+            ..Self::default()
+        }
+    }
+
+    /// The pause before attempt `attempt + 1` (0-based): doubling from
+    /// `initial_backoff`, capped at `max_backoff`, with up to 50% random jitter removed.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max_backoff);
+        base.mul_f64(1.0 - jitter() * 0.5)
+    }
+}
+
+/// A random number in `[0, 1)` for jitter, from the std hasher's per-process random keys.
+pub(crate) fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Configuration of a [`Backend`](crate::Backend). The setters consume and return the
+/// configuration, so it is its own builder.
+pub struct BackendConfig<Req> {
+    /// Capacity of the send queue.
+    pub(crate) buffer_size: usize,
+    /// Queue length from which `busy()` is true; `None` means ¾ of `buffer_size`.
+    pub(crate) busy_size: Option<usize>,
+    /// Most queued messages encoded into one buffer and written with one vectored write.
+    pub(crate) batch_send_size: usize,
+    /// Limit for one connect attempt.
+    pub(crate) connect_timeout: Duration,
+    /// Connect while creating the backend instead of on the first send.
+    pub(crate) connect_on_create: bool,
+    /// Timeout of a send without its own timeout or deadline.
+    pub(crate) default_timeout: Duration,
+    /// Heartbeat: ping every `read_timeout / 5`, reset after `read_timeout` of silence.
+    pub(crate) read_timeout: Option<Duration>,
+    /// Reconnect backoff and window.
+    pub(crate) reconnect: ReconnectPolicy,
+    /// How long the reader waits for a stalled stream consumer before ending the stream.
+    pub(crate) stream_stall_timeout: Duration,
+    /// Initial (and minimum free) size of the read buffer.
+    pub(crate) read_buffer_size: usize,
+    /// Frame layout, checksum, compression, limits and headers.
+    pub(crate) codec: CodecConfig,
+    /// Optional write filter.
+    pub(crate) filter: Option<WriteFilter<Req>>,
+}
+
+impl<Req> Clone for BackendConfig<Req> {
+    fn clone(&self) -> Self {
+        Self {
+            buffer_size: self.buffer_size,
+            busy_size: self.busy_size,
+            batch_send_size: self.batch_send_size,
+            connect_timeout: self.connect_timeout,
+            connect_on_create: self.connect_on_create,
+            default_timeout: self.default_timeout,
+            read_timeout: self.read_timeout,
+            reconnect: self.reconnect.clone(),
+            stream_stall_timeout: self.stream_stall_timeout,
+            read_buffer_size: self.read_buffer_size,
+            codec: self.codec.clone(),
+            filter: self.filter.clone(),
+        }
+    }
+}
+
+impl<Req> fmt::Debug for BackendConfig<Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendConfig")
+            .field("buffer_size", &self.buffer_size)
+            .field("busy_size", &self.busy_size())
+            .field("batch_send_size", &self.batch_send_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("connect_on_create", &self.connect_on_create)
+            .field("default_timeout", &self.default_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("reconnect", &self.reconnect)
+            .field("stream_stall_timeout", &self.stream_stall_timeout)
+            .field("read_buffer_size", &self.read_buffer_size)
+            .field("codec", &self.codec)
+            .field("filter", &self.filter.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+/// Default number of messages per write batch. Go uses 8; see `docs/performance.md` for
+/// the measurement behind ours.
+pub const DEFAULT_BATCH_SEND_SIZE: usize = 64;
+
+impl<Req> Default for BackendConfig<Req> {
+    /// `buffer_size` 1024, `busy_size` 768, `batch_send_size` 64, `connect_timeout` 10 s,
+    /// lazy connect, `default_timeout` 10 s, no heartbeat, reconnect window 30 s, stream
+    /// stall timeout 1 s, 64 KiB read buffer, the default V07 codec, no filter.
+    fn default() -> Self {
+        Self {
+            buffer_size: 1024,
+            busy_size: None,
+            batch_send_size: DEFAULT_BATCH_SEND_SIZE,
+            connect_timeout: Duration::from_secs(10),
+            connect_on_create: false,
+            default_timeout: Duration::from_secs(10),
+            read_timeout: None,
+            reconnect: ReconnectPolicy::default(),
+            stream_stall_timeout: Duration::from_secs(1),
+            read_buffer_size: 64 * 1024,
+            codec: CodecConfig::default(),
+            filter: None,
+        }
+    }
+}
+
+impl<Req> BackendConfig<Req> {
+    /// The defaults (see [`Default`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Capacity of the send queue (at least 1).
+    pub fn buffer_size(mut self, n: usize) -> Self {
+        self.buffer_size = n.max(1);
+        self
+    }
+
+    /// Queue length from which the backend reports itself busy (clamped to `1..=buffer_size`).
+    pub fn busy_size_at(mut self, n: usize) -> Self {
+        self.busy_size = Some(n);
+        self
+    }
+
+    /// Messages per write batch (at least 1).
+    pub fn batch_send_size(mut self, n: usize) -> Self {
+        self.batch_send_size = n.max(1);
+        self
+    }
+
+    /// Limit for one connect attempt.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Connect while creating the backend (creation then fails if it cannot connect).
+    pub fn connect_on_create(mut self, on: bool) -> Self {
+        self.connect_on_create = on;
+        self
+    }
+
+    /// Timeout of sends that carry no timeout or deadline of their own.
+    pub fn default_timeout(mut self, d: Duration) -> Self {
+        self.default_timeout = d;
+        self
+    }
+
+    /// Enables the heartbeat (V07): a ping every `d / 5`; `d` without any received byte
+    /// resets the connection.
+    pub fn read_timeout(mut self, d: Option<Duration>) -> Self {
+        self.read_timeout = d;
+        self
+    }
+
+    /// Reconnect backoff and window.
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// How long the reader waits on a stalled stream consumer before ending that stream
+    /// with [`StreamOverflow`](crate::BackendError::StreamOverflow).
+    pub fn stream_stall_timeout(mut self, d: Duration) -> Self {
+        self.stream_stall_timeout = d;
+        self
+    }
+
+    /// Initial and minimum free size of the read buffer.
+    pub fn read_buffer_size(mut self, n: usize) -> Self {
+        self.read_buffer_size = n.max(1024);
+        self
+    }
+
+    /// The codec configuration.
+    pub fn codec(mut self, codec: CodecConfig) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Installs a write filter.
+    pub fn filter(mut self, filter: WriteFilter<Req>) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// The effective busy threshold: the configured value clamped to `1..=buffer_size`,
+    /// or ¾ of `buffer_size` (at least 1).
+    pub fn busy_size(&self) -> usize {
+        self.busy_size
+            .unwrap_or(self.buffer_size * 3 / 4)
+            .clamp(1, self.buffer_size)
+    }
+
+    /// The codec configuration.
+    pub fn codec_config(&self) -> &CodecConfig {
+        &self.codec
+    }
+}
+
+/// Options of one send: its timeout or deadline, trace context, and an opaque argument
+/// for the write filter.
+#[derive(Clone, Default)]
+pub struct SendOptions {
+    /// Absolute deadline; wins over `timeout`.
+    pub(crate) deadline: Option<Instant>,
+    /// Relative timeout.
+    pub(crate) timeout: Option<Duration>,
+    /// The span context sent in the V07 trace header.
+    pub(crate) trace: TraceContext,
+    /// Opaque argument handed to the write filter.
+    pub(crate) arg: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for SendOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendOptions")
+            .field("deadline", &self.deadline)
+            .field("timeout", &self.timeout)
+            .field("trace", &self.trace)
+            .field("arg", &self.arg.as_ref().map(|_| "<any>"))
+            .finish()
+    }
+}
+
+impl SendOptions {
+    /// No timeout of its own: the backend's `default_timeout` applies.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fails the send with `Timeout` (or `Busy`) after `d`.
+    pub fn timeout(d: Duration) -> Self {
+        Self {
+            timeout: Some(d),
+            ..Self::default()
+        }
+    }
+
+    /// Fails the send with `Timeout` (or `Busy`) at `deadline`.
+    pub fn deadline(deadline: Instant) -> Self {
+        Self {
+            deadline: Some(deadline),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the trace context sent with the message.
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// Sets the opaque argument handed to the write filter.
+    pub fn with_arg(mut self, arg: Arc<dyn Any + Send + Sync>) -> Self {
+        self.arg = Some(arg);
+        self
+    }
+
+    /// The deadline these options give, with `default` as timeout when they have none.
+    pub fn resolve_deadline(&self, default: Duration) -> Instant {
+        self.deadline
+            .unwrap_or_else(|| Instant::now() + self.timeout.unwrap_or(default))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_size_defaults_to_three_quarters_and_is_clamped() {
+        assert_eq!(BackendConfig::<()>::new().busy_size(), 768);
+        assert_eq!(BackendConfig::<()>::new().buffer_size(1).busy_size(), 1);
+        assert_eq!(
+            BackendConfig::<()>::new()
+                .buffer_size(8)
+                .busy_size_at(100)
+                .busy_size(),
+            8
+        );
+        assert_eq!(BackendConfig::<()>::new().busy_size_at(0).busy_size(), 1);
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_down_at_most_half() {
+        let policy = ReconnectPolicy::default();
+        for attempt in 0..30 {
+            let base =
+                (Duration::from_millis(10) * (1u32 << attempt.min(20))).min(Duration::from_secs(1));
+            let d = policy.backoff(attempt);
+            assert!(
+                d <= base && d >= base / 2,
+                "attempt {attempt}: {d:?} vs {base:?}"
+            );
+        }
+    }
+}

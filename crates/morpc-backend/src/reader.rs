@@ -1,0 +1,205 @@
+//! The reader task: reads into a large buffer, decodes every complete frame per read,
+//! completes futures through the pending table, feeds streams, resolves pings, and runs
+//! the heartbeat.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use morpc_codec::{Frame, FrameBody, Message};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::address::BoxReader;
+use crate::backend::{ItemKind, Shared, WriteItem};
+use crate::pending::Pending;
+use crate::writer::ConnState;
+use crate::{BackendError, SendOptions};
+
+/// Reads until the connection breaks or is stopped; a failure breaks the connection,
+/// which fails everything in flight.
+pub(crate) async fn run<Req: Message, Resp: Message>(
+    shared: Arc<Shared<Req, Resp>>,
+    reader: BoxReader,
+    conn: Arc<ConnState>,
+) {
+    if let Some(cause) = read_loop(&shared, reader, &conn).await {
+        conn.break_with(&shared, &cause);
+    }
+}
+
+/// The loop proper; returns why the connection broke, or `None` when stopped.
+async fn read_loop<Req: Message, Resp: Message>(
+    shared: &Arc<Shared<Req, Resp>>,
+    mut reader: BoxReader,
+    conn: &ConnState,
+) -> Option<String> {
+    let min_free = shared.config.read_buffer_size;
+    let mut buf = BytesMut::with_capacity(min_free);
+    let heartbeat = shared.config.read_timeout;
+    let mut ping_every = heartbeat.map(|d| {
+        let period = (d / 5).max(std::time::Duration::from_millis(1));
+        tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+    });
+    let mut last_read = Instant::now();
+    loop {
+        if buf.capacity() - buf.len() < min_free / 4 {
+            buf.reserve(min_free);
+        }
+        let silence_limit = heartbeat.map(|d| last_read + d);
+        let n = tokio::select! {
+            biased;
+            () = conn.token.cancelled() => return None,
+            () = shared.closed.cancelled() => return None,
+            () = sleep_until_opt(silence_limit) => {
+                return Some("no traffic within the read timeout".to_owned());
+            }
+            _ = tick_opt(&mut ping_every) => {
+                send_heartbeat(shared);
+                continue;
+            }
+            r = reader.read_buf(&mut buf) => r,
+        };
+        match n {
+            Ok(0) => return Some("closed by peer".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Some(format!("read failed: {e}")),
+        }
+        last_read = Instant::now();
+        shared.touch();
+        loop {
+            match shared.codec.decode::<Resp>(&mut buf) {
+                Ok(Some(frame)) => dispatch(shared, frame).await,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(address = %shared.address, error = %e, "bad frame from peer");
+                    return Some(format!("bad frame: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// Queues a heartbeat ping if there is room; a full queue means traffic is flowing anyway.
+fn send_heartbeat<Req: Message, Resp: Message>(shared: &Shared<Req, Resp>) {
+    let id = shared.next_id();
+    let deadline = Instant::now() + crate::backend::PING_DEADLINE_CAP;
+    let item = WriteItem::new(
+        Frame::ping(id),
+        id,
+        deadline,
+        ItemKind::Heartbeat,
+        SendOptions::new(),
+    );
+    shared.try_enqueue(item);
+}
+
+/// What the reader does with a message, decided under the table lock and done after it.
+enum Delivery<Resp> {
+    /// Complete this request.
+    Request(crate::pending::ResponseSender<Resp>),
+    /// Hand the message to this stream.
+    Stream(
+        tokio::sync::mpsc::Sender<Resp>,
+        Arc<crate::pending::StreamEnd>,
+    ),
+    /// The stream saw a sequence gap and was removed.
+    Gap(Pending<Resp>, BackendError),
+    /// Nobody waits for this id.
+    Unknown,
+}
+
+/// Routes one decoded frame.
+async fn dispatch<Req: Message, Resp: Message>(shared: &Shared<Req, Resp>, frame: Frame<Resp>) {
+    let msg = match frame.body {
+        FrameBody::Message(msg) => msg,
+        FrameBody::Pong(id) => {
+            if let Some(Pending::Ping(tx)) = shared.pending.remove(id) {
+                let _ = tx.send(Ok(()));
+            }
+            return;
+        }
+        FrameBody::Ping(id) => {
+            tracing::debug!(address = %shared.address, id, "ignoring ping from server");
+            return;
+        }
+    };
+    let id = msg.id();
+    let delivery = shared.pending.take_for_delivery(id, frame.stream_seq);
+    match delivery {
+        Delivery::Request(tx) => {
+            let _ = tx.send(Ok(msg));
+        }
+        Delivery::Stream(tx, end) => deliver_to_stream(shared, id, tx, end, msg).await,
+        Delivery::Gap(pending, err) => crate::pending::fail(pending, err),
+        Delivery::Unknown => {
+            tracing::debug!(address = %shared.address, id, "dropping message with unknown id");
+        }
+    }
+}
+
+/// Hands `msg` to a stream. A full buffer is backpressure: the reader waits (holding no
+/// lock) up to `stream_stall_timeout`, then ends the stream with `StreamOverflow` so the
+/// connection goes on.
+async fn deliver_to_stream<Req, Resp>(
+    shared: &Shared<Req, Resp>,
+    id: u64,
+    tx: tokio::sync::mpsc::Sender<Resp>,
+    end: Arc<crate::pending::StreamEnd>,
+    msg: Resp,
+) {
+    let msg = match tx.try_send(msg) {
+        Ok(()) => return,
+        Err(TrySendError::Closed(_)) => return,
+        Err(TrySendError::Full(msg)) => msg,
+    };
+    let stall = shared.config.stream_stall_timeout;
+    if tokio::time::timeout(stall, tx.send(msg)).await.is_err() {
+        tracing::warn!(address = %shared.address, id, "stream consumer stalled; ending the stream");
+        end.set(BackendError::StreamOverflow);
+        shared.pending.remove(id);
+    }
+}
+
+/// Sleeps until `at`, or forever without it.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ticks the interval, or never without it.
+async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl<Resp> crate::pending::PendingTable<Resp> {
+    /// Decides under one lock what to do with a message for `id` carrying `seq`:
+    /// a request is removed, a stream's sequence is checked and advanced.
+    fn take_for_delivery(&self, id: u64, seq: Option<u32>) -> Delivery<Resp> {
+        self.with_map(|map| match map.get_mut(&id) {
+            None | Some(Pending::Ping(_)) => Delivery::Unknown,
+            Some(Pending::Request(_)) => match map.remove(&id) {
+                Some(Pending::Request(tx)) => Delivery::Request(tx),
+                _ => Delivery::Unknown,
+            },
+            Some(Pending::Stream(slot)) => match seq {
+                Some(received) if received != slot.next_seq => {
+                    let expected = slot.next_seq;
+                    let pending = map.remove(&id).expect("entry just seen");
+                    Delivery::Gap(pending, BackendError::SequenceGap { expected, received })
+                }
+                _ => {
+                    slot.next_seq = slot.next_seq.wrapping_add(1);
+                    Delivery::Stream(slot.tx.clone(), slot.end.clone())
+                }
+            },
+        })
+    }
+}

@@ -1,0 +1,349 @@
+//! The writer task: drains the send queue in batches, connects and reconnects, encodes a
+//! batch into one buffer and writes it with vectored writes (payloads never copied), one
+//! flush per batch.
+
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use morpc_codec::{FrameBody, Message};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::address::{BoxReader, BoxWriter};
+use crate::backend::{ItemKind, ONE_WAY_DEADLINE, PING_DEADLINE_CAP, Shared, WriteItem};
+use crate::pending::fail;
+use crate::{BackendError, reader};
+
+/// Most slices handed to one `write_vectored` call.
+const MAX_IO_SLICES: usize = 64;
+
+/// The state of one established connection, shared by the writer and its reader.
+pub(crate) struct ConnState {
+    /// Cancelled once the connection is broken; stops its reader.
+    pub(crate) token: CancellationToken,
+    /// Set by whoever breaks the connection first.
+    broken: AtomicBool,
+}
+
+impl ConnState {
+    /// Breaks the connection once: logs `cause`, fails everything pending with
+    /// `BackendClosed` (in-flight requests fail now; nothing is re-sent) and stops the
+    /// reader.
+    pub(crate) fn break_with<Req, Resp>(
+        &self,
+        shared: &Shared<Req, Resp>,
+        cause: &dyn std::fmt::Display,
+    ) {
+        if !self.broken.swap(true, Ordering::AcqRel) {
+            tracing::debug!(address = %shared.address, cause = %cause, "connection broken");
+            shared.pending.fail_all(&BackendError::BackendClosed);
+            self.token.cancel();
+        }
+    }
+
+    /// Whether the connection was broken.
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+}
+
+/// An established connection: the write half, owned by the writer task, and the reader
+/// task reading the other half.
+pub(crate) struct Connection {
+    /// Where batches are written.
+    writer: BoxWriter,
+    /// Broken flag and reader stop signal.
+    state: Arc<ConnState>,
+    /// The reader task; aborted when the connection is dropped.
+    reader: JoinHandle<()>,
+}
+
+impl Connection {
+    /// Starts the reader task for a freshly connected socket.
+    pub(crate) fn start<Req: Message, Resp: Message>(
+        shared: &Arc<Shared<Req, Resp>>,
+        read_half: BoxReader,
+        writer: BoxWriter,
+    ) -> Self {
+        let state = Arc::new(ConnState {
+            token: CancellationToken::new(),
+            broken: AtomicBool::new(false),
+        });
+        let reader = tokio::spawn(reader::run(shared.clone(), read_half, state.clone()));
+        Self {
+            writer,
+            state,
+            reader,
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.state.token.cancel();
+        self.reader.abort();
+    }
+}
+
+/// Reconnect bookkeeping between batches.
+struct Reconnect {
+    /// When the backend first failed to (re)connect, if it is failing now.
+    failing_since: Option<Instant>,
+    /// No attempt before this instant (backoff).
+    next_attempt: Instant,
+    /// Failed attempts in a row.
+    attempts: u32,
+    /// The last connect error, given to sends that arrive during the backoff.
+    last_error: Option<BackendError>,
+}
+
+/// The encoded batch: buffer segments and payloads in wire order.
+struct Output {
+    /// Headers and bodies of the batch, split into `chunks` at each payload.
+    buf: BytesMut,
+    /// What to write, in order.
+    chunks: Vec<Bytes>,
+}
+
+/// The writer task of one backend. Runs until the backend closes or becomes unusable.
+pub(crate) async fn run<Req: Message, Resp: Message>(
+    shared: Arc<Shared<Req, Resp>>,
+    mut rx: mpsc::Receiver<WriteItem<Req>>,
+    mut conn: Option<Connection>,
+) {
+    let batch_size = shared.config.batch_send_size;
+    let mut batch: Vec<WriteItem<Req>> = Vec::with_capacity(batch_size);
+    let mut out = Output {
+        buf: BytesMut::with_capacity(64 * 1024),
+        chunks: Vec::with_capacity(4),
+    };
+    let mut reconnect = Reconnect {
+        failing_since: None,
+        next_attempt: Instant::now(),
+        attempts: 0,
+        last_error: None,
+    };
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = shared.closed.cancelled() => break,
+            item = rx.recv() => item,
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        if rx.len() + 1 < batch_size {
+            // Let callers that were just woken enqueue too, so one write carries many
+            // frames (measured: 3.5× at 16 in flight, 10× at 256).
+            tokio::task::yield_now().await;
+        }
+        while batch.len() < batch_size {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+
+        if conn.as_ref().is_none_or(|c| c.state.is_broken()) {
+            conn = None;
+            match connect(&shared, &mut reconnect).await {
+                Ok(c) => conn = Some(c),
+                Err(err) => {
+                    fail_items(&shared, batch.drain(..), &err);
+                    if shared.closed.is_cancelled() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+
+        prepare(&shared, &mut batch);
+        let Some(earliest) = encode(&shared, &mut batch, &mut out) else {
+            continue;
+        };
+        let written = tokio::time::timeout_at(
+            earliest.into(),
+            write_chunks(&mut c.writer, &mut out.chunks),
+        )
+        .await;
+        out.chunks.clear();
+        match written {
+            Ok(Ok(())) => shared.touch(),
+            Ok(Err(e)) => c.state.break_with(&shared, &e),
+            Err(_) => c.state.break_with(&shared, &"write deadline exceeded"),
+        }
+    }
+
+    // Closed or unusable: nothing queued is written; everything waiting fails.
+    rx.close();
+    let reason = shared.closed_error();
+    fail_items(&shared, batch.drain(..), &reason);
+    while let Ok(item) = rx.try_recv() {
+        fail_items(&shared, std::iter::once(item), &reason);
+    }
+    shared.pending.fail_all(&reason);
+    if let Some(mut c) = conn {
+        let _ = c.writer.shutdown().await;
+    }
+}
+
+/// Connects once, honouring the backoff. A failure is returned at once so queued sends
+/// fail fast (they were not sent and may be retried elsewhere); a backend that keeps
+/// failing for the reconnect window becomes unusable.
+async fn connect<Req: Message, Resp: Message>(
+    shared: &Arc<Shared<Req, Resp>>,
+    state: &mut Reconnect,
+) -> Result<Connection, BackendError> {
+    if let Some(err) = &state.last_error {
+        if Instant::now() < state.next_attempt {
+            return Err(err.clone());
+        }
+    }
+    let attempt = tokio::select! {
+        biased;
+        () = shared.closed.cancelled() => return Err(shared.closed_error()),
+        r = shared.address.connect(shared.config.connect_timeout) => r,
+    };
+    match attempt {
+        Ok((reader, writer)) => {
+            if state.attempts > 0 {
+                tracing::info!(address = %shared.address, attempts = state.attempts, "reconnected");
+            }
+            state.failing_since = None;
+            state.attempts = 0;
+            state.last_error = None;
+            shared.touch();
+            Ok(Connection::start(shared, reader, writer))
+        }
+        Err(err) => {
+            let now = Instant::now();
+            let since = *state.failing_since.get_or_insert(now);
+            tracing::warn!(address = %shared.address, error = %err, attempts = state.attempts + 1, "connect failed");
+            if now.duration_since(since) >= shared.config.reconnect.window {
+                shared.mark_unusable();
+                return Err(BackendError::Unusable);
+            }
+            state.next_attempt = now + shared.config.reconnect.backoff(state.attempts);
+            state.attempts += 1;
+            state.last_error = Some(err.clone());
+            Err(err)
+        }
+    }
+}
+
+/// Drops the items that must not be written, resolving their waiters: requests and pings
+/// past their deadline (`Timeout`), items the filter rejects (`Filtered`), and items
+/// whose waiter is gone (dropped future, closed stream).
+fn prepare<Req: Message, Resp>(shared: &Shared<Req, Resp>, batch: &mut Vec<WriteItem<Req>>) {
+    let now = Instant::now();
+    batch.retain(|item| {
+        if item.kind.has_waiter() && item.deadline <= now {
+            resolve(shared, item, BackendError::Timeout);
+            return false;
+        }
+        if let (Some(filter), FrameBody::Message(msg)) = (&shared.config.filter, &item.frame.body) {
+            if !filter(msg, item.arg.as_deref()) {
+                resolve(shared, item, BackendError::Filtered);
+                return false;
+            }
+        }
+        match item.kind {
+            ItemKind::Request | ItemKind::Ping | ItemKind::Stream => {
+                shared.pending.contains(item.id)
+            }
+            ItemKind::OneWay | ItemKind::Heartbeat => true,
+        }
+    });
+}
+
+/// Fails the waiter of `item`, if it has one.
+fn resolve<Req, Resp>(shared: &Shared<Req, Resp>, item: &WriteItem<Req>, err: BackendError) {
+    if item.kind.has_waiter() {
+        if let Some(pending) = shared.pending.remove(item.id) {
+            fail(pending, err);
+        }
+    }
+}
+
+/// Fails the waiters of `items` with `err`.
+fn fail_items<Req, Resp>(
+    shared: &Shared<Req, Resp>,
+    items: impl Iterator<Item = WriteItem<Req>>,
+    err: &BackendError,
+) {
+    for item in items {
+        resolve(shared, &item, err.clone());
+    }
+}
+
+/// Encodes `batch` into `out` (payloads as their own chunks) and empties it. Returns the
+/// earliest deadline of what was encoded, or `None` if nothing was.
+fn encode<Req: Message, Resp>(
+    shared: &Shared<Req, Resp>,
+    batch: &mut Vec<WriteItem<Req>>,
+    out: &mut Output,
+) -> Option<Instant> {
+    // The previous batch's chunks are gone, so this reclaims the same allocation.
+    out.buf.reserve(64 * 1024);
+    let now = Instant::now();
+    let mut earliest: Option<Instant> = None;
+    for mut item in batch.drain(..) {
+        let left = item.deadline.saturating_duration_since(now);
+        item.frame.headers.deadline = Some(match item.kind {
+            ItemKind::OneWay => ONE_WAY_DEADLINE,
+            ItemKind::Ping | ItemKind::Heartbeat => left.min(PING_DEADLINE_CAP),
+            ItemKind::Request | ItemKind::Stream => left,
+        });
+        match shared.codec.encode(&item.frame, &mut out.buf) {
+            Ok(payload) => {
+                if let Some(payload) = payload {
+                    out.chunks.push(out.buf.split().freeze());
+                    out.chunks.push(payload);
+                }
+                earliest = Some(earliest.map_or(item.deadline, |e| e.min(item.deadline)));
+            }
+            Err(e) => {
+                tracing::warn!(address = %shared.address, id = item.id, error = %e, "cannot encode message");
+                resolve(shared, &item, e.into());
+            }
+        }
+    }
+    if !out.buf.is_empty() {
+        out.chunks.push(out.buf.split().freeze());
+    }
+    earliest.filter(|_| !out.chunks.is_empty())
+}
+
+/// Writes every chunk with vectored writes, then flushes once.
+async fn write_chunks(writer: &mut BoxWriter, chunks: &mut [Bytes]) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+        let mut count = 0;
+        for chunk in chunks[first..].iter().take(MAX_IO_SLICES) {
+            slices[count] = IoSlice::new(chunk);
+            count += 1;
+        }
+        let mut written = writer.write_vectored(&slices[..count]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let chunk = &mut chunks[first];
+            if written >= chunk.len() {
+                written -= chunk.len();
+                first += 1;
+            } else {
+                chunk.advance(written);
+                written = 0;
+            }
+        }
+    }
+    writer.flush().await
+}

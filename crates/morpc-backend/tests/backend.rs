@@ -1,0 +1,740 @@
+//! Behaviour of one `Backend` against real loopback peers (tests/support).
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use morpc_backend::codec::{CodecConfig, CodecError, Framing, RawMessage};
+use morpc_backend::{Address, Backend, BackendConfig, BackendError, ReconnectPolicy, SendOptions};
+use support::{Mode, Peer, msg};
+
+fn config() -> BackendConfig<RawMessage> {
+    BackendConfig::new()
+}
+
+/// A generous bound for "promptly": far below the request timeouts the tests use.
+const PROMPT: Duration = Duration::from_secs(10);
+/// A request timeout long enough that reaching it means the behaviour under test failed.
+const LONG: Duration = Duration::from_secs(60);
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PROMPT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {PROMPT:?}"))
+}
+
+#[tokio::test]
+async fn request_round_trips_and_ids_start_at_one() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    for i in 1..=3u64 {
+        let future = backend
+            .send(msg(format!("hello {i}")), SendOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(future.id(), i);
+        let resp = future.await.unwrap();
+        assert_eq!(resp.id, i);
+        assert_eq!(resp.body, format!("hello {i}"));
+    }
+    assert_eq!(*peer.seen.ids.lock(), vec![1, 2, 3]);
+    assert_eq!(backend.pending_len(), 0);
+}
+
+#[tokio::test]
+async fn payload_round_trips_intact() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let payload: Bytes = (0..(1 << 20) + 7)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let resp = backend
+        .request(
+            RawMessage::with_payload("meta", payload.clone()),
+            SendOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.body, "meta");
+    assert_eq!(resp.payload.unwrap(), payload);
+    assert_eq!(
+        peer.seen.payload_bytes.load(Ordering::SeqCst),
+        payload.len()
+    );
+}
+
+#[tokio::test]
+async fn v05_framing_round_trips() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::new(Framing::V05)).await;
+    let backend = peer
+        .backend(config().codec(CodecConfig::new(Framing::V05)))
+        .await;
+    let resp = backend
+        .request(RawMessage::with_payload("m", "p"), SendOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.body, resp.payload),
+        (Bytes::from("m"), Some(Bytes::from("p")))
+    );
+    let err = backend.ping(Duration::from_secs(1)).await.unwrap_err();
+    assert!(
+        matches!(err, BackendError::Codec(CodecError::Unsupported { .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn unix_socket_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("peer.sock");
+    let peer = Peer::unix(&path, Mode::Echo, CodecConfig::default()).await;
+    let address: Address = format!("unix://{}", path.display()).parse().unwrap();
+    assert_eq!(address, peer.addr);
+    let backend: Backend<RawMessage> = Backend::create(address, config()).await.unwrap();
+    let resp = backend
+        .request(msg("over unix"), SendOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.body, "over unix");
+}
+
+#[tokio::test]
+async fn request_times_out_against_a_silent_peer_and_frees_its_slot() {
+    let peer = Peer::tcp(Mode::Silent, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let started = Instant::now();
+    let err = backend
+        .request(
+            msg("anyone?"),
+            SendOptions::timeout(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Timeout), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(backend.pending_len(), 0);
+}
+
+#[tokio::test]
+async fn deadline_travels_in_the_header_and_a_missing_one_uses_the_default() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer
+        .backend(config().default_timeout(Duration::from_secs(7)))
+        .await;
+    backend
+        .request(msg("a"), SendOptions::timeout(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    backend.request(msg("b"), SendOptions::new()).await.unwrap();
+    backend
+        .send_oneway(msg("c"), SendOptions::new())
+        .await
+        .unwrap();
+    backend.request(msg("d"), SendOptions::new()).await.unwrap();
+    let seen = peer.seen.deadlines.lock().clone();
+    let secs: Vec<f64> = seen.iter().map(|d| d.unwrap().as_secs_f64()).collect();
+    assert!(secs[0] <= 3.0 && secs[0] > 2.0, "{secs:?}");
+    assert!(secs[1] <= 7.0 && secs[1] > 6.0, "{secs:?}");
+    assert_eq!(secs[2], 600.0, "one-way messages carry 600 s as in Go");
+}
+
+#[tokio::test]
+async fn pipelining_10000_requests_with_reordered_responses() {
+    let peer = Peer::tcp(Mode::Reverse, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let backend = backend.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut futures = Vec::new();
+            for i in 0..1250 {
+                let body = format!("{t}/{i}");
+                let f = backend
+                    .send(msg(body.clone()), SendOptions::timeout(LONG))
+                    .await
+                    .unwrap();
+                futures.push((body, f));
+            }
+            for (body, f) in futures {
+                assert_eq!(
+                    f.await.unwrap().body,
+                    body,
+                    "response delivered to the wrong request"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        within("10 000 responses", t).await.unwrap();
+    }
+    assert_eq!(peer.seen.ids.lock().len(), 10_000);
+    assert_eq!(backend.pending_len(), 0);
+}
+
+#[tokio::test]
+async fn full_queue_makes_senders_wait_then_fail_busy_without_spinning() {
+    let peer = Peer::tcp(Mode::Stall, CodecConfig::default()).await;
+    let backend = peer.backend(config().buffer_size(8).busy_size_at(4)).await;
+    let payload = Bytes::from(vec![0u8; 1 << 20]);
+    let mut became_busy = false;
+    for _ in 0..256 {
+        let m = RawMessage::with_payload("x", payload.clone());
+        match backend
+            .send_oneway(m, SendOptions::timeout(Duration::from_millis(200)))
+            .await
+        {
+            Ok(()) if backend.busy() => {
+                became_busy = true;
+                break;
+            }
+            Ok(()) => {}
+            Err(e) => panic!("queue should not be full before busy: {e:?}"),
+        }
+    }
+    assert!(became_busy, "the queue never reached busy_size");
+    let mut last = Ok(());
+    for _ in 0..16 {
+        let m = RawMessage::with_payload("x", payload.clone());
+        let started = Instant::now();
+        last = backend
+            .send_oneway(m, SendOptions::timeout(Duration::from_millis(100)))
+            .await;
+        if last.is_err() {
+            assert!(
+                started.elapsed() >= Duration::from_millis(100),
+                "waited for its deadline"
+            );
+            break;
+        }
+    }
+    assert!(matches!(last, Err(BackendError::Busy)), "{last:?}");
+}
+
+#[tokio::test]
+async fn write_filter_drops_messages_and_fails_their_futures() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let filter: morpc_backend::WriteFilter<RawMessage> = Arc::new(|m: &RawMessage, arg| {
+        let vetoed = arg
+            .and_then(|a| a.downcast_ref::<&str>())
+            .is_some_and(|a| *a == "veto");
+        !vetoed && m.body != "drop me"
+    });
+    let backend = peer.backend(config().filter(filter)).await;
+    let err = backend
+        .request(msg("drop me"), SendOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Filtered), "{err:?}");
+    let opts = SendOptions::new().with_arg(Arc::new("veto"));
+    let err = backend.request(msg("keep me"), opts).await.unwrap_err();
+    assert!(matches!(err, BackendError::Filtered), "{err:?}");
+    assert_eq!(
+        backend
+            .request(msg("keep me"), SendOptions::new())
+            .await
+            .unwrap()
+            .body,
+        "keep me"
+    );
+    assert_eq!(
+        peer.seen.ids.lock().len(),
+        1,
+        "filtered messages never reach the wire"
+    );
+}
+
+#[tokio::test]
+async fn connects_lazily_by_default_and_eagerly_on_request() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let lazy = peer.backend(config()).await;
+    let eager = peer.backend(config().connect_on_create(true)).await;
+    // The eager backend's connection is established; the lazy one has none yet.
+    eager.request(msg("e"), SendOptions::new()).await.unwrap();
+    assert_eq!(peer.seen.connections.load(Ordering::SeqCst), 1);
+    lazy.request(msg("l"), SendOptions::new()).await.unwrap();
+    assert_eq!(peer.seen.connections.load(Ordering::SeqCst), 2);
+}
+
+/// An address where nothing listens.
+async fn dead_address() -> Address {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Address::from(listener.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn eager_connect_to_a_dead_port_fails_create() {
+    let result =
+        Backend::<RawMessage>::create(dead_address().await, config().connect_on_create(true)).await;
+    assert!(
+        matches!(result, Err(BackendError::Connect { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn sends_to_a_dead_port_fail_fast_then_the_backend_becomes_unusable() {
+    let backend: Backend<RawMessage> = Backend::create(
+        dead_address().await,
+        config().reconnect(ReconnectPolicy::with_window(Duration::from_millis(300))),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut errors = Vec::new();
+    while !backend.is_unusable() && errors.len() < 10_000 {
+        let err = backend
+            .request(msg("x"), SendOptions::timeout(LONG))
+            .await
+            .unwrap_err();
+        errors.push(err);
+        if started.elapsed() > PROMPT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        backend.is_unusable(),
+        "still usable after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < PROMPT,
+        "requests waited instead of failing fast"
+    );
+    assert!(
+        matches!(errors[0], BackendError::Connect { .. }),
+        "{:?}",
+        errors[0]
+    );
+    let err = backend
+        .request(msg("x"), SendOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Unusable), "{err:?}");
+}
+
+#[tokio::test]
+async fn connect_timeout_bounds_a_connect_that_never_completes() {
+    // A listener whose accept backlog is full: further SYNs are dropped, so connect hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => fillers.push(s),
+            _ => break,
+        }
+    }
+    let backend: Backend<RawMessage> = Backend::create(
+        Address::from(addr),
+        config().connect_timeout(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let err = within(
+        "connect timeout",
+        backend.request(msg("x"), SendOptions::timeout(LONG)),
+    )
+    .await
+    .unwrap_err();
+    match err {
+        BackendError::Connect { source, .. } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::TimedOut);
+            assert!(started.elapsed() >= Duration::from_millis(200));
+        }
+        other => panic!("expected a connect timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn in_flight_requests_fail_with_backend_closed_as_soon_as_the_peer_goes() {
+    let peer = Peer::tcp(Mode::Silent, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let mut futures = Vec::new();
+    for i in 0..100 {
+        futures.push(
+            backend
+                .send(msg(format!("{i}")), SendOptions::timeout(LONG))
+                .await
+                .unwrap(),
+        );
+    }
+    // Every request reached the peer before it goes away.
+    backend
+        .request(msg("flush"), SendOptions::timeout(Duration::from_millis(1)))
+        .await
+        .ok();
+    peer.stop().await;
+    for f in futures {
+        let err = within("in-flight failure", f).await.unwrap_err();
+        assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+    }
+    assert_eq!(backend.pending_len(), 0);
+}
+
+#[tokio::test]
+async fn reconnects_after_the_peer_drops_the_connection_and_after_a_restart() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    backend
+        .request(msg("first"), SendOptions::new())
+        .await
+        .unwrap();
+
+    peer.drop_connections.store(true, Ordering::SeqCst);
+    let err = within(
+        "drop",
+        backend.request(msg("dropped"), SendOptions::timeout(LONG)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+    peer.drop_connections.store(false, Ordering::SeqCst);
+    assert_eq!(
+        backend
+            .request(msg("again"), SendOptions::new())
+            .await
+            .unwrap()
+            .body,
+        "again"
+    );
+    assert_eq!(peer.seen.connections.load(Ordering::SeqCst), 2);
+
+    let addr = peer.socket_addr();
+    peer.stop().await;
+    let peer = Peer::tcp_on(addr, Mode::Echo, CodecConfig::default()).await;
+    // The first send may still meet the old socket before its close is noticed.
+    let mut ok = None;
+    for _ in 0..3 {
+        if let Ok(resp) = backend
+            .request(msg("restarted"), SendOptions::timeout(LONG))
+            .await
+        {
+            ok = Some(resp);
+            break;
+        }
+    }
+    assert_eq!(
+        ok.expect("a request succeeds after the restart").body,
+        "restarted"
+    );
+    assert!(!backend.is_closed());
+    drop(peer);
+}
+
+#[tokio::test]
+async fn close_fails_everything_pending_and_later_sends() {
+    let peer = Peer::tcp(Mode::Silent, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let mut futures = Vec::new();
+    for i in 0..50 {
+        futures.push(
+            backend
+                .send(msg(format!("{i}")), SendOptions::timeout(LONG))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut stream = backend.new_stream(4).unwrap();
+    backend.close();
+    backend.close(); // idempotent
+    for f in futures {
+        assert!(matches!(f.await, Err(BackendError::BackendClosed)));
+    }
+    assert!(matches!(
+        stream.next().await,
+        Some(Err(BackendError::BackendClosed))
+    ));
+    assert!(stream.next().await.is_none());
+    assert!(matches!(
+        backend.send(msg("late"), SendOptions::new()).await,
+        Err(BackendError::BackendClosed)
+    ));
+    assert!(matches!(
+        backend.new_stream(1),
+        Err(BackendError::BackendClosed)
+    ));
+    assert!(backend.is_closed());
+}
+
+#[tokio::test]
+async fn dropping_response_futures_frees_their_slots() {
+    let peer = Peer::tcp(Mode::Silent, CodecConfig::default()).await;
+    let backend = peer.backend(config().buffer_size(4096)).await;
+    let mut futures = Vec::new();
+    for i in 0..1000 {
+        futures.push(
+            backend
+                .send(msg(format!("{i}")), SendOptions::timeout(LONG))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(backend.pending_len(), 1000);
+    drop(futures);
+    assert_eq!(backend.pending_len(), 0);
+}
+
+#[tokio::test]
+async fn stream_yields_messages_in_order_and_ends_after_close() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let mut stream = backend.new_stream(16).unwrap();
+    stream
+        .send(msg("push:100"), SendOptions::new())
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        let m = within("stream message", stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.id, stream.id());
+    }
+    stream
+        .send(msg("one more"), SendOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        within("echo", stream.next()).await.unwrap().unwrap().body,
+        "one more"
+    );
+    stream.close();
+    assert!(stream.next().await.is_none());
+    assert!(matches!(
+        stream.send(msg("x"), SendOptions::new()).await,
+        Err(BackendError::StreamClosed)
+    ));
+    assert_eq!(backend.pending_len(), 0);
+}
+
+#[tokio::test]
+async fn stream_sequence_gap_ends_the_stream_with_a_typed_error() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let mut stream = backend.new_stream(16).unwrap();
+    stream.send(msg("gap:3"), SendOptions::new()).await.unwrap();
+    assert!(within("first", stream.next()).await.unwrap().is_ok());
+    let err = within("gap", stream.next()).await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackendError::SequenceGap {
+                expected: 2,
+                received: 3
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(stream.next().await.is_none());
+}
+
+#[tokio::test]
+async fn stalled_stream_consumer_cannot_block_the_connection() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer
+        .backend(config().stream_stall_timeout(Duration::from_millis(100)))
+        .await;
+    let mut stalled = backend.new_stream(1).unwrap();
+    stalled
+        .send(msg("push:1000"), SendOptions::new())
+        .await
+        .unwrap();
+    // Nobody reads `stalled`; requests on the same connection still complete.
+    for i in 0..10 {
+        let body = format!("req {i}");
+        let resp = within(
+            "request past a stalled stream",
+            backend.request(msg(body.clone()), SendOptions::timeout(LONG)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.body, body);
+    }
+    // The stalled stream yields what it buffered, then the overflow error.
+    let mut items = Vec::new();
+    while let Some(item) = within("stream end", stalled.next()).await {
+        items.push(item);
+    }
+    assert!(
+        matches!(items.last(), Some(Err(BackendError::StreamOverflow))),
+        "{:?}",
+        items.last()
+    );
+    assert!(items.len() < 1000);
+}
+
+#[tokio::test]
+async fn closing_a_stream_with_a_full_buffer_does_not_deadlock() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config().stream_stall_timeout(LONG)).await;
+    let mut stream = backend.new_stream(1).unwrap();
+    stream
+        .send(msg("push:100"), SendOptions::new())
+        .await
+        .unwrap();
+    // Wait until the reader is blocked on the full buffer, then close the stream.
+    assert!(within("first", stream.next()).await.unwrap().is_ok());
+    drop(stream);
+    let resp = within(
+        "request after close",
+        backend.request(msg("alive"), SendOptions::timeout(LONG)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.body, "alive");
+}
+
+#[tokio::test]
+async fn ping_measures_a_round_trip() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let rtt = backend.ping(Duration::from_secs(5)).await.unwrap();
+    assert!(rtt < Duration::from_secs(5));
+    assert_eq!(backend.pending_len(), 0);
+}
+
+#[tokio::test]
+async fn heartbeat_resets_a_silent_connection_and_keeps_a_live_one() {
+    let silent = Peer::tcp(Mode::Silent, CodecConfig::default()).await;
+    let backend = silent
+        .backend(config().read_timeout(Some(Duration::from_millis(200))))
+        .await;
+    let started = Instant::now();
+    let err = within(
+        "heartbeat reset",
+        backend.request(msg("x"), SendOptions::timeout(LONG)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    let live = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = live
+        .backend(config().read_timeout(Some(Duration::from_millis(200))))
+        .await;
+    backend.request(msg("a"), SendOptions::new()).await.unwrap();
+    // Idle for several read timeouts: pongs keep the connection alive.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    backend.request(msg("b"), SendOptions::new()).await.unwrap();
+    assert_eq!(live.seen.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn write_deadline_covers_payload_bytes() {
+    let peer = Peer::tcp(Mode::Stall, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    // 64 MiB cannot fit in loopback socket buffers of a peer that never reads.
+    let big = RawMessage::with_payload("big", vec![0u8; 64 << 20]);
+    let err = within(
+        "write deadline",
+        backend.request(big, SendOptions::timeout(Duration::from_millis(300))),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, BackendError::Timeout | BackendError::BackendClosed),
+        "{err:?}"
+    );
+    // The writer is not stuck in that write: later sends are handled (here they time out
+    // against the stalled peer, instead of waiting forever).
+    let err = within(
+        "next send",
+        backend.request(
+            msg("next"),
+            SendOptions::timeout(Duration::from_millis(300)),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, BackendError::Timeout | BackendError::BackendClosed),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_future_resolves_exactly_once_under_concurrent_stress_with_faults() {
+    let peer = Peer::tcp(Mode::Reverse, CodecConfig::default()).await;
+    let backend = peer.backend(config().buffer_size(256)).await;
+    let drop_flag = peer.drop_connections.clone();
+    let faults_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = faults_done.clone();
+    let faults = tokio::spawn(async move {
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop_flag.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop_flag.store(false, Ordering::SeqCst);
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let backend = backend.clone();
+        let faults_done = faults_done.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            // At least 300 requests each, and traffic for as long as faults are injected.
+            let mut i = 0;
+            while i < 300 || !faults_done.load(Ordering::SeqCst) {
+                let body = format!("{t}/{i}");
+                i += 1;
+                match backend
+                    .request(
+                        msg(body.clone()),
+                        SendOptions::timeout(Duration::from_secs(5)),
+                    )
+                    .await
+                {
+                    Ok(resp) => {
+                        assert_eq!(resp.body, body, "response delivered to the wrong request");
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        assert!(
+                            e.is_connection_error() || matches!(e, BackendError::Timeout),
+                            "{e:?}"
+                        );
+                        failed += 1;
+                    }
+                }
+            }
+            (ok, failed, i)
+        }));
+    }
+    let (mut resolved, mut sent, mut successes) = (0, 0, 0);
+    for t in tasks {
+        let (ok, failed, count) = within("stress", t).await.unwrap();
+        resolved += ok + failed;
+        sent += count;
+        successes += ok;
+    }
+    faults.await.unwrap();
+    assert_eq!(resolved, sent, "every request resolved exactly once");
+    assert!(successes > 0);
+    assert!(
+        peer.seen.connections.load(Ordering::SeqCst) > 1,
+        "faults broke connections"
+    );
+    let ids = peer.seen.ids.lock().clone();
+    let unique: HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no request was written twice");
+    assert_eq!(backend.pending_len(), 0);
+}
