@@ -1,8 +1,9 @@
 //! The pending table: what waits for a frame with a given id.
 //!
-//! One `parking_lot::Mutex<HashMap>` keyed by id. It is never held across an `.await`:
-//! every user takes what it needs (removes a oneshot sender, clones a stream sender)
-//! and releases the lock before completing or awaiting anything.
+//! A few `parking_lot::Mutex<HashMap>` shards keyed by id (senders insert and the reader
+//! removes concurrently; consecutive ids land on different shards). A lock is never held
+//! across an `.await`: every user takes what it needs (removes a oneshot sender, clones a
+//! stream sender) and releases the lock before completing or awaiting anything.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -75,52 +76,62 @@ impl Hasher for IdHasher {
 /// Id → waiter.
 pub(crate) type PendingMap<Resp> = HashMap<u64, Pending<Resp>, BuildHasherDefault<IdHasher>>;
 
+/// Number of shards (a power of two).
+const SHARDS: usize = 16;
+
 /// The table of pending ids of one backend.
 pub(crate) struct PendingTable<Resp> {
-    /// Id → waiter.
-    map: Mutex<PendingMap<Resp>>,
+    /// Id → waiter, sharded by `id % SHARDS`.
+    shards: [Mutex<PendingMap<Resp>>; SHARDS],
 }
 
 impl<Resp> Default for PendingTable<Resp> {
     fn default() -> Self {
         Self {
-            map: Mutex::new(HashMap::default()),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::default())),
         }
     }
 }
 
 impl<Resp> PendingTable<Resp> {
+    /// The shard holding `id`.
+    fn shard(&self, id: u64) -> &Mutex<PendingMap<Resp>> {
+        &self.shards[id as usize % SHARDS]
+    }
+
     /// Registers `id`.
     pub(crate) fn insert(&self, id: u64, pending: Pending<Resp>) {
-        self.map.lock().insert(id, pending);
+        self.shard(id).lock().insert(id, pending);
     }
 
     /// Removes `id` and returns what waited on it.
     pub(crate) fn remove(&self, id: u64) -> Option<Pending<Resp>> {
-        self.map.lock().remove(&id)
+        self.shard(id).lock().remove(&id)
     }
 
     /// Whether `id` is still registered.
     pub(crate) fn contains(&self, id: u64) -> bool {
-        self.map.lock().contains_key(&id)
+        self.shard(id).lock().contains_key(&id)
     }
 
-    /// Runs `f` on the map under the lock; `f` must not block or await.
-    pub(crate) fn with_map<R>(&self, f: impl FnOnce(&mut PendingMap<Resp>) -> R) -> R {
-        f(&mut self.map.lock())
+    /// Runs `f` on the shard holding `id` under its lock; `f` must not block or await.
+    pub(crate) fn with_shard<R>(&self, id: u64, f: impl FnOnce(&mut PendingMap<Resp>) -> R) -> R {
+        f(&mut self.shard(id).lock())
     }
 
     /// The number of pending ids.
     pub(crate) fn len(&self) -> usize {
-        self.map.lock().len()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     /// Fails every waiter with `err`: requests and pings resolve with it, streams end
     /// with it.
     pub(crate) fn fail_all(&self, err: &BackendError) {
-        let drained: Vec<Pending<Resp>> = self.map.lock().drain().map(|(_, p)| p).collect();
-        for pending in drained {
-            fail(pending, err.clone());
+        for shard in &self.shards {
+            let drained: Vec<Pending<Resp>> = shard.lock().drain().map(|(_, p)| p).collect();
+            for pending in drained {
+                fail(pending, err.clone());
+            }
         }
     }
 }

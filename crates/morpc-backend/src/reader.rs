@@ -183,7 +183,7 @@ impl<Resp> crate::pending::PendingTable<Resp> {
     /// Decides under one lock what to do with a message for `id` carrying `seq`:
     /// a request is removed, a stream's sequence is checked and advanced.
     fn take_for_delivery(&self, id: u64, seq: Option<u32>) -> Delivery<Resp> {
-        self.with_map(|map| match map.get_mut(&id) {
+        self.with_shard(id, |map| match map.get_mut(&id) {
             None | Some(Pending::Ping(_)) => Delivery::Unknown,
             Some(Pending::Request(_)) => match map.remove(&id) {
                 Some(Pending::Request(tx)) => Delivery::Request(tx),
