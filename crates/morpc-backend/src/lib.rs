@@ -29,6 +29,7 @@ mod config;
 mod error;
 mod factory;
 mod future;
+pub mod io;
 mod pending;
 mod reader;
 mod stream;

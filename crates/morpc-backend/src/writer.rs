@@ -2,12 +2,11 @@
 //! batch into one buffer and writes it with vectored writes (payloads never copied), one
 //! flush per batch.
 
-use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use morpc_codec::{FrameBody, Message};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -18,9 +17,6 @@ use crate::address::{BoxReader, BoxWriter};
 use crate::backend::{ItemKind, ONE_WAY_DEADLINE, PING_DEADLINE_CAP, Shared, WriteItem};
 use crate::pending::fail;
 use crate::{BackendError, reader};
-
-/// Most slices handed to one `write_vectored` call.
-const MAX_IO_SLICES: usize = 64;
 
 /// The state of one established connection, shared by the writer and its reader.
 pub(crate) struct ConnState {
@@ -169,7 +165,7 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
         };
         let written = tokio::time::timeout_at(
             earliest.into(),
-            write_chunks(&mut c.writer, &mut out.chunks),
+            crate::io::write_chunks(&mut c.writer, &mut out.chunks),
         )
         .await;
         out.chunks.clear();
@@ -318,32 +314,4 @@ fn encode<Req: Message, Resp>(
         out.chunks.push(out.buf.split().freeze());
     }
     earliest.filter(|_| !out.chunks.is_empty())
-}
-
-/// Writes every chunk with vectored writes, then flushes once.
-async fn write_chunks(writer: &mut BoxWriter, chunks: &mut [Bytes]) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < chunks.len() {
-        let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
-        let mut count = 0;
-        for chunk in chunks[first..].iter().take(MAX_IO_SLICES) {
-            slices[count] = IoSlice::new(chunk);
-            count += 1;
-        }
-        let mut written = writer.write_vectored(&slices[..count]).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let chunk = &mut chunks[first];
-            if written >= chunk.len() {
-                written -= chunk.len();
-                first += 1;
-            } else {
-                chunk.advance(written);
-                written = 0;
-            }
-        }
-    }
-    writer.flush().await
 }

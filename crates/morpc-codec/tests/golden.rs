@@ -1,8 +1,10 @@
-//! The golden frames produced by MatrixOne's Go implementation (`tests/data/`, copied from
-//! `shared/wire/`): every vector must encode byte for byte and decode to the same fields,
+//! The golden frames produced by MatrixOne's Go implementation (`morpc-testkit`, copied
+//! from `shared/wire/`): every vector must encode byte for byte and decode to the same fields,
 //! and every error vector must fail with its typed error.
 
 use std::collections::HashMap;
+
+use morpc_testkit::golden::{self, Vector, hex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -10,54 +12,6 @@ use morpc_codec::{
     Codec, CodecConfig, CodecError, Frame, FrameBody, FrameError, FrameHeaders, Framing, Message,
     OpaqueMessage, RawMessage, TraceContext,
 };
-
-/// One `[section]` of a vector file.
-#[derive(Debug)]
-struct Vector {
-    name: String,
-    fields: HashMap<String, String>,
-}
-
-impl Vector {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.fields.get(key).map(String::as_str)
-    }
-
-    fn frame(&self) -> Vec<u8> {
-        hex(self.get("frame").expect("every vector has a frame"))
-    }
-}
-
-fn parse_vectors(text: &str) -> Vec<Vector> {
-    let mut out: Vec<Vector> = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            out.push(Vector {
-                name: name.to_owned(),
-                fields: HashMap::new(),
-            });
-            continue;
-        }
-        let (key, value) = line.split_once('=').expect("key = value");
-        let vector = out.last_mut().expect("a field belongs to a section");
-        vector
-            .fields
-            .insert(key.trim().to_owned(), value.trim().to_owned());
-    }
-    out
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    let digits: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "odd hex string {s:?}");
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).expect("hex digit"))
-        .collect()
-}
 
 fn parse_u64(s: &str) -> u64 {
     match s.strip_prefix("0x") {
@@ -113,16 +67,11 @@ fn expected_payload(spec: &str) -> Option<Bytes> {
 /// The configured codec of a vector.
 fn codec_for(framing: Framing, vector: &Vector) -> Codec {
     let mut config = CodecConfig::new(framing);
-    if let Some(spec) = vector.get("codec") {
-        for kv in spec.split_whitespace() {
-            let (key, value) = kv.split_once('=').unwrap();
-            let on = value == "on";
-            config = match key {
-                "checksum" => config.checksum(on),
-                "compress" => config.compression(on),
-                other => panic!("unknown codec option {other}"),
-            };
-        }
+    if let Some(on) = vector.codec_option("checksum") {
+        config = config.checksum(on);
+    }
+    if let Some(on) = vector.codec_option("compress") {
+        config = config.compression(on);
     }
     Codec::new(config)
 }
@@ -231,12 +180,12 @@ fn error_matches(kind: &str, err: &CodecError) -> bool {
 }
 
 fn check_file(framing: Framing, text: &str) -> usize {
-    let vectors = parse_vectors(text);
+    let vectors = golden::parse(text);
     assert!(!vectors.is_empty());
     for v in &vectors {
         let codec = codec_for(framing, v);
         let frame = v.frame();
-        let expect = v.get("expect").expect("expect");
+        let expect = v.expect();
         let name = &v.name;
         match expect {
             "roundtrip" | "decode" => {
@@ -279,13 +228,13 @@ fn check_file(framing: Framing, text: &str) -> usize {
 
 #[test]
 fn v05_golden_vectors() {
-    let n = check_file(Framing::V05, include_str!("data/vectors-v05.txt"));
+    let n = check_file(Framing::V05, golden::V05);
     assert_eq!(n, 11);
 }
 
 #[test]
 fn v07_golden_vectors() {
-    let n = check_file(Framing::V07, include_str!("data/vectors-v07.txt"));
+    let n = check_file(Framing::V07, golden::V07);
     assert_eq!(n, 15);
 }
 

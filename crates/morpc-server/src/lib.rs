@@ -1,7 +1,35 @@
 //! `RpcServer`: TCP and Unix listeners, one reader and one writer task per connection,
-//! handlers with a `ClientSession` for request/response and streams, and graceful
+//! handlers with a [`ClientSession`] for request/response and streams, and graceful
 //! shutdown that survives hostile peers.
 //!
-//! Built on [`morpc_codec`], re-exported as [`codec`].
+//! Bad input on one connection (garbage, oversized or truncated frames, checksum
+//! mismatch, unknown flags) closes that connection with a logged [`CloseReason`]; the
+//! server and every other connection keep working.
+//!
+//! ```no_run
+//! use morpc_server::{RpcServer, ServerConfig, sync_handler, Request, HandlerError};
+//! use morpc_server::codec::RawMessage;
+//!
+//! # async fn demo() -> Result<(), morpc_server::ServerError> {
+//! let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+//! let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), echo).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod config;
+mod connection;
+mod error;
+mod handler;
+mod listener;
+mod server;
+mod session;
+
+pub use config::{ResponseFilter, ServerConfig};
+pub use error::{CloseReason, HandlerError, ServerError};
+pub use handler::{Handler, Request, SyncHandler, sync_handler};
 pub use morpc_codec as codec;
+pub use server::RpcServer;
+pub use session::ClientSession;

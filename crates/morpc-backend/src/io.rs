@@ -1,0 +1,44 @@
+//! Socket-writing helpers shared by the client and server connection writers.
+
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Most slices handed to one `write_vectored` call.
+const MAX_IO_SLICES: usize = 64;
+
+/// Writes every chunk in order with vectored writes (payload chunks are never copied),
+/// then flushes once. Chunks are advanced past what was written.
+///
+/// # Errors
+/// The writer's error, or `WriteZero` when it accepts no bytes.
+pub async fn write_chunks<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    chunks: &mut [Bytes],
+) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+        let mut count = 0;
+        for chunk in chunks[first..].iter().take(MAX_IO_SLICES) {
+            slices[count] = IoSlice::new(chunk);
+            count += 1;
+        }
+        let mut written = writer.write_vectored(&slices[..count]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let chunk = &mut chunks[first];
+            if written >= chunk.len() {
+                written -= chunk.len();
+                first += 1;
+            } else {
+                chunk.advance(written);
+                written = 0;
+            }
+        }
+    }
+    writer.flush().await
+}

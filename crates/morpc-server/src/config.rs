@@ -1,0 +1,156 @@
+//! Server configuration.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use morpc_codec::CodecConfig;
+
+/// A write filter: returns `false` to drop a response before it is written.
+pub type ResponseFilter<Resp> = Arc<dyn Fn(&Resp) -> bool + Send + Sync>;
+
+/// Configuration of an [`RpcServer`](crate::RpcServer). The setters consume and return
+/// the configuration, so it is its own builder.
+pub struct ServerConfig<Resp> {
+    /// Most queued responses encoded into one buffer and written with one vectored write.
+    pub(crate) batch_send_size: usize,
+    /// Capacity of each connection's response queue.
+    pub(crate) session_buffer_size: usize,
+    /// Handlers running at once per connection (1: in order on the reader, as Go).
+    pub(crate) concurrency: usize,
+    /// Most connections served at once; further ones wait in the listen backlog.
+    pub(crate) max_connections: usize,
+    /// How long `shutdown()` lets admitted handlers finish and sessions flush.
+    pub(crate) grace_period: Duration,
+    /// Timeout of session writes for requests that carried no deadline.
+    pub(crate) default_write_timeout: Duration,
+    /// Initial and minimum free size of each connection's read buffer.
+    pub(crate) read_buffer_size: usize,
+    /// Frame layout, checksum, compression, size limits and headers.
+    pub(crate) codec: CodecConfig,
+    /// Optional response filter.
+    pub(crate) filter: Option<ResponseFilter<Resp>>,
+}
+
+impl<Resp> Clone for ServerConfig<Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            batch_send_size: self.batch_send_size,
+            session_buffer_size: self.session_buffer_size,
+            concurrency: self.concurrency,
+            max_connections: self.max_connections,
+            grace_period: self.grace_period,
+            default_write_timeout: self.default_write_timeout,
+            read_buffer_size: self.read_buffer_size,
+            codec: self.codec.clone(),
+            filter: self.filter.clone(),
+        }
+    }
+}
+
+impl<Resp> fmt::Debug for ServerConfig<Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("batch_send_size", &self.batch_send_size)
+            .field("session_buffer_size", &self.session_buffer_size)
+            .field("concurrency", &self.concurrency)
+            .field("max_connections", &self.max_connections)
+            .field("grace_period", &self.grace_period)
+            .field("default_write_timeout", &self.default_write_timeout)
+            .field("read_buffer_size", &self.read_buffer_size)
+            .field("codec", &self.codec)
+            .field("filter", &self.filter.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+impl<Resp> Default for ServerConfig<Resp> {
+    /// `batch_send_size` 64 (as the client), `session_buffer_size` 1024, concurrency 1,
+    /// 10 000 connections, 10 s grace period, 10 s default write timeout, 64 KiB read
+    /// buffer, the default V07 codec, no filter.
+    fn default() -> Self {
+        Self {
+            batch_send_size: 64,
+            session_buffer_size: 1024,
+            concurrency: 1,
+            max_connections: 10_000,
+            grace_period: Duration::from_secs(10),
+            default_write_timeout: Duration::from_secs(10),
+            read_buffer_size: 64 * 1024,
+            codec: CodecConfig::default(),
+            filter: None,
+        }
+    }
+}
+
+impl<Resp> ServerConfig<Resp> {
+    /// The defaults (see [`Default`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Responses per write batch (at least 1).
+    pub fn batch_send_size(mut self, n: usize) -> Self {
+        self.batch_send_size = n.max(1);
+        self
+    }
+
+    /// Capacity of each connection's response queue (at least 1).
+    pub fn session_buffer_size(mut self, n: usize) -> Self {
+        self.session_buffer_size = n.max(1);
+        self
+    }
+
+    /// Handlers running at once per connection; 1 (the default) runs them in order.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Most connections served at once.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Largest accepted frame body (see [`CodecConfig::max_body_size`]).
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.codec = self.codec.max_body_size(bytes);
+        self
+    }
+
+    /// How long `shutdown()` waits for handlers and session flushes.
+    pub fn grace_period(mut self, d: Duration) -> Self {
+        self.grace_period = d;
+        self
+    }
+
+    /// Timeout of session writes for requests without a deadline.
+    pub fn default_write_timeout(mut self, d: Duration) -> Self {
+        self.default_write_timeout = d;
+        self
+    }
+
+    /// Initial and minimum free size of each connection's read buffer.
+    pub fn read_buffer_size(mut self, n: usize) -> Self {
+        self.read_buffer_size = n.max(1024);
+        self
+    }
+
+    /// The codec configuration (must match the clients').
+    pub fn codec(mut self, codec: CodecConfig) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Installs a response filter.
+    pub fn filter(mut self, filter: ResponseFilter<Resp>) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// The codec configuration.
+    pub fn codec_config(&self) -> &CodecConfig {
+        &self.codec
+    }
+}

@@ -1,0 +1,311 @@
+//! One accepted connection: a reader that decodes requests and runs handlers, and a
+//! writer task that batches responses from the session queue into vectored writes.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use morpc_backend::{BoxReader, BoxWriter};
+use morpc_codec::{Codec, Frame, FrameBody, Framing, Message};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::session::SessionShared;
+use crate::{ClientSession, CloseReason, Handler, Request, ServerConfig};
+
+/// What every connection of a server shares.
+pub(crate) struct ServerShared<H, Resp> {
+    /// The user's handler.
+    pub(crate) handler: H,
+    /// The configuration.
+    pub(crate) config: ServerConfig<Resp>,
+    /// Built from `config.codec`.
+    pub(crate) codec: Codec,
+    /// Cancelled by `shutdown()`: stop reading new requests, let handlers finish, flush.
+    pub(crate) shutdown: CancellationToken,
+    /// Cancelled by `close()` or when the grace period ends: stop at once.
+    pub(crate) closed: CancellationToken,
+}
+
+/// Stream ids seen on a connection → the last sequence number written for each.
+type StreamSeqs = Arc<Mutex<HashMap<u64, u32>>>;
+
+/// Serves one connection until it closes; returns why it closed.
+pub(crate) async fn serve<Req, Resp, H>(
+    shared: Arc<ServerShared<H, Resp>>,
+    reader: BoxReader,
+    writer: BoxWriter,
+    remote: String,
+) -> CloseReason
+where
+    Req: Message,
+    Resp: Message,
+    H: Handler<Req, Resp>,
+{
+    let closed = shared.closed.child_token();
+    let streams: StreamSeqs = Arc::default();
+    let (tx, rx) = mpsc::channel(shared.config.session_buffer_size);
+    let session = Arc::new(SessionShared {
+        tx,
+        remote,
+        closed: closed.clone(),
+        default_write_timeout: shared.config.default_write_timeout,
+    });
+    let writer_task = tokio::spawn(write_loop(
+        shared.clone(),
+        writer,
+        rx,
+        streams.clone(),
+        closed.clone(),
+    ));
+    let reason = read_loop(&shared, reader, &session, &streams).await;
+    let remote = session.remote.clone();
+    drop(session);
+    // A shutdown flushes: the writer ends once every session clone is gone and the queue
+    // is written (the server's grace period bounds this). Anything else closes at once.
+    if !matches!(reason, CloseReason::Shutdown) {
+        closed.cancel();
+    }
+    if let Ok(Err(e)) = writer_task.await {
+        tracing::debug!(%remote, error = %e, "write failed");
+    }
+    closed.cancel();
+    reason
+}
+
+/// Reads and dispatches requests until the connection must close.
+async fn read_loop<Req, Resp, H>(
+    shared: &Arc<ServerShared<H, Resp>>,
+    mut reader: BoxReader,
+    session: &Arc<SessionShared<Resp>>,
+    streams: &StreamSeqs,
+) -> CloseReason
+where
+    Req: Message,
+    Resp: Message,
+    H: Handler<Req, Resp>,
+{
+    let min_free = shared.config.read_buffer_size;
+    let mut buf = BytesMut::with_capacity(min_free);
+    let mut sequence = 0u64;
+    let concurrency = shared.config.concurrency;
+    let limiter = Arc::new(Semaphore::new(concurrency));
+    let mut running: JoinSet<Result<(), CloseReason>> = JoinSet::new();
+    let reason = 'read: loop {
+        if buf.capacity() - buf.len() < min_free / 4 {
+            buf.reserve(min_free);
+        }
+        let read = tokio::select! {
+            biased;
+            () = session.closed.cancelled() => break 'read closed_reason(shared),
+            () = shared.shutdown.cancelled() => break 'read CloseReason::Shutdown,
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                match done {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(reason)) => break 'read reason,
+                    Err(e) => break 'read CloseReason::HandlerPanicked(e.to_string().into()),
+                }
+            }
+            r = reader.read_buf(&mut buf) => r,
+        };
+        match read {
+            Ok(0) => break CloseReason::PeerClosed,
+            Ok(_) => {}
+            Err(e) => break CloseReason::from(e),
+        }
+        loop {
+            let frame: Frame<Req> = match shared.codec.decode(&mut buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => break 'read CloseReason::BadFrame(e),
+            };
+            let message = match frame.body {
+                FrameBody::Message(m) => m,
+                FrameBody::Ping(id) => {
+                    if session.tx.send(Frame::pong(id)).await.is_err() {
+                        break 'read closed_reason(shared);
+                    }
+                    continue;
+                }
+                FrameBody::Pong(_) => continue,
+            };
+            sequence += 1;
+            if frame.stream_seq.is_some() {
+                streams.lock().entry(message.id()).or_insert(0);
+            }
+            let request = Request {
+                message,
+                sequence,
+                deadline: frame.headers.deadline.map(|left| Instant::now() + left),
+                trace: frame.headers.trace,
+                stream_seq: frame.stream_seq,
+                headers: frame.headers,
+            };
+            let client = ClientSession::new(session.clone(), request.deadline);
+            if concurrency == 1 {
+                let outcome = tokio::select! {
+                    biased;
+                    () = session.closed.cancelled() => break 'read closed_reason(shared),
+                    outcome = run_handler(shared, request, client) => outcome,
+                };
+                if let Err(reason) = outcome {
+                    break 'read reason;
+                }
+            } else {
+                let permit = tokio::select! {
+                    biased;
+                    () = session.closed.cancelled() => break 'read closed_reason(shared),
+                    p = limiter.clone().acquire_owned() => p.expect("never closed"),
+                };
+                let shared = shared.clone();
+                let closed = session.closed.clone();
+                running.spawn(async move {
+                    let _permit = permit;
+                    tokio::select! {
+                        biased;
+                        () = closed.cancelled() => Ok(()),
+                        outcome = run_handler(&shared, request, client) => outcome,
+                    }
+                });
+            }
+        }
+    };
+    // Admitted handlers finish on shutdown (bounded by the grace period); otherwise
+    // they are cancelled with the connection.
+    if matches!(reason, CloseReason::Shutdown) {
+        while let Some(done) = running.join_next().await {
+            if let Ok(Err(reason)) = done {
+                tracing::warn!(remote = %session.remote, %reason, "handler failed during shutdown");
+            }
+        }
+    }
+    running.abort_all();
+    reason
+}
+
+/// Why the connection stopped when its token was cancelled.
+fn closed_reason<H, Resp>(shared: &ServerShared<H, Resp>) -> CloseReason {
+    if shared.closed.is_cancelled() {
+        CloseReason::Shutdown
+    } else {
+        CloseReason::SessionClosed
+    }
+}
+
+/// Runs the handler, turning an error or a panic into the connection's close reason.
+async fn run_handler<Req, Resp, H>(
+    shared: &ServerShared<H, Resp>,
+    request: Request<Req>,
+    session: ClientSession<Resp>,
+) -> Result<(), CloseReason>
+where
+    Req: Message,
+    Resp: Message,
+    H: Handler<Req, Resp>,
+{
+    match AssertUnwindSafe(shared.handler.handle(request, session))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CloseReason::HandlerFailed(e.to_string().into())),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".to_owned());
+            Err(CloseReason::HandlerPanicked(what.into()))
+        }
+    }
+}
+
+/// Writes queued responses in batches until every session is gone (then flushes and
+/// shuts the socket down) or the connection is closed.
+async fn write_loop<H, Resp: Message>(
+    shared: Arc<ServerShared<H, Resp>>,
+    mut writer: BoxWriter,
+    mut rx: mpsc::Receiver<Frame<Resp>>,
+    streams: StreamSeqs,
+    closed: CancellationToken,
+) -> std::io::Result<()> {
+    let batch_size = shared.config.batch_send_size;
+    let numbered = shared.codec.framing() == Framing::V07;
+    let mut batch: Vec<Frame<Resp>> = Vec::with_capacity(batch_size);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(4);
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = closed.cancelled() => return Ok(()),
+            item = rx.recv() => item,
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        if rx.len() + 1 < batch_size {
+            // Let handlers that were just woken queue too (see the client writer).
+            tokio::task::yield_now().await;
+        }
+        while batch.len() < batch_size {
+            match rx.try_recv() {
+                Ok(frame) => batch.push(frame),
+                Err(_) => break,
+            }
+        }
+        if numbered {
+            number_stream_responses(&streams, &mut batch);
+        }
+        buf.reserve(64 * 1024);
+        for frame in batch.drain(..) {
+            if let (Some(filter), FrameBody::Message(m)) = (&shared.config.filter, &frame.body) {
+                if !filter(m) {
+                    continue;
+                }
+            }
+            match shared.codec.encode(&frame, &mut buf) {
+                Ok(Some(payload)) => {
+                    chunks.push(buf.split().freeze());
+                    chunks.push(payload);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot encode response; dropped"),
+            }
+        }
+        if !buf.is_empty() {
+            chunks.push(buf.split().freeze());
+        }
+        let written = tokio::select! {
+            biased;
+            () = closed.cancelled() => return Ok(()),
+            r = morpc_backend::io::write_chunks(&mut writer, &mut chunks) => r,
+        };
+        chunks.clear();
+        if let Err(e) = written {
+            closed.cancel();
+            return Err(e);
+        }
+    }
+    writer.shutdown().await
+}
+
+/// Gives each response to a known stream id the stream's next sequence number.
+fn number_stream_responses<Resp: Message>(streams: &StreamSeqs, batch: &mut [Frame<Resp>]) {
+    let mut streams = streams.lock();
+    if streams.is_empty() {
+        return;
+    }
+    for frame in batch {
+        if let FrameBody::Message(m) = &frame.body {
+            if let Some(seq) = streams.get_mut(&m.id()) {
+                *seq = seq.wrapping_add(1);
+                frame.stream_seq = Some(*seq);
+            }
+        }
+    }
+}

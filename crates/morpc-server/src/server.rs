@@ -1,0 +1,190 @@
+//! `RpcServer`: the accept loop, connection tracking and shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use morpc_backend::Address;
+use morpc_codec::{Codec, Message};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{ServerShared, serve};
+use crate::listener::Listener;
+use crate::{CloseReason, Handler, ServerConfig, ServerError};
+
+/// A running morpc server: accepts TCP or Unix connections and serves each with a reader
+/// that runs the handler and a writer that batches responses.
+///
+/// Stop it with [`shutdown`](RpcServer::shutdown) (graceful) or
+/// [`close`](RpcServer::close) (at once); dropping it closes it.
+#[derive(Debug)]
+pub struct RpcServer {
+    /// The address actually bound.
+    local_addr: Address,
+    /// Shutdown signals and task tracking.
+    control: Arc<Control>,
+}
+
+/// The server's stop signals and tasks.
+#[derive(Debug)]
+struct Control {
+    /// Stop accepting and reading; let handlers finish; flush.
+    shutdown: CancellationToken,
+    /// Stop everything now.
+    closed: CancellationToken,
+    /// The accept loop and every connection task.
+    tasks: TaskTracker,
+    /// How long `shutdown()` waits before closing.
+    grace_period: Duration,
+    /// The Unix socket file to remove when stopped.
+    unix_path: Mutex<Option<PathBuf>>,
+}
+
+impl Control {
+    fn remove_socket_file(&self) {
+        if let Some(path) = self.unix_path.lock().take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl RpcServer {
+    /// Binds `address` (`host:port` or `unix:///path`) and starts serving with `handler`.
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ServerError::InvalidAddress`] or [`ServerError::Bind`].
+    pub async fn start<Req, Resp, H>(
+        address: &str,
+        config: ServerConfig<Resp>,
+        handler: H,
+    ) -> Result<Self, ServerError>
+    where
+        Req: Message,
+        Resp: Message,
+        H: Handler<Req, Resp>,
+    {
+        let address: Address = address
+            .parse()
+            .map_err(|_| ServerError::InvalidAddress(address.to_owned()))?;
+        let listener = Listener::bind(&address).await?;
+        let local_addr = listener.local_addr().map_err(|e| ServerError::Bind {
+            address: address.to_string(),
+            source: e.into(),
+        })?;
+        let control = Arc::new(Control {
+            shutdown: CancellationToken::new(),
+            closed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            grace_period: config.grace_period,
+            unix_path: Mutex::new(match &listener {
+                Listener::Unix(_, path) => Some(path.clone()),
+                Listener::Tcp(_) => None,
+            }),
+        });
+        let shared = Arc::new(ServerShared {
+            codec: Codec::new(config.codec.clone()),
+            handler,
+            config,
+            shutdown: control.shutdown.clone(),
+            closed: control.closed.clone(),
+        });
+        tracing::info!(address = %local_addr, "morpc server listening");
+        control
+            .tasks
+            .spawn(accept_loop(listener, shared, control.tasks.clone()));
+        Ok(Self {
+            local_addr,
+            control,
+        })
+    }
+
+    /// The address the server is bound to (with the real port when started on port 0).
+    pub fn local_addr(&self) -> &Address {
+        &self.local_addr
+    }
+
+    /// Graceful shutdown: stops accepting and reading new requests, lets admitted
+    /// handlers finish and queued responses flush within the grace period, then closes
+    /// whatever is left. Idempotent; returns when every connection is closed.
+    pub async fn shutdown(&self) {
+        let control = &self.control;
+        control.shutdown.cancel();
+        control.tasks.close();
+        if tokio::time::timeout(control.grace_period, control.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?control.grace_period, "grace period over; closing remaining connections");
+            control.closed.cancel();
+            control.tasks.wait().await;
+        }
+        control.closed.cancel();
+        control.remove_socket_file();
+    }
+
+    /// Closes at once: stops accepting, cancels running handlers and closes every
+    /// connection (clients see their in-flight requests fail). Idempotent. Tasks finish
+    /// in the background; await [`shutdown`](RpcServer::shutdown) to wait for them.
+    pub fn close(&self) {
+        self.control.closed.cancel();
+        self.control.shutdown.cancel();
+        self.control.tasks.close();
+        self.control.remove_socket_file();
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Accepts connections until shutdown, at most `max_connections` at once.
+async fn accept_loop<Req, Resp, H>(
+    listener: Listener,
+    shared: Arc<ServerShared<H, Resp>>,
+    tasks: TaskTracker,
+) where
+    Req: Message,
+    Resp: Message,
+    H: Handler<Req, Resp>,
+{
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (reader, writer, remote) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            tracing::debug!(%remote, "connection accepted");
+            let reason = serve(shared, reader, writer, remote.clone()).await;
+            match &reason {
+                CloseReason::PeerClosed | CloseReason::Shutdown | CloseReason::SessionClosed => {
+                    tracing::debug!(%remote, %reason, "connection closed");
+                }
+                _ => tracing::warn!(%remote, %reason, "connection closed"),
+            }
+        });
+    }
+}

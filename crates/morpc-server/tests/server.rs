@@ -1,0 +1,514 @@
+//! End-to-end behaviour of `RpcServer` with `morpc-backend` clients on loopback.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use morpc_backend::{Address, Backend, BackendConfig, BackendError, SendOptions};
+use morpc_codec::{CodecConfig, Framing, Message, RawMessage};
+use morpc_server::{
+    ClientSession, HandlerError, Request, RpcServer, ServerConfig, ServerError, sync_handler,
+};
+use morpc_testkit::golden;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, Semaphore};
+
+/// A generous bound for "promptly".
+const PROMPT: Duration = Duration::from_secs(10);
+/// A timeout that, when reached, means the behaviour under test failed.
+const LONG: Duration = Duration::from_secs(60);
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PROMPT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {PROMPT:?}"))
+}
+
+fn msg(body: impl Into<Bytes>) -> RawMessage {
+    RawMessage::new(body)
+}
+
+async fn echo_server(config: ServerConfig<RawMessage>) -> RpcServer {
+    let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+    RpcServer::start("127.0.0.1:0", config, echo).await.unwrap()
+}
+
+async fn client(server: &RpcServer) -> Backend<RawMessage> {
+    client_with(server, BackendConfig::new()).await
+}
+
+async fn client_with(server: &RpcServer, config: BackendConfig<RawMessage>) -> Backend<RawMessage> {
+    Backend::create(server.local_addr().clone(), config)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn echoes_messages_and_payloads() {
+    let server = echo_server(ServerConfig::new()).await;
+    let backend = client(&server).await;
+    let resp = backend
+        .request(msg("hello"), SendOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.body, "hello");
+    let payload: Bytes = (0..(1 << 20))
+        .map(|i| (i % 253) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let resp = backend
+        .request(
+            RawMessage::with_payload("meta", payload.clone()),
+            SendOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.body, resp.payload),
+        (Bytes::from("meta"), Some(payload))
+    );
+}
+
+#[tokio::test]
+async fn v05_server_echoes_v05_clients() {
+    let server = echo_server(ServerConfig::new().codec(CodecConfig::new(Framing::V05))).await;
+    let backend = client_with(
+        &server,
+        BackendConfig::new().codec(CodecConfig::new(Framing::V05)),
+    )
+    .await;
+    let resp = backend
+        .request(RawMessage::with_payload("m", "p"), SendOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.payload, Some(Bytes::from("p")));
+}
+
+#[tokio::test]
+async fn sequence_numbers_count_per_connection_from_one() {
+    let handler = sync_handler(|req: Request<RawMessage>| {
+        let mut m = req.message;
+        m.body = req.sequence.to_string().into();
+        Ok::<_, HandlerError>(m)
+    });
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), handler)
+        .await
+        .unwrap();
+    let a = client(&server).await;
+    let b = client(&server).await;
+    for expected in ["1", "2", "3"] {
+        assert_eq!(
+            a.request(msg("x"), SendOptions::new()).await.unwrap().body,
+            expected
+        );
+    }
+    assert_eq!(
+        b.request(msg("x"), SendOptions::new()).await.unwrap().body,
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn deadline_and_trace_reach_the_handler() {
+    let handler = sync_handler(|req: Request<RawMessage>| {
+        let left = req
+            .deadline
+            .expect("deadline header")
+            .saturating_duration_since(Instant::now());
+        let mut m = req.message;
+        m.body = format!("{} {}", left.as_millis(), req.trace.span_id[7]).into();
+        Ok::<_, HandlerError>(m)
+    });
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), handler)
+        .await
+        .unwrap();
+    let backend = client(&server).await;
+    let trace = morpc_codec::TraceContext {
+        trace_id: [1; 16],
+        span_id: [0, 0, 0, 0, 0, 0, 0, 42],
+    };
+    let opts = SendOptions::timeout(Duration::from_secs(5)).with_trace(trace);
+    let resp = backend.request(msg("x"), opts).await.unwrap();
+    let text = String::from_utf8(resp.body.to_vec()).unwrap();
+    let (millis, span) = text.split_once(' ').unwrap();
+    let millis: u64 = millis.parse().unwrap();
+    assert!(
+        millis <= 5000 && millis > 4000,
+        "handler saw {millis} ms left"
+    );
+    assert_eq!(span, "42");
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_pong() {
+    let server = echo_server(ServerConfig::new()).await;
+    let backend = client(&server).await;
+    backend.ping(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test]
+async fn stream_handler_writes_many_responses_from_a_spawned_task() {
+    let handler = |req: Request<RawMessage>, session: ClientSession<RawMessage>| async move {
+        let id = req.message.id;
+        let n: usize = std::str::from_utf8(&req.message.body)?.parse()?;
+        tokio::spawn(async move {
+            for i in 0..n {
+                let mut m = RawMessage::new(i.to_string());
+                m.set_id(id);
+                if session.write(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok::<_, HandlerError>(())
+    };
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), handler)
+        .await
+        .unwrap();
+    let backend = client(&server).await;
+    let mut stream = backend.new_stream(64).unwrap();
+    stream.send(msg("500"), SendOptions::new()).await.unwrap();
+    for i in 0..500 {
+        let m = within("stream message", stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.body, i.to_string(), "in order, numbered without gaps");
+    }
+}
+
+#[tokio::test]
+async fn handler_error_and_panic_close_only_their_connection() {
+    let handler = |req: Request<RawMessage>, session: ClientSession<RawMessage>| async move {
+        match &req.message.body[..] {
+            b"fail" => Err::<(), HandlerError>("refused".into()),
+            b"panic" => panic!("handler bug"),
+            _ => {
+                session.write(req.message).await?;
+                Ok(())
+            }
+        }
+    };
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), handler)
+        .await
+        .unwrap();
+    let healthy = client(&server).await;
+    healthy
+        .request(msg("ok"), SendOptions::new())
+        .await
+        .unwrap();
+    for poison in ["fail", "panic"] {
+        let victim = client(&server).await;
+        victim.request(msg("ok"), SendOptions::new()).await.unwrap();
+        let err = within(
+            poison,
+            victim.request(msg(poison), SendOptions::timeout(LONG)),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, BackendError::BackendClosed),
+            "{poison}: {err:?}"
+        );
+        assert_eq!(
+            healthy
+                .request(msg("still here"), SendOptions::new())
+                .await
+                .unwrap()
+                .body,
+            "still here"
+        );
+    }
+}
+
+#[tokio::test]
+async fn write_filter_drops_responses() {
+    let filter: morpc_server::ResponseFilter<RawMessage> =
+        Arc::new(|m: &RawMessage| m.body != "secret");
+    let server = echo_server(ServerConfig::new().filter(filter)).await;
+    let backend = client(&server).await;
+    let err = backend
+        .request(
+            msg("secret"),
+            SendOptions::timeout(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Timeout), "{err:?}");
+    assert_eq!(
+        backend
+            .request(msg("public"), SendOptions::new())
+            .await
+            .unwrap()
+            .body,
+        "public"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_handlers_run_together_when_configured() {
+    // Four handlers that each wait for all four to have started: only possible when
+    // they run concurrently.
+    let started = Arc::new(Semaphore::new(0));
+    let handler = {
+        let started = started.clone();
+        move |req: Request<RawMessage>, session: ClientSession<RawMessage>| {
+            let started = started.clone();
+            async move {
+                started.add_permits(4);
+                let _all = started.acquire_many(4 * 4 - 3).await?;
+                session.write(req.message).await?;
+                Ok::<_, HandlerError>(())
+            }
+        }
+    };
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new().concurrency(4), handler)
+        .await
+        .unwrap();
+    let backend = client(&server).await;
+    let mut futures = Vec::new();
+    for i in 0..4 {
+        futures.push(
+            backend
+                .send(msg(format!("{i}")), SendOptions::timeout(LONG))
+                .await
+                .unwrap(),
+        );
+    }
+    for f in futures {
+        within("concurrent handlers", f).await.unwrap();
+    }
+}
+
+/// A handler that counts arrivals and answers only once released.
+fn gated_echo(
+    arrived: Arc<AtomicUsize>,
+    arrival: Arc<Notify>,
+    release: Arc<Semaphore>,
+) -> impl morpc_server::Handler<RawMessage, RawMessage> {
+    move |req: Request<RawMessage>, session: ClientSession<RawMessage>| {
+        let (arrived, arrival, release) = (arrived.clone(), arrival.clone(), release.clone());
+        async move {
+            arrived.fetch_add(1, Ordering::SeqCst);
+            arrival.notify_one();
+            let _go = release.acquire().await?;
+            session.write(req.message).await?;
+            Ok::<_, HandlerError>(())
+        }
+    }
+}
+
+async fn wait_for_arrivals(arrived: &AtomicUsize, arrival: &Notify, n: usize) {
+    within("all requests admitted", async {
+        while arrived.load(Ordering::SeqCst) < n {
+            arrival.notified().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_answers_every_admitted_request() {
+    let (arrived, arrival, release) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Notify::new()),
+        Arc::new(Semaphore::new(0)),
+    );
+    let handler = gated_echo(arrived.clone(), arrival.clone(), release.clone());
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new().concurrency(64), handler)
+        .await
+        .unwrap();
+    let backend = client(&server).await;
+    let mut futures = Vec::new();
+    for i in 0..20 {
+        futures.push(
+            backend
+                .send(msg(format!("{i}")), SendOptions::timeout(LONG))
+                .await
+                .unwrap(),
+        );
+    }
+    wait_for_arrivals(&arrived, &arrival, 20).await;
+    let server = Arc::new(server);
+    let stopping = tokio::spawn({
+        let server = server.clone();
+        async move { server.shutdown().await }
+    });
+    release.add_permits(1000);
+    for (i, f) in futures.into_iter().enumerate() {
+        assert_eq!(within("answer", f).await.unwrap().body, i.to_string());
+    }
+    within("shutdown", stopping).await.unwrap();
+    // Stopped: new connections are refused.
+    let late = client(&server).await;
+    assert!(
+        late.request(msg("late"), SendOptions::timeout(LONG))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn close_fails_in_flight_requests_promptly() {
+    let (arrived, arrival, release) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Notify::new()),
+        Arc::new(Semaphore::new(0)),
+    );
+    let handler = gated_echo(arrived.clone(), arrival.clone(), release);
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new().concurrency(64), handler)
+        .await
+        .unwrap();
+    let backend = client(&server).await;
+    let mut futures = Vec::new();
+    for i in 0..20 {
+        futures.push(
+            backend
+                .send(msg(format!("{i}")), SendOptions::timeout(LONG))
+                .await
+                .unwrap(),
+        );
+    }
+    wait_for_arrivals(&arrived, &arrival, 20).await;
+    server.close();
+    server.close();
+    for f in futures {
+        let err = within("in-flight failure", f).await.unwrap_err();
+        assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn unix_socket_server_removes_stale_files_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("morpc.sock");
+    std::fs::write(&path, b"stale").unwrap();
+    let address = format!("unix://{}", path.display());
+    let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+    let server = RpcServer::start(&address, ServerConfig::new(), echo)
+        .await
+        .unwrap();
+    assert_eq!(server.local_addr(), &Address::Unix(path.clone()));
+    let backend: Backend<RawMessage> =
+        Backend::create(address.parse().unwrap(), BackendConfig::new())
+            .await
+            .unwrap();
+    assert_eq!(
+        backend
+            .request(msg("unix"), SendOptions::new())
+            .await
+            .unwrap()
+            .body,
+        "unix"
+    );
+    // A second server cannot steal a live socket.
+    let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+    let second = RpcServer::start(&address, ServerConfig::new(), echo).await;
+    assert!(matches!(second, Err(ServerError::Bind { .. })));
+    server.shutdown().await;
+    assert!(!path.exists(), "socket file removed on shutdown");
+}
+
+#[tokio::test]
+async fn max_connections_defers_extra_connections() {
+    let server = echo_server(ServerConfig::new().max_connections(1)).await;
+    let first = client(&server).await;
+    first.request(msg("1"), SendOptions::new()).await.unwrap();
+    let second = client(&server).await;
+    let err = second
+        .request(msg("2"), SendOptions::timeout(Duration::from_millis(200)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Timeout), "{err:?}");
+    first.close();
+    let resp = within(
+        "served after a slot frees",
+        second.request(msg("2"), SendOptions::timeout(LONG)),
+    )
+    .await;
+    assert_eq!(resp.unwrap().body, "2");
+}
+
+/// Sends `frame` raw over a new connection and waits for the server to close it.
+async fn server_closes_after(addr: &Address, frame: &[u8]) -> bool {
+    let Address::Tcp(addr) = addr else {
+        unreachable!()
+    };
+    let mut raw = tokio::net::TcpStream::connect(addr.as_str()).await.unwrap();
+    raw.write_all(frame).await.unwrap();
+    let mut sink = [0u8; 256];
+    within("bad connection closed", async {
+        loop {
+            match raw.read(&mut sink).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn every_decode_error_vector_closes_only_its_connection() {
+    for (framing, text) in [(Framing::V05, golden::V05), (Framing::V07, golden::V07)] {
+        for vector in golden::parse(text)
+            .iter()
+            .filter(|v| v.error_kind().is_some())
+        {
+            let mut codec = CodecConfig::new(framing);
+            if let Some(on) = vector.codec_option("checksum") {
+                codec = codec.checksum(on);
+            }
+            if let Some(on) = vector.codec_option("compress") {
+                codec = codec.compression(on);
+            }
+            let server = echo_server(ServerConfig::new().codec(codec.clone())).await;
+            let healthy = client_with(&server, BackendConfig::new().codec(codec)).await;
+            healthy
+                .request(msg("before"), SendOptions::new())
+                .await
+                .unwrap();
+            assert!(
+                server_closes_after(server.local_addr(), &vector.frame()).await,
+                "{}",
+                vector.name
+            );
+            let resp = healthy.request(msg("after"), SendOptions::new()).await;
+            assert_eq!(
+                resp.unwrap().body,
+                "after",
+                "{}: healthy connection broke",
+                vector.name
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_huge_lengths_close_the_connection_without_allocating() {
+    let server = echo_server(ServerConfig::new()).await;
+    let healthy = client(&server).await;
+    // Garbage whose first 4 bytes claim more than the limit (garbage that happens to
+    // claim a plausible length is indistinguishable from a slow frame).
+    let mut garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    garbage[0] = 0x7f;
+    for bad in [
+        &garbage[..],
+        &[0xff, 0xff, 0xff, 0xff, 0x06][..],
+        &[0, 0, 0, 0][..],
+    ] {
+        assert!(server_closes_after(server.local_addr(), bad).await);
+        assert_eq!(
+            healthy
+                .request(msg("ok"), SendOptions::new())
+                .await
+                .unwrap()
+                .body,
+            "ok"
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! An echo server in the shape of MatrixOne's Go reference peer: every request is written
+//! back unchanged (payload included). Stops gracefully on Ctrl-C.
+//!
+//! ```sh
+//! cargo run --release --example echo_server -- --addr 127.0.0.1:9000 --framing v07 --checksum
+//! ```
+
+use clap::{Parser, ValueEnum};
+use morpc::prelude::*;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Wire {
+    V05,
+    V07,
+}
+
+/// morpc echo server.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Listen address: host:port or unix:///path.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    addr: String,
+    /// Wire framing.
+    #[arg(long, value_enum, default_value = "v07")]
+    framing: Wire,
+    /// Send V07 frames with an xxHash64 checksum (received checksums are always verified).
+    #[arg(long)]
+    checksum: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let codec = match args.framing {
+        Wire::V05 => CodecConfig::new(Framing::V05),
+        Wire::V07 => CodecConfig::new(Framing::V07).checksum(args.checksum),
+    };
+    let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+    let server = RpcServer::start(&args.addr, ServerConfig::new().codec(codec), echo).await?;
+    println!("echo server listening on {}", server.local_addr());
+    tokio::signal::ctrl_c().await?;
+    println!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
