@@ -43,11 +43,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Wire::V05 => CodecConfig::new(Framing::V05),
         Wire::V07 => CodecConfig::new(Framing::V07).checksum(args.checksum),
     };
-    let backend: Backend<RawMessage> = Backend::create(
-        args.addr.parse()?,
-        BackendConfig::new().codec(codec).connect_on_create(true),
-    )
-    .await?;
+    let client: RpcClient<RawMessage> =
+        RpcClient::new(ClientConfig::new(), BackendConfig::new().codec(codec)).await;
     let payload = bytes::Bytes::from(vec![0x5a; args.payload]);
     let started = Instant::now();
     let mut futures = Vec::with_capacity(args.count);
@@ -58,8 +55,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             RawMessage::new(body.clone())
         };
-        let future = backend
-            .send(msg.clone(), SendOptions::timeout(Duration::from_secs(10)))
+        let future = client
+            .send(
+                &args.addr,
+                msg.clone(),
+                SendOptions::timeout(Duration::from_secs(10)),
+            )
             .await?;
         futures.push((msg, future));
     }
@@ -78,6 +79,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         elapsed.as_secs_f64() * 1e3,
         args.count as f64 / elapsed.as_secs_f64()
     );
-    backend.close();
+    client.close();
     Ok(())
 }

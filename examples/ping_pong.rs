@@ -30,12 +30,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), handler).await?;
     println!("server listening on {}", server.local_addr());
 
-    let backend: Backend<RawMessage> =
-        Backend::create(server.local_addr().clone(), BackendConfig::new()).await?;
+    let addr = server.local_addr().to_string();
+    let client: RpcClient<RawMessage> =
+        RpcClient::new(ClientConfig::new(), BackendConfig::new()).await;
 
     // 1. Request/response.
-    let reply = backend
+    let reply = client
         .request(
+            &addr,
             RawMessage::new("ping"),
             SendOptions::timeout(Duration::from_secs(1)),
         )
@@ -50,8 +52,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut futures = Vec::new();
     for i in 0..10_000 {
         futures.push(
-            backend
-                .send(RawMessage::new(format!("{i}")), SendOptions::new())
+            client
+                .send(&addr, RawMessage::new(format!("{i}")), SendOptions::new())
                 .await?,
         );
     }
@@ -65,8 +67,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. A 4 MiB payload travels outside the body and is never copied by the codec.
     let payload = bytes::Bytes::from(vec![7u8; 4 << 20]);
-    let reply = backend
+    let reply = client
         .request(
+            &addr,
             RawMessage::with_payload("blob", payload.clone()),
             SendOptions::new(),
         )
@@ -75,7 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("payload: {} bytes echoed intact", payload.len());
 
     // 4. A stream: one request, five answers, in order.
-    let mut stream = backend.new_stream(16)?;
+    let mut stream = client.new_stream(&addr, 16, false).await?;
     stream
         .send(RawMessage::new("count:5"), SendOptions::new())
         .await?;
@@ -89,7 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     stream.close();
 
-    backend.close();
+    client.close();
     server.shutdown().await;
     println!("done");
     Ok(())

@@ -163,18 +163,35 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         item: WriteItem<Req>,
         deadline: Instant,
     ) -> Result<(), BackendError> {
-        self.check_open()?;
+        self.enqueue_or_return(item, deadline)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// Queues `item`, waiting for space until `deadline`; a rejected item comes back
+    /// unsent with the reason.
+    pub(crate) async fn enqueue_or_return(
+        &self,
+        item: WriteItem<Req>,
+        deadline: Instant,
+    ) -> Result<(), (BackendError, WriteItem<Req>)> {
+        if let Err(e) = self.check_open() {
+            return Err((e, item));
+        }
         self.touch();
         match self.queue.try_send(item) {
             Ok(()) => Ok(()),
+            Err(TrySendError::Closed(item)) => Err((self.closed_error(), item)),
             Err(TrySendError::Full(item)) => {
-                match tokio::time::timeout_at(deadline.into(), self.queue.send(item)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(self.closed_error()),
-                    Err(_) => Err(BackendError::Busy),
+                match tokio::time::timeout_at(deadline.into(), self.queue.reserve()).await {
+                    Ok(Ok(permit)) => {
+                        permit.send(item);
+                        Ok(())
+                    }
+                    Ok(Err(_)) => Err((self.closed_error(), item)),
+                    Err(_) => Err((BackendError::Busy, item)),
                 }
             }
-            Err(TrySendError::Closed(_)) => Err(self.closed_error()),
         }
     }
 
@@ -267,15 +284,6 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         })
     }
 
-    fn shared(&self) -> &Arc<Shared<Req, Resp>> {
-        &self.handle.shared
-    }
-
-    /// The address this backend connects to.
-    pub fn address(&self) -> &Address {
-        &self.shared().address
-    }
-
     /// Queues `msg` as a request and returns the future of its response. The id is
     /// assigned here (the backend's counter, from 1). Waits for queue space within the
     /// deadline of `opts` (default: `default_timeout`); the future fails with `Timeout`
@@ -287,11 +295,31 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     /// longer accepts work.
     pub async fn send(
         &self,
-        mut msg: Req,
+        msg: Req,
         opts: SendOptions,
     ) -> Result<ResponseFuture<Resp>, BackendError> {
+        self.send_or_return(msg, opts)
+            .await
+            .map_err(|rejected| rejected.error)
+    }
+
+    /// As [`send`](Backend::send), but a message the backend did not queue comes back
+    /// with the reason, so the caller can try another backend: it was never written.
+    ///
+    /// # Errors
+    /// [`SendRejected`] with `Busy`, `BackendClosed` or `Unusable`.
+    pub async fn send_or_return(
+        &self,
+        mut msg: Req,
+        opts: SendOptions,
+    ) -> Result<ResponseFuture<Resp>, SendRejected<Req>> {
         let shared = self.shared();
-        shared.check_open()?;
+        if let Err(error) = shared.check_open() {
+            return Err(SendRejected {
+                error,
+                message: msg,
+            });
+        }
         let deadline = opts.resolve_deadline(shared.config.default_timeout);
         let id = shared.next_id();
         msg.set_id(id);
@@ -301,8 +329,17 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         // unregisters the request.
         let future = ResponseFuture::new(id, rx, deadline, shared.pending.clone());
         let item = WriteItem::new(Frame::message(msg), id, deadline, ItemKind::Request, opts);
-        shared.enqueue(item, deadline).await?;
-        Ok(future)
+        match shared.enqueue_or_return(item, deadline).await {
+            Ok(()) => Ok(future),
+            Err((error, item)) => {
+                drop(future);
+                let message = item
+                    .frame
+                    .into_message()
+                    .expect("a request item holds a message");
+                Err(SendRejected { error, message })
+            }
+        }
     }
 
     /// Sends `msg` and waits for its response: `send(..).await?.await`.
@@ -394,6 +431,22 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             Err(_) => Err(BackendError::Timeout),
         }
     }
+}
+
+impl<Req, Resp> Backend<Req, Resp> {
+    fn shared(&self) -> &Arc<Shared<Req, Resp>> {
+        &self.handle.shared
+    }
+
+    /// The address this backend connects to.
+    pub fn address(&self) -> &Address {
+        &self.shared().address
+    }
+
+    /// Whether `self` and `other` are clones of the same backend.
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.handle, &other.handle)
+    }
 
     /// Whether the send queue holds at least `busy_size` messages.
     pub fn busy(&self) -> bool {
@@ -432,6 +485,15 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     pub fn close(&self) {
         self.shared().shut(CLOSED);
     }
+}
+
+/// A message [`Backend::send_or_return`] did not queue (so never wrote), and why.
+#[derive(Debug)]
+pub struct SendRejected<Req> {
+    /// Why it was not queued.
+    pub error: BackendError,
+    /// The message, to send elsewhere.
+    pub message: Req,
 }
 
 /// Removes a pending entry when dropped (a cancelled or finished ping).

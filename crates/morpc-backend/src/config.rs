@@ -299,6 +299,12 @@ impl SendOptions {
         }
     }
 
+    /// Sets the absolute deadline (replacing any timeout).
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
     /// Sets the trace context sent with the message.
     pub fn with_trace(mut self, trace: TraceContext) -> Self {
         self.trace = trace;

@@ -36,7 +36,7 @@ mod stream;
 mod writer;
 
 pub use address::{Address, BoxReader, BoxWriter};
-pub use backend::Backend;
+pub use backend::{Backend, SendRejected};
 pub use config::{
     BackendConfig, DEFAULT_BATCH_SEND_SIZE, ReconnectPolicy, SendOptions, WriteFilter,
 };

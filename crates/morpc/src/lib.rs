@@ -5,29 +5,55 @@
 //!
 //! - [`codec`]: frames in MatrixOne's `V05` and `V07` formats, sans-IO.
 //! - [`backend`]: one connection with response futures, streams, batching, reconnect.
+//! - [`client`]: pools of backends per address that grow under load and heal.
 //! - [`server`]: listeners, handlers, client sessions, graceful shutdown.
 //!
+//! Request/response and a stream, end to end:
+//!
 //! ```
+//! use futures::StreamExt;
 //! use morpc::prelude::*;
+//! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // A server that echoes every request.
-//! let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
-//! let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), echo).await?;
+//! // A server: "count:N" opens a stream of N answers, anything else is echoed.
+//! let handler = |req: Request<RawMessage>, session: ClientSession<RawMessage>| async move {
+//!     let msg = req.message;
+//!     match msg.body.strip_prefix(b"count:") {
+//!         Some(n) => {
+//!             for i in 0..std::str::from_utf8(n)?.parse::<u32>()? {
+//!                 let mut answer = RawMessage::new(i.to_string());
+//!                 answer.id = msg.id; // stream answers carry the stream's id
+//!                 session.write(answer).await?;
+//!             }
+//!         }
+//!         None => session.write(msg).await?,
+//!     }
+//!     Ok::<_, HandlerError>(())
+//! };
+//! let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), handler).await?;
+//! let addr = server.local_addr().to_string();
 //!
-//! // A connection to it: request/response with a deadline.
-//! let backend: Backend<RawMessage> =
-//!     Backend::create(server.local_addr().clone(), BackendConfig::new()).await?;
-//! let reply = backend.request(RawMessage::new("ping"), SendOptions::timeout(std::time::Duration::from_secs(1))).await?;
+//! // A client: pools connections per address.
+//! let client: RpcClient<RawMessage> = RpcClient::new(ClientConfig::new(), BackendConfig::new()).await;
+//! let reply = client.request(&addr, RawMessage::new("ping"), SendOptions::timeout(Duration::from_secs(1))).await?;
 //! assert_eq!(reply.body, "ping");
 //!
+//! let mut stream = client.new_stream(&addr, 16, false).await?;
+//! stream.send(RawMessage::new("count:3"), SendOptions::new()).await?;
+//! for expected in ["0", "1", "2"] {
+//!     assert_eq!(stream.next().await.unwrap()?.body, expected);
+//! }
+//!
+//! client.close();
 //! server.shutdown().await;
 //! # Ok(()) }
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use morpc_backend as backend;
+pub use morpc_client as client;
 pub use morpc_codec as codec;
 pub use morpc_server as server;
 
@@ -36,6 +62,7 @@ pub mod prelude {
     pub use morpc_backend::{
         Address, Backend, BackendConfig, BackendError, BackendStream, ResponseFuture, SendOptions,
     };
+    pub use morpc_client::{ClientConfig, ClientError, ClientResponse, ClientStream, RpcClient};
     pub use morpc_codec::{CodecConfig, Framing, Message, RawMessage};
     pub use morpc_server::{
         ClientSession, HandlerError, Request, RpcServer, ServerConfig, ServerError, sync_handler,

@@ -1,0 +1,139 @@
+//! The per-address circuit breaker: closed → open after N consecutive failures →
+//! half-open (one probe) after the reset time.
+
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::BreakerConfig;
+
+/// The state of an address's circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Requests flow; failures are counted.
+    Closed,
+    /// Requests fail fast until the reset time.
+    Open,
+    /// One probe request decides whether to close or reopen.
+    HalfOpen,
+}
+
+/// Internal state.
+#[derive(Debug)]
+enum State {
+    /// Counting consecutive failures.
+    Closed { failures: u32 },
+    /// Failing fast until `until`.
+    Open { until: Instant },
+    /// A probe is out (`probing`) or may go.
+    HalfOpen { probing: bool },
+}
+
+/// One address's breaker.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    /// Thresholds.
+    config: BreakerConfig,
+    /// Current state.
+    state: Mutex<State>,
+}
+
+impl Breaker {
+    pub(crate) fn new(config: BreakerConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
+    }
+
+    /// Whether a request may go now (taking the probe slot when half-open).
+    pub(crate) fn allow(&self) -> bool {
+        let mut state = self.state.lock();
+        match *state {
+            State::Closed { .. } => true,
+            State::Open { until } if Instant::now() >= until => {
+                *state = State::HalfOpen { probing: true };
+                true
+            }
+            State::Open { .. } | State::HalfOpen { probing: true } => false,
+            State::HalfOpen { probing: false } => {
+                *state = State::HalfOpen { probing: true };
+                true
+            }
+        }
+    }
+
+    /// Records a request's outcome.
+    pub(crate) fn record(&self, success: bool) {
+        let mut state = self.state.lock();
+        *state = match (&*state, success) {
+            (_, true) => State::Closed { failures: 0 },
+            (State::Closed { failures }, false) if failures + 1 < self.config.failure_threshold => {
+                State::Closed {
+                    failures: failures + 1,
+                }
+            }
+            (_, false) => State::Open {
+                until: Instant::now() + self.config.reset_timeout,
+            },
+        };
+    }
+
+    /// A request that took the probe slot ended without an outcome (dropped).
+    pub(crate) fn abandon(&self) {
+        let mut state = self.state.lock();
+        if let State::HalfOpen { probing: true } = *state {
+            *state = State::HalfOpen { probing: false };
+        }
+    }
+
+    /// The current state.
+    pub(crate) fn state(&self) -> BreakerState {
+        match *self.state.lock() {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { until } if Instant::now() >= until => BreakerState::HalfOpen,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn opens_after_threshold_probes_after_reset_and_closes_on_success() {
+        let breaker = Breaker::new(BreakerConfig {
+            failure_threshold: 3,
+            reset_timeout: Duration::from_millis(20),
+        });
+        for _ in 0..2 {
+            assert!(breaker.allow());
+            breaker.record(false);
+        }
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        breaker.record(false);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(!breaker.allow());
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(breaker.allow(), "one probe after the reset time");
+        assert!(!breaker.allow(), "only one probe at a time");
+        breaker.record(false);
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open,
+            "a failed probe reopens"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(breaker.allow());
+        breaker.abandon();
+        assert!(breaker.allow(), "an abandoned probe frees the slot");
+        breaker.record(true);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(breaker.allow());
+    }
+}

@@ -1,0 +1,630 @@
+//! `RpcClient`: pools of backends per address, selection, growth, retries and cleanup.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use morpc_backend::{
+    Address, Backend, BackendConfig, BackendError, BackendFactory, BackendStream,
+    RemoteBackendFactory, ResponseFuture, SendOptions, SendRejected,
+};
+use morpc_codec::Message;
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::pool::{Pool, SharedPool};
+use crate::{ClientConfig, ClientError};
+
+/// State shared by the client handle, its background tasks and its futures.
+struct Inner<Req, Resp> {
+    /// The configuration.
+    config: ClientConfig,
+    /// Creates backends.
+    factory: Arc<dyn BackendFactory<Req, Resp>>,
+    /// Address → pool.
+    pools: Mutex<HashMap<Address, SharedPool<Req, Resp>>>,
+    /// Bounds concurrent creations (`create_queue_size`).
+    creations: Arc<Semaphore>,
+    /// Cancelled by `close()`.
+    closed: CancellationToken,
+}
+
+/// A client of morpc servers: keeps up to `max_backends_per_host` connections per
+/// address, picks one round-robin per send, grows the pool in the background when a
+/// connection is busy, retries sends rejected before they were written, closes idle
+/// connections, and optionally trips a circuit breaker per address.
+///
+/// Cloning is cheap and shares the pools. [`close`](RpcClient::close) (or dropping the
+/// last clone) closes every connection; pending requests fail with
+/// [`ClientError::ClientClosed`].
+pub struct RpcClient<Req, Resp = Req> {
+    /// Closes the client when the last clone goes away.
+    handle: Arc<Handle<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for RpcClient<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for RpcClient<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("config", &self.handle.inner.config)
+            .field("addresses", &self.handle.inner.pools.lock().len())
+            .field("closed", &self.handle.inner.closed.is_cancelled())
+            .finish()
+    }
+}
+
+/// Owner of the shared state on the user side.
+struct Handle<Req, Resp> {
+    /// The shared state.
+    inner: Arc<Inner<Req, Resp>>,
+}
+
+impl<Req, Resp> Drop for Handle<Req, Resp> {
+    fn drop(&mut self) {
+        self.inner.close();
+    }
+}
+
+impl<Req, Resp> Inner<Req, Resp> {
+    fn close(&self) {
+        self.closed.cancel();
+        let pools: Vec<_> = self.pools.lock().drain().map(|(_, p)| p).collect();
+        for pool in pools {
+            let slots: Vec<_> = std::mem::take(&mut *pool.slots.lock());
+            for slot in slots {
+                slot.backend.close();
+            }
+            pool.changed.notify_waiters();
+        }
+    }
+}
+
+impl<Req: Message + Sync, Resp: Message> RpcClient<Req, Resp> {
+    /// A client creating [`RemoteBackendFactory`] backends with `backend` configuration.
+    /// Creates the configured initial backends before returning (failures are logged).
+    pub async fn new(config: ClientConfig, backend: BackendConfig<Req>) -> Self {
+        Self::with_factory(config, Arc::new(RemoteBackendFactory::new(backend))).await
+    }
+}
+
+impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
+    /// A client creating backends with `factory`.
+    pub async fn with_factory(
+        config: ClientConfig,
+        factory: Arc<dyn BackendFactory<Req, Resp>>,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            creations: Arc::new(Semaphore::new(config.create_queue_size)),
+            config,
+            factory,
+            pools: Mutex::new(HashMap::new()),
+            closed: CancellationToken::new(),
+        });
+        if !inner.config.max_idle.is_zero() {
+            tokio::spawn(idle_cleanup(Arc::downgrade(&inner), inner.closed.clone()));
+        }
+        let client = Self {
+            handle: Arc::new(Handle { inner }),
+        };
+        client.create_initial_backends().await;
+        client
+    }
+
+    fn inner(&self) -> &Arc<Inner<Req, Resp>> {
+        &self.handle.inner
+    }
+
+    async fn create_initial_backends(&self) {
+        let initial = self.inner().config.initial_backends.clone();
+        for (address, count) in initial {
+            let Ok(address) = address.parse::<Address>() else {
+                tracing::warn!(%address, "invalid initial backend address");
+                continue;
+            };
+            let pool = self.pool(&address);
+            let count = count.min(self.inner().config.max_backends_per_host);
+            for _ in 0..count {
+                match self.inner().factory.create(&address).await {
+                    Ok(backend) => pool.add(backend),
+                    Err(e) => tracing::warn!(%address, error = %e, "cannot create initial backend"),
+                }
+            }
+        }
+    }
+
+    /// The pool of `address`, created empty on first use.
+    fn pool(&self, address: &Address) -> SharedPool<Req, Resp> {
+        let inner = self.inner();
+        let mut pools = inner.pools.lock();
+        pools
+            .entry(address.clone())
+            .or_insert_with(|| {
+                Arc::new(Pool::new(
+                    address.clone(),
+                    inner
+                        .config
+                        .breaker
+                        .clone()
+                        .map(|b| Arc::new(Breaker::new(b))),
+                ))
+            })
+            .clone()
+    }
+
+    fn check_open(&self) -> Result<(), ClientError> {
+        if self.inner().closed.is_cancelled() {
+            Err(ClientError::ClientClosed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Starts creating one backend for `pool` in the background.
+    fn spawn_creation(&self, pool: SharedPool<Req, Resp>) {
+        let inner = self.inner().clone();
+        let span = tracing::debug_span!("morpc.create_backend", address = %pool.address);
+        tokio::spawn(
+            async move {
+                let result = match inner.creations.clone().acquire_owned().await {
+                    Ok(_permit) => inner.factory.create(&pool.address).await,
+                    Err(_) => Err(BackendError::BackendClosed),
+                };
+                if inner.closed.is_cancelled() {
+                    if let Ok(backend) = &result {
+                        backend.close();
+                    }
+                }
+                pool.creation_done(result);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Finds a backend for `address` by `deadline`, creating one when needed.
+    async fn select(
+        &self,
+        pool: &SharedPool<Req, Resp>,
+        deadline: Instant,
+    ) -> Result<Backend<Req, Resp>, ClientError> {
+        let config = &self.inner().config;
+        loop {
+            self.check_open()?;
+            let changed = pool.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let pick = pool.pick(config.max_backends_per_host, config.auto_create);
+            if pick.create {
+                self.spawn_creation(pool.clone());
+            }
+            if let Some(backend) = pick.backend {
+                return Ok(backend);
+            }
+            if !pick.creating {
+                return Err(match pool.recent_failure() {
+                    Some(e) => e.into(),
+                    None => ClientError::NoAvailableBackend(pool.address.clone()),
+                });
+            }
+            tokio::select! {
+                biased;
+                () = self.inner().closed.cancelled() => return Err(ClientError::ClientClosed),
+                () = &mut changed => {}
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    return Err(ClientError::NoAvailableBackend(pool.address.clone()));
+                }
+            }
+        }
+    }
+
+    /// Parses `address`.
+    fn address(address: &str) -> Result<Address, ClientError> {
+        address
+            .parse()
+            .map_err(|_| ClientError::InvalidAddress(address.to_owned()))
+    }
+
+    /// Sends a request to `address` and returns the future of its response.
+    ///
+    /// Picks a backend (creating the first one within the deadline). A send rejected
+    /// before it was written — its backend closed under it, busy, or not connectable —
+    /// is retried on another backend with bounded, jittered backoff within the deadline.
+    /// Requests already written are never re-sent.
+    ///
+    /// # Errors
+    /// [`ClientError::ClientClosed`], [`ClientError::CircuitOpen`],
+    /// [`ClientError::NoAvailableBackend`], or the last backend error.
+    pub async fn send(
+        &self,
+        address: &str,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<ClientResponse<Resp>, ClientError> {
+        let address = Self::address(address)?;
+        let span =
+            tracing::debug_span!("morpc.send", address = %address, id = tracing::field::Empty);
+        self.send_to(&address, msg, opts).instrument(span).await
+    }
+
+    async fn send_to(
+        &self,
+        address: &Address,
+        mut msg: Req,
+        opts: SendOptions,
+    ) -> Result<ClientResponse<Resp>, ClientError> {
+        self.check_open()?;
+        let config = &self.inner().config;
+        let deadline = opts.resolve_deadline(config.default_timeout);
+        let opts = opts.with_deadline(deadline);
+        let pool = self.pool(address);
+        if let Some(breaker) = &pool.breaker {
+            if !breaker.allow() {
+                return Err(ClientError::CircuitOpen(address.clone()));
+            }
+        }
+        let outcome = Outcome {
+            breaker: pool.breaker.clone(),
+            closed: self.inner().closed.clone(),
+        };
+        let mut attempt = 0;
+        loop {
+            let error = match self.select(&pool, deadline).await {
+                Ok(backend) => match backend.send_or_return(msg, opts.clone()).await {
+                    Ok(future) => {
+                        tracing::Span::current().record("id", future.id());
+                        return Ok(ClientResponse {
+                            future,
+                            outcome: Some(outcome),
+                        });
+                    }
+                    Err(SendRejected { error, message }) => {
+                        msg = message;
+                        ClientError::Backend(error)
+                    }
+                },
+                Err(e) => e,
+            };
+            attempt += 1;
+            let retryable = matches!(
+                error,
+                ClientError::Backend(
+                    BackendError::BackendClosed
+                        | BackendError::Unusable
+                        | BackendError::Busy
+                        | BackendError::Connect { .. }
+                ) | ClientError::NoAvailableBackend(_)
+            );
+            let pause = config.retry.backoff(attempt - 1);
+            if !retryable
+                || attempt >= config.retry.max_attempts
+                || Instant::now() + pause >= deadline
+            {
+                let error = outcome.map_error(error);
+                outcome.record(Some(&error));
+                return Err(error);
+            }
+            tracing::debug!(%address, attempt, error = %error, "retrying send");
+            tokio::select! {
+                () = self.inner().closed.cancelled() => return Err(ClientError::ClientClosed),
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Sends a request and waits for its response.
+    ///
+    /// # Errors
+    /// As [`send`](RpcClient::send), or the response future's error.
+    pub async fn request(
+        &self,
+        address: &str,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<Resp, ClientError> {
+        self.send(address, msg, opts).await?.await
+    }
+
+    /// Sends a one-way message (no response) to `address`.
+    ///
+    /// # Errors
+    /// As [`send`](RpcClient::send) (without retries once queued).
+    pub async fn send_oneway(
+        &self,
+        address: &str,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<(), ClientError> {
+        let address = Self::address(address)?;
+        self.check_open()?;
+        let deadline = opts.resolve_deadline(self.inner().config.default_timeout);
+        let pool = self.pool(&address);
+        let backend = self.select(&pool, deadline).await?;
+        backend
+            .send_oneway(msg, opts.with_deadline(deadline))
+            .await
+            .map_err(Into::into)
+    }
+
+    /// Opens a stream to `address` with a receive buffer of `buffer` messages. With
+    /// `lock`, the chosen backend is dedicated to this stream until it closes (Go's
+    /// `NewStream(lock)`): other sends and locked streams use other backends.
+    ///
+    /// # Errors
+    /// As [`send`](RpcClient::send); [`ClientError::NoAvailableBackend`] when every
+    /// backend is locked and the pool is full.
+    pub async fn new_stream(
+        &self,
+        address: &str,
+        buffer: usize,
+        lock: bool,
+    ) -> Result<ClientStream<Req, Resp>, ClientError> {
+        let address = Self::address(address)?;
+        let span =
+            tracing::debug_span!("morpc.stream", address = %address, id = tracing::field::Empty);
+        async {
+            self.check_open()?;
+            let deadline = Instant::now() + self.inner().config.default_timeout;
+            let pool = self.pool(&address);
+            loop {
+                let backend = self.select(&pool, deadline).await?;
+                if lock && !pool.lock_backend(&backend) {
+                    continue;
+                }
+                let stream = match backend.new_stream(buffer) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        if lock {
+                            pool.unlock_backend(&backend);
+                        }
+                        return Err(e.into());
+                    }
+                };
+                tracing::Span::current().record("id", stream.id());
+                return Ok(ClientStream {
+                    stream,
+                    lock: lock.then(|| (pool.clone(), backend)),
+                });
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Pings a backend of `address`; returns the round-trip time.
+    ///
+    /// # Errors
+    /// As [`send`](RpcClient::send).
+    pub async fn ping(&self, address: &str, timeout: Duration) -> Result<Duration, ClientError> {
+        let address = Self::address(address)?;
+        self.check_open()?;
+        let pool = self.pool(&address);
+        let backend = self.select(&pool, Instant::now() + timeout).await?;
+        backend.ping(timeout).await.map_err(Into::into)
+    }
+
+    /// Closes and forgets every backend of `address`.
+    pub fn close_backend(&self, address: &str) {
+        let Ok(address) = Self::address(address) else {
+            return;
+        };
+        let removed = self.inner().pools.lock().remove(&address);
+        if let Some(pool) = removed {
+            pool.close_all();
+        }
+    }
+
+    /// Number of live backends for `address`.
+    pub fn backend_count(&self, address: &str) -> usize {
+        let Ok(address) = Self::address(address) else {
+            return 0;
+        };
+        let pool = self.inner().pools.lock().get(&address).cloned();
+        pool.map_or(0, |p| p.len())
+    }
+
+    /// The circuit state of `address`, when the breaker is enabled and the address known.
+    pub fn breaker_state(&self, address: &str) -> Option<BreakerState> {
+        let address = Self::address(address).ok()?;
+        let pool = self.inner().pools.lock().get(&address).cloned()?;
+        pool.breaker.as_ref().map(|b| b.state())
+    }
+
+    /// Closes the client: every backend closes, pending requests fail with
+    /// [`ClientError::ClientClosed`], later calls fail the same way. Idempotent; never
+    /// blocks.
+    pub fn close(&self) {
+        self.inner().close();
+    }
+}
+
+/// Records a request's outcome in its address's breaker and maps errors of a closed
+/// client to `ClientClosed`.
+struct Outcome {
+    /// The address's breaker, if enabled.
+    breaker: Option<Arc<Breaker>>,
+    /// The client's close signal.
+    closed: CancellationToken,
+}
+
+impl Outcome {
+    fn map_error(&self, error: ClientError) -> ClientError {
+        match error {
+            ClientError::Backend(BackendError::BackendClosed) if self.closed.is_cancelled() => {
+                ClientError::ClientClosed
+            }
+            other => other,
+        }
+    }
+
+    /// Feeds the breaker: `None` is a success; connection failures and timeouts count as
+    /// failures; other errors (the request's own fault) count as neither.
+    fn record(&self, error: Option<&ClientError>) {
+        let Some(breaker) = &self.breaker else { return };
+        match error {
+            None => breaker.record(true),
+            Some(ClientError::Backend(e))
+                if e.is_connection_error() || matches!(e, BackendError::Timeout) =>
+            {
+                breaker.record(false)
+            }
+            Some(ClientError::NoAvailableBackend(_)) => breaker.record(false),
+            Some(_) => breaker.abandon(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response of a request sent through an [`RpcClient`]; resolves exactly once.
+    /// Dropping it cancels the request (its slot is freed at once).
+    #[must_use = "a response future does nothing unless awaited; dropping it cancels the request"]
+    pub struct ClientResponse<Resp> {
+        // The backend's future.
+        #[pin]
+        future: ResponseFuture<Resp>,
+        // Breaker bookkeeping; taken when the outcome is known.
+        outcome: Option<Outcome>,
+    }
+
+    impl<Resp> PinnedDrop for ClientResponse<Resp> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(Outcome { breaker: Some(breaker), .. }) = this.project().outcome.take() {
+                breaker.abandon();
+            }
+        }
+    }
+}
+
+impl<Resp> std::fmt::Debug for ClientResponse<Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientResponse")
+            .field("future", &self.future)
+            .finish()
+    }
+}
+
+impl<Resp> ClientResponse<Resp> {
+    /// The request id on its connection.
+    pub fn id(&self) -> u64 {
+        self.future.id()
+    }
+}
+
+impl<Resp> Future for ClientResponse<Resp> {
+    type Output = Result<Resp, ClientError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        let outcome = this.outcome.take().expect("polled after completion");
+        Poll::Ready(match result {
+            Ok(resp) => {
+                outcome.record(None);
+                Ok(resp)
+            }
+            Err(e) => {
+                let error = outcome.map_error(e.into());
+                outcome.record(Some(&error));
+                Err(error)
+            }
+        })
+    }
+}
+
+/// A stream opened through an [`RpcClient`]: a [`BackendStream`] that, when opened with
+/// `lock`, keeps its backend dedicated until it is closed or dropped.
+pub struct ClientStream<Req, Resp> {
+    /// The stream.
+    stream: BackendStream<Req, Resp>,
+    /// The pool and backend to unlock on close, for a locked stream.
+    lock: Option<(SharedPool<Req, Resp>, Backend<Req, Resp>)>,
+}
+
+impl<Req, Resp> std::fmt::Debug for ClientStream<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientStream")
+            .field("stream", &self.stream)
+            .field("locked", &self.lock.is_some())
+            .finish()
+    }
+}
+
+impl<Req: Message, Resp: Message> ClientStream<Req, Resp> {
+    /// The stream id.
+    pub fn id(&self) -> u64 {
+        self.stream.id()
+    }
+
+    /// Sends a message on the stream (see [`BackendStream::send`]).
+    ///
+    /// # Errors
+    /// As [`BackendStream::send`].
+    pub async fn send(&mut self, msg: Req, opts: SendOptions) -> Result<(), ClientError> {
+        self.stream.send(msg, opts).await.map_err(Into::into)
+    }
+
+    /// Closes the stream and releases its backend lock.
+    pub fn close(&mut self) {
+        self.stream.close();
+        self.unlock();
+    }
+}
+
+impl<Req, Resp> ClientStream<Req, Resp> {
+    fn unlock(&mut self) {
+        if let Some((pool, backend)) = self.lock.take() {
+            pool.unlock_backend(&backend);
+        }
+    }
+}
+
+impl<Req, Resp> Drop for ClientStream<Req, Resp> {
+    fn drop(&mut self) {
+        self.unlock();
+    }
+}
+
+impl<Req, Resp> futures::Stream for ClientStream<Req, Resp> {
+    type Item = Result<Resp, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.stream)
+            .poll_next(cx)
+            .map(|item| item.map(|r| r.map_err(Into::into)))
+    }
+}
+
+/// Closes idle backends of every pool, once per `max_idle / 2`, until the client closes.
+async fn idle_cleanup<Req: Message, Resp: Message>(
+    inner: Weak<Inner<Req, Resp>>,
+    closed: CancellationToken,
+) {
+    let period = match inner.upgrade() {
+        Some(inner) => {
+            (inner.config.max_idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5))
+        }
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let pools: Vec<_> = inner.pools.lock().values().cloned().collect();
+        for pool in pools {
+            pool.close_idle(inner.config.max_idle);
+        }
+    }
+}
