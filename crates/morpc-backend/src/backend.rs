@@ -175,23 +175,46 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         item: WriteItem<Req>,
         deadline: Instant,
     ) -> Result<(), (BackendError, WriteItem<Req>)> {
-        if let Err(e) = self.check_open() {
-            return Err((e, item));
+        match self.try_enqueue_now(item) {
+            Ok(()) => Ok(()),
+            Err((Some(error), item)) => Err((error, item)),
+            // Boxed so that the common path's future stays small.
+            Err((None, item)) => Box::pin(self.wait_to_enqueue(item, deadline)).await,
         }
-        self.touch();
+    }
+
+    /// Queues `item` if there is room now. On failure the item comes back with the
+    /// error, or with `None` when the queue is merely full.
+    // The item travels back by value on the (rare) failure path: boxing it would cost an
+    // allocation there and buy nothing on the hot path.
+    #[allow(clippy::result_large_err)]
+    fn try_enqueue_now(
+        &self,
+        item: WriteItem<Req>,
+    ) -> Result<(), (Option<BackendError>, WriteItem<Req>)> {
+        if let Err(e) = self.check_open() {
+            return Err((Some(e), item));
+        }
         match self.queue.try_send(item) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Closed(item)) => Err((self.closed_error(), item)),
-            Err(TrySendError::Full(item)) => {
-                match tokio::time::timeout_at(deadline.into(), self.queue.reserve()).await {
-                    Ok(Ok(permit)) => {
-                        permit.send(item);
-                        Ok(())
-                    }
-                    Ok(Err(_)) => Err((self.closed_error(), item)),
-                    Err(_) => Err((BackendError::Busy, item)),
-                }
+            Err(TrySendError::Closed(item)) => Err((Some(self.closed_error()), item)),
+            Err(TrySendError::Full(item)) => Err((None, item)),
+        }
+    }
+
+    /// Waits for queue space until `deadline` (`Busy` after it), then queues `item`.
+    async fn wait_to_enqueue(
+        &self,
+        item: WriteItem<Req>,
+        deadline: Instant,
+    ) -> Result<(), (BackendError, WriteItem<Req>)> {
+        match tokio::time::timeout_at(deadline.into(), self.queue.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(item);
+                Ok(())
             }
+            Ok(Err(_)) => Err((self.closed_error(), item)),
+            Err(_) => Err((BackendError::Busy, item)),
         }
     }
 
@@ -310,34 +333,66 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     /// [`SendRejected`] with `Busy`, `BackendClosed` or `Unusable`.
     pub async fn send_or_return(
         &self,
-        mut msg: Req,
+        msg: Req,
         opts: SendOptions,
     ) -> Result<ResponseFuture<Resp>, SendRejected<Req>> {
+        // Everything up to a full queue runs synchronously; only the wait for space is a
+        // (boxed) future, which keeps this future small on the hot path.
+        let (item, future, deadline) = match self.start_request(msg, opts) {
+            Ok(queued) => return Ok(queued),
+            Err(Start::Rejected(rejected)) => return Err(rejected),
+            Err(Start::Full(item, future, deadline)) => (item, future, deadline),
+        };
+        let shared = self.shared().clone();
+        Box::pin(async move {
+            match shared.wait_to_enqueue(item, deadline).await {
+                Ok(()) => Ok(future),
+                Err((error, item)) => {
+                    drop(future);
+                    let message = item
+                        .frame
+                        .into_message()
+                        .expect("a request item holds a message");
+                    Err(SendRejected { error, message })
+                }
+            }
+        })
+        .await
+    }
+
+    /// Registers a request and queues it if there is room now.
+    #[allow(clippy::result_large_err)] // see `try_enqueue_now`
+    fn start_request(
+        &self,
+        mut msg: Req,
+        opts: SendOptions,
+    ) -> Result<ResponseFuture<Resp>, Start<Req, Resp>> {
         let shared = self.shared();
         if let Err(error) = shared.check_open() {
-            return Err(SendRejected {
+            return Err(Start::Rejected(SendRejected {
                 error,
                 message: msg,
-            });
+            }));
         }
         let deadline = opts.resolve_deadline(shared.config.default_timeout);
         let id = shared.next_id();
         msg.set_id(id);
         let (tx, rx) = oneshot::channel();
         shared.pending.insert(id, Pending::Request(tx));
-        // Built before queueing: if this call is dropped mid-wait, the future's drop
+        // Built before queueing: if the caller drops the send mid-wait, the future's drop
         // unregisters the request.
         let future = ResponseFuture::new(id, rx, deadline, shared.pending.clone());
         let item = WriteItem::new(Frame::message(msg), id, deadline, ItemKind::Request, opts);
-        match shared.enqueue_or_return(item, deadline).await {
+        match shared.try_enqueue_now(item) {
             Ok(()) => Ok(future),
-            Err((error, item)) => {
+            Err((None, item)) => Err(Start::Full(item, future, deadline)),
+            Err((Some(error), item)) => {
                 drop(future);
                 let message = item
                     .frame
                     .into_message()
                     .expect("a request item holds a message");
-                Err(SendRejected { error, message })
+                Err(Start::Rejected(SendRejected { error, message }))
             }
         }
     }
@@ -485,6 +540,15 @@ impl<Req, Resp> Backend<Req, Resp> {
     pub fn close(&self) {
         self.shared().shut(CLOSED);
     }
+}
+
+/// How a request start went when it was not queued at once.
+#[allow(clippy::large_enum_variant)] // moved once, on the slow path
+enum Start<Req, Resp> {
+    /// Not queued: closed or unusable.
+    Rejected(SendRejected<Req>),
+    /// The queue is full: wait for space until the deadline.
+    Full(WriteItem<Req>, ResponseFuture<Resp>, Instant),
 }
 
 /// A message [`Backend::send_or_return`] did not queue (so never wrote), and why.

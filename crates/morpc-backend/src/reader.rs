@@ -42,6 +42,8 @@ async fn read_loop<Req: Message, Resp: Message>(
         tokio::time::interval_at(tokio::time::Instant::now() + period, period)
     });
     let mut last_read = Instant::now();
+    let (stopped, closed) = (conn.token.cancelled(), shared.closed.cancelled());
+    tokio::pin!(stopped, closed);
     loop {
         if buf.capacity() - buf.len() < min_free / 4 {
             buf.reserve(min_free);
@@ -49,8 +51,8 @@ async fn read_loop<Req: Message, Resp: Message>(
         let silence_limit = heartbeat.map(|d| last_read + d);
         let n = tokio::select! {
             biased;
-            () = conn.token.cancelled() => return None,
-            () = shared.closed.cancelled() => return None,
+            () = &mut stopped => return None,
+            () = &mut closed => return None,
             () = sleep_until_opt(silence_limit) => {
                 return Some("no traffic within the read timeout".to_owned());
             }

@@ -124,10 +124,12 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
         attempts: 0,
         last_error: None,
     };
+    let closed = shared.closed.cancelled();
+    tokio::pin!(closed);
     loop {
         let first = tokio::select! {
             biased;
-            () = shared.closed.cancelled() => break,
+            () = &mut closed => break,
             item = rx.recv() => item,
         };
         let Some(first) = first else { break };

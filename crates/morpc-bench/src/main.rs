@@ -80,6 +80,9 @@ struct ServeArgs {
     /// Server runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Responses per write batch.
+    #[arg(long)]
+    batch: Option<usize>,
 }
 
 #[derive(Debug, Args, Clone, Copy)]
@@ -149,6 +152,9 @@ struct RunArgs {
     /// Skip the baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Messages per write batch, client and server (default: the libraries' default).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Client runtime worker threads (1: a current-thread runtime).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
@@ -196,7 +202,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         session.write(req.message).await?;
         Ok(())
     };
-    let config = ServerConfig::new().codec(args.wire.codec());
+    let mut config = ServerConfig::new().codec(args.wire.codec());
+    if let Some(batch) = args.batch {
+        config = config.batch_send_size(batch);
+    }
     let server = RpcServer::start(&args.addr, config, handler).await?;
     println!("LISTENING {}", server.local_addr());
     futures::future::pending::<()>().await;
@@ -219,6 +228,9 @@ impl ServerProcess {
             .stderr(Stdio::inherit());
         if baseline {
             cmd.arg("--baseline");
+        }
+        if let Some(batch) = args.batch {
+            cmd.args(["--batch", &batch.to_string()]);
         }
         let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().ok_or("no server stdout")?;

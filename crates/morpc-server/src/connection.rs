@@ -97,14 +97,18 @@ where
     let concurrency = shared.config.concurrency;
     let limiter = Arc::new(Semaphore::new(concurrency));
     let mut running: JoinSet<Result<(), CloseReason>> = JoinSet::new();
+    // Created once: a fresh cancellation future per request costs a waiter registration.
+    let closed = session.closed.cancelled();
+    let shutdown = shared.shutdown.cancelled();
+    tokio::pin!(closed, shutdown);
     let reason = 'read: loop {
         if buf.capacity() - buf.len() < min_free / 4 {
             buf.reserve(min_free);
         }
         let read = tokio::select! {
             biased;
-            () = session.closed.cancelled() => break 'read closed_reason(shared),
-            () = shared.shutdown.cancelled() => break 'read CloseReason::Shutdown,
+            () = &mut closed => break 'read closed_reason(shared),
+            () = &mut shutdown => break 'read CloseReason::Shutdown,
             Some(done) = running.join_next(), if !running.is_empty() => {
                 match done {
                     Ok(Ok(())) => continue,
@@ -151,7 +155,7 @@ where
             if concurrency == 1 {
                 let outcome = tokio::select! {
                     biased;
-                    () = session.closed.cancelled() => break 'read closed_reason(shared),
+                    () = &mut closed => break 'read closed_reason(shared),
                     outcome = run_handler(shared, request, client) => outcome,
                 };
                 if let Err(reason) = outcome {
@@ -160,7 +164,7 @@ where
             } else {
                 let permit = tokio::select! {
                     biased;
-                    () = session.closed.cancelled() => break 'read closed_reason(shared),
+                    () = &mut closed => break 'read closed_reason(shared),
                     p = limiter.clone().acquire_owned() => p.expect("never closed"),
                 };
                 let shared = shared.clone();
@@ -240,10 +244,12 @@ async fn write_loop<H, Resp: Message>(
     let mut batch: Vec<Frame<Resp>> = Vec::with_capacity(batch_size);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut chunks: Vec<Bytes> = Vec::with_capacity(4);
+    let stopped = closed.cancelled();
+    tokio::pin!(stopped);
     loop {
         let first = tokio::select! {
             biased;
-            () = closed.cancelled() => return Ok(()),
+            () = &mut stopped => return Ok(()),
             item = rx.recv() => item,
         };
         let Some(first) = first else { break };
@@ -282,7 +288,7 @@ async fn write_loop<H, Resp: Message>(
         }
         let written = tokio::select! {
             biased;
-            () = closed.cancelled() => return Ok(()),
+            () = &mut stopped => return Ok(()),
             r = morpc_backend::io::write_chunks(&mut writer, &mut chunks) => r,
         };
         chunks.clear();
