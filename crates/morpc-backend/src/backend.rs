@@ -279,7 +279,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         address: Address,
         config: BackendConfig<Req>,
     ) -> Result<Self, BackendError> {
-        let (queue, rx) = mpsc::channel(config.buffer_size);
+        let (queue, rx) = mpsc::channel(config.buffer_size.max(1));
         let shared = Arc::new(Shared {
             codec: Codec::new(config.codec.clone()),
             address,

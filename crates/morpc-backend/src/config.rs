@@ -17,13 +17,18 @@ pub type WriteFilter<Req> =
 /// jitter, for at most `window`; then the backend reports itself
 /// [`Unusable`](crate::BackendError::Unusable).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 #[non_exhaustive]
 pub struct ReconnectPolicy {
     /// First pause after a failed attempt (default 10 ms).
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub initial_backoff: Duration,
     /// Longest pause between attempts (default 1 s).
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_backoff: Duration,
     /// How long to keep trying before giving up (default 30 s).
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub window: Duration,
 }
 
@@ -66,7 +71,10 @@ pub(crate) fn jitter() -> f64 {
 }
 
 /// Configuration of a [`Backend`](crate::Backend). The setters consume and return the
-/// configuration, so it is its own builder.
+/// configuration, so it is its own builder. With the `serde` feature it loads from a
+/// file (durations as `"10s"`; absent keys keep their defaults; the filter is set in code).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, bound = ""))]
 pub struct BackendConfig<Req> {
     /// Capacity of the send queue.
     pub(crate) buffer_size: usize,
@@ -75,22 +83,27 @@ pub struct BackendConfig<Req> {
     /// Most queued messages encoded into one buffer and written with one vectored write.
     pub(crate) batch_send_size: usize,
     /// Limit for one connect attempt.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) connect_timeout: Duration,
     /// Connect while creating the backend instead of on the first send.
     pub(crate) connect_on_create: bool,
     /// Timeout of a send without its own timeout or deadline.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) default_timeout: Duration,
     /// Heartbeat: ping every `read_timeout / 5`, reset after `read_timeout` of silence.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) read_timeout: Option<Duration>,
     /// Reconnect backoff and window.
     pub(crate) reconnect: ReconnectPolicy,
     /// How long the reader waits for a stalled stream consumer before ending the stream.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) stream_stall_timeout: Duration,
     /// Initial (and minimum free) size of the read buffer.
     pub(crate) read_buffer_size: usize,
     /// Frame layout, checksum, compression, limits and headers.
     pub(crate) codec: CodecConfig,
     /// Optional write filter.
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub(crate) filter: Option<WriteFilter<Req>>,
 }
 
@@ -243,7 +256,7 @@ impl<Req> BackendConfig<Req> {
     pub fn busy_size(&self) -> usize {
         self.busy_size
             .unwrap_or(self.buffer_size * 3 / 4)
-            .clamp(1, self.buffer_size)
+            .clamp(1, self.buffer_size.max(1))
     }
 
     /// The codec configuration.
@@ -340,6 +353,24 @@ mod tests {
             8
         );
         assert_eq!(BackendConfig::<()>::new().busy_size_at(0).busy_size(), 1);
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn loads_from_json_with_defaults_and_human_durations() {
+        let config: BackendConfig<()> =
+            serde_json::from_str(r#"{ "buffer_size": 0, "read_timeout": "250ms" }"#).unwrap();
+        assert_eq!(config.read_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(
+            config.connect_timeout,
+            Duration::from_secs(10),
+            "absent keys keep defaults"
+        );
+        assert_eq!(
+            config.busy_size(),
+            1,
+            "a zero buffer is clamped, not a panic"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ async fn read_loop<Req: Message, Resp: Message>(
     mut reader: BoxReader,
     conn: &ConnState,
 ) -> Option<String> {
-    let min_free = shared.config.read_buffer_size;
+    let min_free = shared.config.read_buffer_size.max(1024);
     let mut buf = BytesMut::with_capacity(min_free);
     let heartbeat = shared.config.read_timeout;
     let mut ping_every = heartbeat.map(|d| {

@@ -112,7 +112,7 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
     mut rx: mpsc::Receiver<WriteItem<Req>>,
     mut conn: Option<Connection>,
 ) {
-    let batch_size = shared.config.batch_send_size;
+    let batch_size = shared.config.batch_send_size.max(1);
     let mut batch: Vec<WriteItem<Req>> = Vec::with_capacity(batch_size);
     let mut out = Output {
         buf: BytesMut::with_capacity(64 * 1024),

@@ -107,7 +107,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         factory: Arc<dyn BackendFactory<Req, Resp>>,
     ) -> Self {
         let inner = Arc::new(Inner {
-            creations: Arc::new(Semaphore::new(config.create_queue_size)),
+            creations: Arc::new(Semaphore::new(config.create_queue_size.max(1))),
             config,
             factory,
             pools: Mutex::new(HashMap::new()),
@@ -135,7 +135,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
                 continue;
             };
             let pool = self.pool(&address);
-            let count = count.min(self.inner().config.max_backends_per_host);
+            let count = count.min(self.inner().config.max_backends_per_host.max(1));
             for _ in 0..count {
                 match self.inner().factory.create(&address).await {
                     Ok(backend) => pool.add(backend),
@@ -205,7 +205,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             let changed = pool.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let pick = pool.pick(config.max_backends_per_host, config.auto_create);
+            let pick = pool.pick(config.max_backends_per_host.max(1), config.auto_create);
             if pick.create {
                 self.spawn_creation(pool.clone());
             }

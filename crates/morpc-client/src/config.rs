@@ -6,13 +6,17 @@ use std::time::Duration;
 /// sender, busy, connecting): bounded exponential backoff with jitter, always within the
 /// request's deadline.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 #[non_exhaustive]
 pub struct RetryPolicy {
     /// Most attempts in all (1 disables retries).
     pub max_attempts: u32,
     /// Pause after the first failed attempt.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub initial_backoff: Duration,
     /// Longest pause.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_backoff: Duration,
 }
 
@@ -60,11 +64,14 @@ impl RetryPolicy {
 /// failures the address fails fast for `reset_timeout`; then one probe is let through,
 /// and its outcome closes or reopens the circuit.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 #[non_exhaustive]
 pub struct BreakerConfig {
     /// Consecutive failures that open the circuit.
     pub failure_threshold: u32,
     /// How long the circuit stays open before a probe.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub reset_timeout: Duration,
 }
 
@@ -91,7 +98,12 @@ impl Default for BreakerConfig {
 
 /// Configuration of an [`RpcClient`](crate::RpcClient). The setters consume and return
 /// the configuration, so it is its own builder.
+///
+/// With the `serde` feature it loads from a file (durations as `"10s"`; absent keys keep
+/// their defaults).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 pub struct ClientConfig {
     /// Most backends (connections) per address.
     pub(crate) max_backends_per_host: usize,
@@ -102,12 +114,14 @@ pub struct ClientConfig {
     /// Most backend creations running at once.
     pub(crate) create_queue_size: usize,
     /// Idle time after which a backend is closed (zero: never).
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) max_idle: Duration,
     /// Retries of rejected sends.
     pub(crate) retry: RetryPolicy,
     /// Optional circuit breaker per address.
     pub(crate) breaker: Option<BreakerConfig>,
     /// Timeout of operations without their own deadline.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) default_timeout: Duration,
 }
 

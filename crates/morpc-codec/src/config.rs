@@ -6,6 +6,8 @@ use crate::headers::{HeaderCodec, HeaderCodecs, default_header_codecs};
 
 /// The wire framing; both ends of a connection must use the same one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 #[non_exhaustive]
 pub enum Framing {
     /// MatrixOne morpc v0.5.0: `len | flag | [msize] | message | [payload]`. No checksum,
@@ -19,6 +21,8 @@ pub enum Framing {
 
 /// How the decoder treats flag bits it does not know.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 #[non_exhaustive]
 pub enum FlagChecking {
     /// Reject unknown flag bits with [`CodecError::UnknownFlag`](crate::CodecError::UnknownFlag)
@@ -44,7 +48,12 @@ pub const V07_FRAME_SLACK: usize = 10 * 1024 * 1024;
 /// let config = CodecConfig::new(Framing::V07).checksum(true).compression(false);
 /// assert!(config.is_checksum());
 /// ```
+///
+/// With the `serde` feature it loads from a file; absent keys keep their defaults and
+/// the header codecs are always the two defaults (custom ones are added in code).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 pub struct CodecConfig {
     /// Which wire framing to speak.
     framing: Framing,
@@ -58,6 +67,7 @@ pub struct CodecConfig {
     /// Strict or lenient handling of unknown flag bits.
     flag_checking: FlagChecking,
     /// V07 custom header codecs, in wire order.
+    #[cfg_attr(feature = "serde", serde(skip, default = "default_header_codecs"))]
     headers: HeaderCodecs,
 }
 

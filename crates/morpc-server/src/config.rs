@@ -10,7 +10,10 @@ use morpc_codec::CodecConfig;
 pub type ResponseFilter<Resp> = Arc<dyn Fn(&Resp) -> bool + Send + Sync>;
 
 /// Configuration of an [`RpcServer`](crate::RpcServer). The setters consume and return
-/// the configuration, so it is its own builder.
+/// the configuration, so it is its own builder. With the `serde` feature it loads from a
+/// file (durations as `"10s"`; absent keys keep their defaults; the filter is set in code).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, bound = ""))]
 pub struct ServerConfig<Resp> {
     /// Most queued responses encoded into one buffer and written with one vectored write.
     pub(crate) batch_send_size: usize,
@@ -21,14 +24,17 @@ pub struct ServerConfig<Resp> {
     /// Most connections served at once; further ones wait in the listen backlog.
     pub(crate) max_connections: usize,
     /// How long `shutdown()` lets admitted handlers finish and sessions flush.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) grace_period: Duration,
     /// Timeout of session writes for requests that carried no deadline.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) default_write_timeout: Duration,
     /// Initial and minimum free size of each connection's read buffer.
     pub(crate) read_buffer_size: usize,
     /// Frame layout, checksum, compression, size limits and headers.
     pub(crate) codec: CodecConfig,
     /// Optional response filter.
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub(crate) filter: Option<ResponseFilter<Resp>>,
 }
 

@@ -50,7 +50,7 @@ where
 {
     let closed = shared.closed.child_token();
     let streams: StreamSeqs = Arc::default();
-    let (tx, rx) = mpsc::channel(shared.config.session_buffer_size);
+    let (tx, rx) = mpsc::channel(shared.config.session_buffer_size.max(1));
     let session = Arc::new(SessionShared {
         tx,
         remote,
@@ -91,10 +91,10 @@ where
     Resp: Message,
     H: Handler<Req, Resp>,
 {
-    let min_free = shared.config.read_buffer_size;
+    let min_free = shared.config.read_buffer_size.max(1024);
     let mut buf = BytesMut::with_capacity(min_free);
     let mut sequence = 0u64;
-    let concurrency = shared.config.concurrency;
+    let concurrency = shared.config.concurrency.max(1);
     let limiter = Arc::new(Semaphore::new(concurrency));
     let mut running: JoinSet<Result<(), CloseReason>> = JoinSet::new();
     // Created once: a fresh cancellation future per request costs a waiter registration.
@@ -239,7 +239,7 @@ async fn write_loop<H, Resp: Message>(
     streams: StreamSeqs,
     closed: CancellationToken,
 ) -> std::io::Result<()> {
-    let batch_size = shared.config.batch_send_size;
+    let batch_size = shared.config.batch_send_size.max(1);
     let numbered = shared.codec.framing() == Framing::V07;
     let mut batch: Vec<Frame<Resp>> = Vec::with_capacity(batch_size);
     let mut buf = BytesMut::with_capacity(64 * 1024);

@@ -153,7 +153,7 @@ async fn accept_loop<Req, Resp, H>(
     Resp: Message,
     H: Handler<Req, Resp>,
 {
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
     loop {
         let permit = tokio::select! {
             biased;
