@@ -27,7 +27,9 @@ async fn start(rt: &Runtime) -> (RpcServer, RpcClient<RawMessage>, String) {
         }
         Ok::<_, HandlerError>(())
     };
-    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), handler).await.unwrap();
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), handler)
+        .await
+        .unwrap();
     let addr = server.local_addr().to_string();
     let client = RpcClient::new(ClientConfig::new(), BackendConfig::new()).await;
     (server, client, addr)
@@ -60,19 +62,30 @@ fn round_trips(c: &mut Criterion) {
     let mut group = c.benchmark_group("client_server_round_trip_64b");
     group.throughput(Throughput::Elements(1));
     for inflight in [1usize, 256] {
-        group.bench_with_input(BenchmarkId::new("inflight", inflight), &inflight, |b, &inflight| {
-            b.iter_custom(|iters| {
-                let (client, addr, body) = (client.clone(), addr.clone(), body.clone());
-                rt.block_on(spread(iters, inflight, move |n| {
+        group.bench_with_input(
+            BenchmarkId::new("inflight", inflight),
+            &inflight,
+            |b, &inflight| {
+                b.iter_custom(|iters| {
                     let (client, addr, body) = (client.clone(), addr.clone(), body.clone());
-                    async move {
-                        for _ in 0..n {
-                            client.request(&addr, RawMessage::new(body.clone()), SendOptions::new()).await.unwrap();
+                    rt.block_on(spread(iters, inflight, move |n| {
+                        let (client, addr, body) = (client.clone(), addr.clone(), body.clone());
+                        async move {
+                            for _ in 0..n {
+                                client
+                                    .request(
+                                        &addr,
+                                        RawMessage::new(body.clone()),
+                                        SendOptions::new(),
+                                    )
+                                    .await
+                                    .unwrap();
+                            }
                         }
-                    }
-                }))
-            })
-        });
+                    }))
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -90,7 +103,10 @@ fn streams(c: &mut Criterion) {
                 async move {
                     let mut stream = client.new_stream(&addr, 16, false).await.unwrap();
                     for _ in 0..n {
-                        stream.send(RawMessage::new(vec![7u8; 64]), SendOptions::new()).await.unwrap();
+                        stream
+                            .send(RawMessage::new(vec![7u8; 64]), SendOptions::new())
+                            .await
+                            .unwrap();
                         stream.next().await.unwrap().unwrap();
                     }
                 }
@@ -106,7 +122,10 @@ fn streams(c: &mut Criterion) {
                     let mut stream = client.new_stream(&addr, 16, false).await.unwrap();
                     let body = bytes::Bytes::from(vec![b'!'; 64]);
                     for _ in 0..n {
-                        stream.send(RawMessage::new(body.clone()), SendOptions::new()).await.unwrap();
+                        stream
+                            .send(RawMessage::new(body.clone()), SendOptions::new())
+                            .await
+                            .unwrap();
                     }
                 }
             }))

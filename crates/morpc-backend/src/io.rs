@@ -18,7 +18,14 @@ pub async fn write_chunks<W: AsyncWrite + Unpin + ?Sized>(
     chunks: &mut [Bytes],
 ) -> std::io::Result<()> {
     let mut first = 0;
-    while first < chunks.len() {
+    loop {
+        // Empty chunks carry nothing; a write of only empty slices would return 0.
+        while chunks.get(first).is_some_and(|c| c.is_empty()) {
+            first += 1;
+        }
+        if first == chunks.len() {
+            break;
+        }
         let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
         let mut count = 0;
         for chunk in chunks[first..].iter().take(MAX_IO_SLICES) {
@@ -41,4 +48,27 @@ pub async fn write_chunks<W: AsyncWrite + Unpin + ?Sized>(
         }
     }
     writer.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_every_chunk_in_order_and_skips_empty_ones() {
+        let mut out = Vec::new();
+        let mut chunks = vec![
+            Bytes::new(),
+            Bytes::from_static(b"head"),
+            Bytes::new(),
+            Bytes::from(vec![7u8; 100_000]),
+            Bytes::from_static(b"tail"),
+            Bytes::new(),
+        ];
+        write_chunks(&mut out, &mut chunks).await.unwrap();
+        let mut want = b"head".to_vec();
+        want.extend_from_slice(&[7u8; 100_000]);
+        want.extend_from_slice(b"tail");
+        assert_eq!(out, want);
+    }
 }

@@ -88,10 +88,10 @@ impl BaselineClient {
         });
         let reader_pending = pending.clone();
         tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(256 * 1024);
+            let mut buf = BytesMut::with_capacity(64 * 1024);
             loop {
                 if buf.capacity() - buf.len() < 64 * 1024 {
-                    buf.reserve(256 * 1024);
+                    buf.reserve(64 * 1024);
                 }
                 match r.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => return,
@@ -100,6 +100,8 @@ impl BaselineClient {
                 while buf.len() >= 4 {
                     let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
                     if buf.len() < 4 + len {
+                        // Make room for the whole frame at once: one growth, not many.
+                        buf.reserve(4 + len - buf.len());
                         break;
                     }
                     let mut frame = buf.split_to(4 + len).freeze();
@@ -135,10 +137,10 @@ pub(crate) async fn serve(listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let (mut r, mut w) = stream.into_split();
-            let mut buf = BytesMut::with_capacity(256 * 1024);
+            let mut buf = BytesMut::with_capacity(64 * 1024);
             loop {
                 if buf.capacity() - buf.len() < 64 * 1024 {
-                    buf.reserve(256 * 1024);
+                    buf.reserve(64 * 1024);
                 }
                 match r.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => return,
@@ -149,6 +151,7 @@ pub(crate) async fn serve(listener: TcpListener) {
                 while buf.len() >= end + 4 {
                     let len = u32::from_be_bytes(buf[end..end + 4].try_into().unwrap()) as usize;
                     if buf.len() < end + 4 + len {
+                        buf.reserve(end + 4 + len - buf.len());
                         break;
                     }
                     end += 4 + len;
@@ -161,5 +164,23 @@ pub(crate) async fn serve(listener: TcpListener) {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn baseline_echoes_small_and_large_bodies() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(serve(listener));
+        let client = BaselineClient::connect(&addr).await.unwrap();
+        for size in [0usize, 64, 5000, 1 << 20] {
+            let body = Bytes::from(vec![3u8; size]);
+            let echoed = client.request(body.clone()).await.expect("echoed");
+            assert_eq!(echoed, body, "size {size}");
+        }
     }
 }

@@ -295,37 +295,62 @@ struct Window {
     progress: Arc<AtomicU64>,
 }
 
-/// What one caller task counted.
+/// What the caller tasks of one connection counted. One per connection (not per task):
+/// a histogram is tens of KiB, and 1 000 connections × 16 tasks must not cost gigabytes.
 struct TaskTally {
     latency: Histogram<u64>,
     ops: u64,
     errors: u64,
 }
 
+/// A connection's tally, shared by its caller tasks.
+type SharedTally = Arc<parking_lot::Mutex<TaskTally>>;
+
 impl TaskTally {
     fn new() -> Self {
         Self {
-            latency: Histogram::new(3).expect("histogram"),
+            // 1 ns .. 60 s at 2 significant digits: fixed size, 1% precision.
+            latency: Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("histogram"),
             ops: 0,
             errors: 0,
         }
     }
 
-    /// Counts one operation that started at `started` with outcome `ok`.
-    fn record(&mut self, window: &Window, started: Instant, ok: bool, timed: bool) {
-        window.progress.fetch_add(1, Ordering::Relaxed);
-        if started < window.measure_from {
-            return;
-        }
-        if !ok {
-            self.errors += 1;
-            return;
-        }
-        self.ops += 1;
-        if timed {
-            let _ = self.latency.record(started.elapsed().as_nanos() as u64);
-        }
+    fn shared() -> SharedTally {
+        Arc::new(parking_lot::Mutex::new(Self::new()))
     }
+}
+
+/// Counts one operation that started at `started` with outcome `ok`.
+fn record(tally: &SharedTally, window: &Window, started: Instant, ok: bool, timed: bool) {
+    window.progress.fetch_add(1, Ordering::Relaxed);
+    if started < window.measure_from {
+        return;
+    }
+    let elapsed = started.elapsed().as_nanos() as u64;
+    let mut tally = tally.lock();
+    if !ok {
+        tally.errors += 1;
+        return;
+    }
+    tally.ops += 1;
+    if timed {
+        tally.latency.saturating_record(elapsed);
+    }
+}
+
+/// Waits for the caller tasks, then returns the per-connection tallies.
+async fn finish(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tallies: Vec<SharedTally>,
+) -> Vec<TaskTally> {
+    for t in tasks {
+        t.await.expect("caller task");
+    }
+    tallies
+        .into_iter()
+        .map(|t| std::mem::replace(&mut *t.lock(), TaskTally::new()))
+        .collect()
 }
 
 fn measure(
@@ -353,7 +378,7 @@ fn measure(
     if let Some(p) = progress {
         let _ = p.join();
     }
-    let mut latency = Histogram::new(3)?;
+    let mut latency = Histogram::new_with_bounds(1, 60_000_000_000, 2)?;
     let (mut ops, mut errors) = (0, 0);
     for t in &tallies {
         latency.add(&t.latency)?;
@@ -421,16 +446,17 @@ async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTally
         0
     };
     let body = body(args, first);
-    let mut tasks = Vec::new();
+    let (mut tasks, mut tallies) = (Vec::new(), Vec::new());
     for _ in 0..args.conns {
         let backend: Backend<RawMessage> = Backend::create(address.clone(), config.clone())
             .await
             .expect("connect to the server");
+        let tally = TaskTally::shared();
+        tallies.push(tally.clone());
         for _ in 0..args.inflight {
-            let (backend, window) = (backend.clone(), window.clone());
+            let (backend, window, tally) = (backend.clone(), window.clone(), tally.clone());
             let (body, payload, mode) = (body.clone(), payload.clone(), args.mode);
             tasks.push(tokio::spawn(async move {
-                let mut tally = TaskTally::new();
                 match mode {
                     Mode::Unary => {
                         while Instant::now() < window.stop_at {
@@ -439,7 +465,7 @@ async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTally
                                 .request(message(&body, &payload), SendOptions::new())
                                 .await
                                 .is_ok();
-                            tally.record(&window, started, ok, true);
+                            record(&tally, &window, started, ok, true);
                         }
                     }
                     Mode::Stream | Mode::Oneway => {
@@ -454,47 +480,39 @@ async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTally
                                 Mode::Stream => sent && matches!(stream.next().await, Some(Ok(_))),
                                 _ => sent,
                             };
-                            tally.record(&window, started, ok, mode == Mode::Stream);
+                            record(&tally, &window, started, ok, mode == Mode::Stream);
                         }
                     }
                 }
-                tally
             }));
         }
     }
-    let mut tallies = Vec::new();
-    for t in tasks {
-        tallies.push(t.await.expect("caller task"));
-    }
-    tallies
+    finish(tasks, tallies).await
 }
 
 async fn baseline_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTally> {
     // The baseline frame carries body and payload as one body.
     let body = Bytes::from(vec![0x5a; args.size + args.payload]);
-    let mut tasks = Vec::new();
+    let (mut tasks, mut tallies) = (Vec::new(), Vec::new());
     for _ in 0..args.conns {
         let client = BaselineClient::connect(addr)
             .await
             .expect("connect to the baseline server");
+        let tally = TaskTally::shared();
+        tallies.push(tally.clone());
         for _ in 0..args.inflight {
-            let (client, window, body) = (client.clone(), window.clone(), body.clone());
+            let (client, window) = (client.clone(), window.clone());
+            let (body, tally) = (body.clone(), tally.clone());
             tasks.push(tokio::spawn(async move {
-                let mut tally = TaskTally::new();
                 while Instant::now() < window.stop_at {
                     let started = Instant::now();
                     let ok = client.request(body.clone()).await.is_some();
-                    tally.record(&window, started, ok, true);
+                    record(&tally, &window, started, ok, true);
                 }
-                tally
             }));
         }
     }
-    let mut tallies = Vec::new();
-    for t in tasks {
-        tallies.push(t.await.expect("caller task"));
-    }
-    tallies
+    finish(tasks, tallies).await
 }
 
 fn print_reports(args: &RunArgs, reports: &[RunReport]) {

@@ -13,8 +13,9 @@ use crate::{CodecConfig, CodecError, Frame, FrameError, Framing, Message, v05, v
 /// Length of the frame length prefix.
 pub(crate) const LEN_PREFIX: usize = 4;
 
-/// Largest read-buffer reservation [`Codec::decode`] makes for a partial frame, so memory
-/// follows bytes that arrived, never a length the peer merely claims.
+/// Read-buffer reservation [`Codec::decode`] may always make for a partial frame; beyond
+/// it, growth is limited to the bytes already buffered, so memory follows bytes that
+/// arrived, never a length the peer merely claims.
 pub const MAX_DECODE_RESERVE: usize = 64 * 1024;
 
 /// A frame encoder and incremental decoder for one configuration. Cheap to clone.
@@ -77,7 +78,8 @@ impl Codec {
     /// Decodes the first complete frame of `src`.
     ///
     /// Returns `Ok(None)` when `src` does not yet hold a whole frame; nothing is consumed
-    /// then, and at most [`MAX_DECODE_RESERVE`] bytes are reserved in `src`. A complete
+    /// then, and `src` grows by at most the larger of [`MAX_DECODE_RESERVE`] and the bytes
+    /// it already holds (so memory is bounded by what actually arrived). A complete
     /// frame is split off the front of `src`; body and payload are zero-copy slices of it
     /// (unless decompressed).
     ///
@@ -90,8 +92,11 @@ impl Codec {
             return Ok(None);
         };
         if src.len() < LEN_PREFIX + len {
+            // Grow geometrically with what has arrived (so a large frame needs few
+            // reallocations), never by more than the bytes already buffered or 64 KiB:
+            // memory follows received bytes, not the claimed length.
             let missing = LEN_PREFIX + len - src.len();
-            src.reserve(missing.min(MAX_DECODE_RESERVE));
+            src.reserve(missing.min(MAX_DECODE_RESERVE.max(src.len())));
             return Ok(None);
         }
         let mut frame = src.split_to(LEN_PREFIX + len).freeze();
