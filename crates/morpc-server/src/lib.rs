@@ -31,5 +31,5 @@ pub use config::{ResponseFilter, ServerConfig};
 pub use error::{CloseReason, HandlerError, ServerError};
 pub use handler::{Handler, Request, SyncHandler, sync_handler};
 pub use morpc_codec as codec;
-pub use server::RpcServer;
+pub use server::{RpcServer, serve_io};
 pub use session::ClientSession;

@@ -143,6 +143,34 @@ impl Drop for RpcServer {
     }
 }
 
+/// Serves one already established connection (any byte stream: an in-memory pipe, a
+/// TLS stream, a socket accepted elsewhere) until it closes, and returns why it closed.
+/// It behaves exactly like a connection accepted by [`RpcServer`], without a listener:
+/// dropping the returned future closes the connection.
+pub async fn serve_io<Req, Resp, H, Io>(
+    io: Io,
+    config: ServerConfig<Resp>,
+    handler: H,
+) -> CloseReason
+where
+    Req: Message,
+    Resp: Message,
+    H: Handler<Req, Resp>,
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let shared = Arc::new(ServerShared {
+        codec: Codec::new(config.codec.clone()),
+        handler,
+        config,
+        shutdown: CancellationToken::new(),
+        closed: CancellationToken::new(),
+    });
+    let (reader, writer) = tokio::io::split(io);
+    let closed = shared.closed.clone();
+    let _stop = closed.drop_guard();
+    serve(shared, Box::pin(reader), Box::pin(writer), "io".to_owned()).await
+}
+
 /// Accepts connections until shutdown, at most `max_connections` at once.
 async fn accept_loop<Req, Resp, H>(
     listener: Listener,

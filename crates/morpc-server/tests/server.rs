@@ -512,3 +512,39 @@ async fn garbage_and_huge_lengths_close_the_connection_without_allocating() {
         );
     }
 }
+
+#[tokio::test]
+async fn serve_io_serves_an_in_memory_stream_and_reports_bad_frames() {
+    use morpc_codec::{Codec, Frame};
+    let (client, server_end) = tokio::io::duplex(64 * 1024);
+    let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+    let serving = tokio::spawn(morpc_server::serve_io(
+        server_end,
+        ServerConfig::new(),
+        echo,
+    ));
+    let codec = Codec::new(CodecConfig::default());
+    let (mut rd, mut wr) = tokio::io::split(client);
+    let mut out = bytes::BytesMut::new();
+    let mut m = RawMessage::new("in memory");
+    m.id = 7;
+    codec.encode(&Frame::message(m), &mut out).unwrap();
+    wr.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let reply: Frame<RawMessage> = within("echo", async {
+        loop {
+            rd.read_buf(&mut buf).await.unwrap();
+            if let Some(f) = codec.decode(&mut buf).unwrap() {
+                return f;
+            }
+        }
+    })
+    .await;
+    assert_eq!(reply.into_message().unwrap().body, "in memory");
+    wr.write_all(&[0, 0, 0, 0]).await.unwrap(); // a zero-length frame
+    let reason = within("bad frame closes", serving).await.unwrap();
+    assert!(
+        matches!(reason, morpc_server::CloseReason::BadFrame(_)),
+        "{reason:?}"
+    );
+}
