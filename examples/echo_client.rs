@@ -7,14 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use morpc::prelude::*;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Wire {
-    V05,
-    V07,
-}
+#[path = "shared/wire.rs"]
+mod wire;
+use wire::WireArgs;
 
 /// morpc echo client.
 #[derive(Debug, Parser)]
@@ -22,12 +20,8 @@ struct Args {
     /// Server address: host:port or unix:///path.
     #[arg(long, default_value = "127.0.0.1:9000")]
     addr: String,
-    /// Wire framing.
-    #[arg(long, value_enum, default_value = "v07")]
-    framing: Wire,
-    /// Send V07 frames with an xxHash64 checksum.
-    #[arg(long)]
-    checksum: bool,
+    #[command(flatten)]
+    wire: WireArgs,
     /// Requests to send.
     #[arg(long, default_value_t = 1000)]
     count: usize,
@@ -39,10 +33,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let codec = match args.framing {
-        Wire::V05 => CodecConfig::new(Framing::V05),
-        Wire::V07 => CodecConfig::new(Framing::V07).checksum(args.checksum),
-    };
+    let codec = args.wire.codec();
     let client: RpcClient<RawMessage> =
         RpcClient::new(ClientConfig::new(), BackendConfig::new().codec(codec)).await;
     let payload = bytes::Bytes::from(vec![0x5a; args.payload]);

@@ -5,14 +5,12 @@
 //! cargo run --release --example echo_server -- --addr 127.0.0.1:9000 --framing v07 --checksum
 //! ```
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use morpc::prelude::*;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Wire {
-    V05,
-    V07,
-}
+#[path = "shared/wire.rs"]
+mod wire;
+use wire::WireArgs;
 
 /// morpc echo server.
 #[derive(Debug, Parser)]
@@ -20,12 +18,8 @@ struct Args {
     /// Listen address: host:port or unix:///path.
     #[arg(long, default_value = "127.0.0.1:9000")]
     addr: String,
-    /// Wire framing.
-    #[arg(long, value_enum, default_value = "v07")]
-    framing: Wire,
-    /// Send V07 frames with an xxHash64 checksum (received checksums are always verified).
-    #[arg(long)]
-    checksum: bool,
+    #[command(flatten)]
+    wire: WireArgs,
 }
 
 #[tokio::main]
@@ -36,10 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
-    let codec = match args.framing {
-        Wire::V05 => CodecConfig::new(Framing::V05),
-        Wire::V07 => CodecConfig::new(Framing::V07).checksum(args.checksum),
-    };
+    let codec = args.wire.codec();
     let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
     let server = RpcServer::start(&args.addr, ServerConfig::new().codec(codec), echo).await?;
     println!("echo server listening on {}", server.local_addr());

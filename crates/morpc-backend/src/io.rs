@@ -4,6 +4,31 @@ use std::io::IoSlice;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Waits for the next item of `rx` and collects it, with whatever else is queued, into
+/// `batch` (up to `max` items). Returns `false` once `rx` is closed and empty.
+///
+/// When fewer than `max` items are queued it yields once first, so that tasks woken
+/// together can enqueue before the batch is cut: under tokio a writer woken for every
+/// message otherwise writes one frame per syscall (measured on this project's machine:
+/// the yield made a client 3.5× faster at 16 in flight and 10× at 256).
+pub async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> bool {
+    let Some(first) = rx.recv().await else {
+        return false;
+    };
+    batch.push(first);
+    if rx.len() + 1 < max {
+        tokio::task::yield_now().await;
+    }
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    true
+}
 
 /// Most slices handed to one `write_vectored` call.
 const MAX_IO_SLICES: usize = 64;

@@ -11,21 +11,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use morpc_backend::codec::{CodecConfig, CodecError, Framing, RawMessage};
 use morpc_backend::{Address, Backend, BackendConfig, BackendError, ReconnectPolicy, SendOptions};
+use morpc_testkit::time::{LONG, PROMPT, within};
 use support::{Mode, Peer, msg};
 
 fn config() -> BackendConfig<RawMessage> {
     BackendConfig::new()
-}
-
-/// A generous bound for "promptly": far below the request timeouts the tests use.
-const PROMPT: Duration = Duration::from_secs(10);
-/// A request timeout long enough that reaching it means the behaviour under test failed.
-const LONG: Duration = Duration::from_secs(60);
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PROMPT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within {PROMPT:?}"))
 }
 
 #[tokio::test]

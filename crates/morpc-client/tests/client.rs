@@ -14,27 +14,9 @@ use morpc_client::{
 };
 use morpc_codec::RawMessage;
 use morpc_server::{ClientSession, HandlerError, Request, RpcServer, ServerConfig};
+use morpc_testkit::time::{LONG, PROMPT, eventually, within};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
-
-const PROMPT: Duration = Duration::from_secs(10);
-const LONG: Duration = Duration::from_secs(60);
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PROMPT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within {PROMPT:?}"))
-}
-
-/// Waits (bounded) until `cond` holds, checking every few milliseconds.
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    within(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
 
 fn msg(body: impl Into<bytes::Bytes>) -> RawMessage {
     RawMessage::new(body)
@@ -184,27 +166,49 @@ async fn make_busy(backend: &Backend<RawMessage>) {
     .await;
 }
 
+/// A client whose first backend is connected to a peer that never reads and is filled
+/// past its busy threshold; the address itself is a working echo server.
+struct BusyFirst {
+    client: RpcClient<RawMessage>,
+    addr: String,
+    factory: Arc<TestFactory>,
+    _server: RpcServer,
+    _stall: tokio::task::JoinHandle<()>,
+    _pending: morpc_client::ClientResponse<RawMessage>,
+}
+
+impl BusyFirst {
+    async fn start(max_backends: usize) -> Self {
+        let (server, addr) = server().await;
+        let (stalled, stall) = stalled_listener().await;
+        let factory = Arc::new(TestFactory {
+            first_target: Some(Address::from(stalled)),
+            ..TestFactory::default()
+        });
+        let config = ClientConfig::new().max_backends_per_host(max_backends);
+        let client = RpcClient::with_factory(config, factory.clone()).await;
+        let pending = client
+            .send(&addr, msg("first"), SendOptions::timeout(LONG))
+            .await
+            .unwrap();
+        let first = factory.created.lock()[0].clone();
+        make_busy(&first).await;
+        assert!(first.busy());
+        Self {
+            client,
+            addr,
+            factory,
+            _server: server,
+            _stall: stall,
+            _pending: pending,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_busy_backend_grows_the_pool_and_is_skipped() {
-    let (_server, addr) = server().await;
-    let (stalled, _stall) = stalled_listener().await;
-    let factory = Arc::new(TestFactory {
-        first_target: Some(Address::from(stalled)),
-        ..TestFactory::default()
-    });
-    let c = RpcClient::with_factory(
-        ClientConfig::new().max_backends_per_host(3),
-        factory.clone(),
-    )
-    .await;
-    // The first backend (really connected to the stalled peer) becomes busy.
-    let _pending = c
-        .send(&addr, msg("first"), SendOptions::timeout(LONG))
-        .await
-        .unwrap();
-    let first = factory.created.lock()[0].clone();
-    make_busy(&first).await;
-    assert!(first.busy());
+    let busy = BusyFirst::start(3).await;
+    let (c, addr) = (&busy.client, &busy.addr);
     // The next send sees only a busy backend: it uses it (as Go does) while a second one
     // is created in the background; once that exists, the busy one is skipped.
     let short = SendOptions::timeout(Duration::from_millis(200));
@@ -536,23 +540,8 @@ async fn unix_socket_addresses_work() {
 
 #[tokio::test]
 async fn growth_stops_at_the_limit() {
-    let (_server, addr) = server().await;
-    let (stalled, _stall) = stalled_listener().await;
-    let factory = Arc::new(TestFactory {
-        first_target: Some(Address::from(stalled)),
-        ..TestFactory::default()
-    });
-    let c = RpcClient::with_factory(
-        ClientConfig::new().max_backends_per_host(1),
-        factory.clone(),
-    )
-    .await;
-    let _pending = c
-        .send(&addr, msg("first"), SendOptions::timeout(LONG))
-        .await
-        .unwrap();
-    let first = factory.created.lock()[0].clone();
-    make_busy(&first).await;
+    let busy = BusyFirst::start(1).await;
+    let (c, addr, factory) = (&busy.client, &busy.addr, &busy.factory);
     let err = c
         .request(
             &addr,

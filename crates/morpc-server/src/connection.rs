@@ -247,22 +247,13 @@ async fn write_loop<H, Resp: Message>(
     let stopped = closed.cancelled();
     tokio::pin!(stopped);
     loop {
-        let first = tokio::select! {
+        let more = tokio::select! {
             biased;
             () = &mut stopped => return Ok(()),
-            item = rx.recv() => item,
+            more = morpc_backend::io::next_batch(&mut rx, &mut batch, batch_size) => more,
         };
-        let Some(first) = first else { break };
-        batch.push(first);
-        if rx.len() + 1 < batch_size {
-            // Let handlers that were just woken queue too (see the client writer).
-            tokio::task::yield_now().await;
-        }
-        while batch.len() < batch_size {
-            match rx.try_recv() {
-                Ok(frame) => batch.push(frame),
-                Err(_) => break,
-            }
+        if !more {
+            break;
         }
         if numbered {
             number_stream_responses(&streams, &mut batch);

@@ -12,19 +12,9 @@ use morpc_server::{
     ClientSession, HandlerError, Request, RpcServer, ServerConfig, ServerError, sync_handler,
 };
 use morpc_testkit::golden;
+use morpc_testkit::time::{LONG, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore};
-
-/// A generous bound for "promptly".
-const PROMPT: Duration = Duration::from_secs(10);
-/// A timeout that, when reached, means the behaviour under test failed.
-const LONG: Duration = Duration::from_secs(60);
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PROMPT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within {PROMPT:?}"))
-}
 
 fn msg(body: impl Into<Bytes>) -> RawMessage {
     RawMessage::new(body)

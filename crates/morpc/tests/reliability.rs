@@ -12,18 +12,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use morpc::prelude::*;
 use morpc_testkit::proxy::{Direction, Fault, FaultProxy};
+use morpc_testkit::time::{LONG, PROMPT, within};
 use tokio::io::AsyncWriteExt;
-
-/// Generous bound for "promptly" on a slow, shared machine.
-const PROMPT: Duration = Duration::from_secs(15);
-/// A deadline that, when reached, means the behaviour under test failed.
-const LONG: Duration = Duration::from_secs(60);
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PROMPT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within {PROMPT:?}"))
-}
 
 /// The resident set size of this process.
 fn rss_bytes() -> u64 {

@@ -76,35 +76,22 @@ impl Peer {
     pub async fn tcp_on(addr: SocketAddr, mode: Mode, codec: CodecConfig) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         let local = listener.local_addr().unwrap();
-        let seen = Arc::new(Seen::default());
-        let drop_connections = Arc::new(AtomicBool::new(false));
-        let (s, d) = (seen.clone(), drop_connections.clone());
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let c = conns.clone();
-        let codec = Codec::new(codec);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                stream.set_nodelay(true).unwrap();
-                s.connections.fetch_add(1, Ordering::SeqCst);
-                let conn = tokio::spawn(serve(stream, mode, codec.clone(), s.clone(), d.clone()));
-                c.lock().push(conn.abort_handle());
-            }
-        });
-        Self {
-            addr: Address::from(local),
-            seen,
-            drop_connections,
-            task: Some(task),
-            conns,
-        }
+        Self::start(Listener::Tcp(listener), Address::from(local), mode, codec)
     }
 
     /// Starts a Unix-socket peer at `path`.
     pub async fn unix(path: &std::path::Path, mode: Mode, codec: CodecConfig) -> Self {
         let listener = UnixListener::bind(path).unwrap();
+        Self::start(
+            Listener::Unix(listener),
+            Address::Unix(path.to_owned()),
+            mode,
+            codec,
+        )
+    }
+
+    /// Serves every connection `listener` accepts.
+    fn start(listener: Listener, addr: Address, mode: Mode, codec: CodecConfig) -> Self {
         let seen = Arc::new(Seen::default());
         let drop_connections = Arc::new(AtomicBool::new(false));
         let (s, d) = (seen.clone(), drop_connections.clone());
@@ -112,17 +99,14 @@ impl Peer {
         let c = conns.clone();
         let codec = Codec::new(codec);
         let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
+            while let Some(stream) = listener.accept().await {
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 let conn = tokio::spawn(serve(stream, mode, codec.clone(), s.clone(), d.clone()));
                 c.lock().push(conn.abort_handle());
             }
         });
         Self {
-            addr: Address::Unix(path.to_owned()),
+            addr,
             seen,
             drop_connections,
             task: Some(task),
@@ -150,6 +134,30 @@ impl Peer {
         let _ = task.await;
         for conn in self.conns.lock().drain(..) {
             conn.abort();
+        }
+    }
+}
+
+/// A connected byte stream of either kind.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A TCP or Unix listener.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// The next connection, or `None` when the listener fails.
+    async fn accept(&self) -> Option<Box<dyn Io>> {
+        match self {
+            Self::Tcp(l) => {
+                let (stream, _) = l.accept().await.ok()?;
+                stream.set_nodelay(true).ok()?;
+                Some(Box::new(stream))
+            }
+            Self::Unix(l) => Some(Box::new(l.accept().await.ok()?.0)),
         }
     }
 }
