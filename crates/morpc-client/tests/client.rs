@@ -212,18 +212,18 @@ async fn a_busy_backend_grows_the_pool_and_is_skipped() {
     // The next send sees only a busy backend: it uses it (as Go does) while a second one
     // is created in the background; once that exists, the busy one is skipped.
     let short = SendOptions::timeout(Duration::from_millis(200));
-    let _ = c.request(&addr, msg("meets the busy one"), short).await;
-    eventually("second backend created", || c.backend_count(&addr) == 2).await;
+    let _ = c.request(addr, msg("meets the busy one"), short).await;
+    eventually("second backend created", || c.backend_count(addr) == 2).await;
     for _ in 0..20 {
         let resp = within(
             "request past a busy backend",
-            c.request(&addr, msg("ok"), SendOptions::timeout(LONG)),
+            c.request(addr, msg("ok"), SendOptions::timeout(LONG)),
         )
         .await;
         assert_eq!(resp.unwrap().body, "ok");
     }
     assert_eq!(
-        c.backend_count(&addr),
+        c.backend_count(addr),
         2,
         "grew by one, not more while the new one is not busy"
     );
@@ -544,7 +544,7 @@ async fn growth_stops_at_the_limit() {
     let (c, addr, factory) = (&busy.client, &busy.addr, &busy.factory);
     let err = c
         .request(
-            &addr,
+            addr,
             msg("x"),
             SendOptions::timeout(Duration::from_millis(100)),
         )
@@ -556,5 +556,5 @@ async fn growth_stops_at_the_limit() {
         1,
         "no creation beyond the limit"
     );
-    assert_eq!(c.backend_count(&addr), 1);
+    assert_eq!(c.backend_count(addr), 1);
 }
