@@ -301,6 +301,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         } else {
             None
         };
+        tokio::spawn(shared.pending.clone().expire(shared.closed.clone()));
         tokio::spawn(writer::run(shared.clone(), rx, connection));
         Ok(Self {
             handle: Arc::new(Handle { shared }),
@@ -378,10 +379,10 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         let id = shared.next_id();
         msg.set_id(id);
         let (tx, rx) = oneshot::channel();
-        shared.pending.insert(id, Pending::Request(tx));
+        let swept = shared.pending.insert_request(id, tx, deadline);
         // Built before queueing: if the caller drops the send mid-wait, the future's drop
         // unregisters the request.
-        let future = ResponseFuture::new(id, rx, deadline, shared.pending.clone());
+        let future = ResponseFuture::new(id, rx, deadline, !swept, shared.pending.clone());
         let item = WriteItem::new(Frame::message(msg), id, deadline, ItemKind::Request, opts);
         match shared.try_enqueue_now(item) {
             Ok(()) => Ok(future),

@@ -12,34 +12,36 @@ use tokio::time::Sleep;
 use crate::BackendError;
 use crate::pending::PendingTable;
 
-pin_project_lite::pin_project! {
-    /// Resolves to the response carrying the request's id, or to a typed error: the
-    /// deadline passed ([`BackendError::Timeout`]), the connection broke, the backend
-    /// closed. It resolves exactly once.
-    ///
-    /// Dropping it before it resolves removes the request from the pending table at once
-    /// (a response arriving later is dropped as unknown).
-    #[must_use = "a response future does nothing unless awaited; dropping it cancels the request"]
-    pub struct ResponseFuture<Resp> {
-        // The request id.
-        id: u64,
-        // Completed by the reader (response) or the writer/connection (error).
-        rx: oneshot::Receiver<Result<Resp, BackendError>>,
-        // Fires at the request's deadline.
-        #[pin]
-        deadline: Sleep,
-        // Where the request is registered, to unregister it on timeout or drop.
-        table: Arc<PendingTable<Resp>>,
-        // Set once the future has produced its output.
-        done: bool,
-    }
+/// Resolves to the response carrying the request's id, or to a typed error: the deadline
+/// passed ([`BackendError::Timeout`]), the connection broke, the backend closed. It
+/// resolves exactly once.
+///
+/// Dropping it before it resolves removes the request from the pending table at once (a
+/// response arriving later is dropped as unknown).
+///
+/// The deadline is enforced by the backend's sweeper task, which fails the request with
+/// `Timeout` at its deadline; only a request whose deadline is earlier than one
+/// registered before it (timeouts that vary) carries a timer of its own.
+#[must_use = "a response future does nothing unless awaited; dropping it cancels the request"]
+pub struct ResponseFuture<Resp> {
+    /// The request id.
+    id: u64,
+    /// The request's deadline.
+    deadline: Instant,
+    /// Completed by the reader (response), the sweeper (timeout) or the connection (error).
+    rx: oneshot::Receiver<Result<Resp, BackendError>>,
+    /// A timer of its own, when the sweeper cannot keep this deadline in order.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Where the request is registered, to unregister it on timeout or drop.
+    table: Arc<PendingTable<Resp>>,
+    /// Set once the future has produced its output.
+    done: bool,
+}
 
-    impl<Resp> PinnedDrop for ResponseFuture<Resp> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if !*this.done {
-                this.table.remove(*this.id);
-            }
+impl<Resp> Drop for ResponseFuture<Resp> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.table.remove(self.id);
         }
     }
 }
@@ -48,24 +50,27 @@ impl<Resp> std::fmt::Debug for ResponseFuture<Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("id", &self.id)
-            .field("deadline", &self.deadline.deadline())
+            .field("deadline", &self.deadline)
             .field("done", &self.done)
             .finish()
     }
 }
 
 impl<Resp> ResponseFuture<Resp> {
-    /// A future for request `id`, registered in `table`, failing with `Timeout` at `deadline`.
+    /// A future for request `id`, registered in `table`. With `own_timer` it fails with
+    /// `Timeout` at `deadline` by itself; otherwise the table's sweeper does it.
     pub(crate) fn new(
         id: u64,
         rx: oneshot::Receiver<Result<Resp, BackendError>>,
         deadline: Instant,
+        own_timer: bool,
         table: Arc<PendingTable<Resp>>,
     ) -> Self {
         Self {
             id,
+            deadline,
             rx,
-            deadline: tokio::time::sleep_until(deadline.into()),
+            timer: own_timer.then(|| Box::pin(tokio::time::sleep_until(deadline.into()))),
             table,
             done: false,
         }
@@ -75,24 +80,33 @@ impl<Resp> ResponseFuture<Resp> {
     pub fn id(&self) -> u64 {
         self.id
     }
+
+    /// The request's deadline.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
 }
 
 impl<Resp> Future for ResponseFuture<Resp> {
     type Output = Result<Resp, BackendError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if *this.done {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if this.done {
             panic!("ResponseFuture polled after completion");
         }
-        if let Poll::Ready(result) = Pin::new(&mut *this.rx).poll(cx) {
-            *this.done = true;
+        if let Poll::Ready(result) = Pin::new(&mut this.rx).poll(cx) {
+            this.done = true;
             // The sender is only dropped unsent when the whole backend is torn down.
             return Poll::Ready(result.unwrap_or(Err(BackendError::BackendClosed)));
         }
-        if this.deadline.poll(cx).is_ready() {
-            *this.done = true;
-            if this.table.remove(*this.id).is_none() {
+        let timed_out = this
+            .timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+        if timed_out {
+            this.done = true;
+            if this.table.remove(this.id).is_none() {
                 // The reader already took the entry: its result may be here now.
                 if let Ok(result) = this.rx.try_recv() {
                     return Poll::Ready(result);

@@ -113,6 +113,39 @@ async fn request_times_out_against_a_silent_peer_and_frees_its_slot() {
 }
 
 #[tokio::test]
+async fn a_short_timeout_after_a_long_one_still_fires_on_time() {
+    let peer = Peer::tcp(Mode::Silent, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let long = backend
+        .send(msg("long"), SendOptions::timeout(LONG))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut shorts = Vec::new();
+    for i in 0..32 {
+        let timeout = Duration::from_millis(100 + i * 5);
+        shorts.push(
+            backend
+                .send(msg(format!("short {i}")), SendOptions::timeout(timeout))
+                .await
+                .unwrap(),
+        );
+    }
+    for f in shorts {
+        let err = within("short timeout", f).await.unwrap_err();
+        assert!(matches!(err, BackendError::Timeout), "{err:?}");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(
+        backend.pending_len(),
+        1,
+        "only the long request is still waiting"
+    );
+    drop(long);
+    assert_eq!(backend.pending_len(), 0);
+}
+
+#[tokio::test]
 async fn deadline_travels_in_the_header_and_a_missing_one_uses_the_default() {
     let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
     let backend = peer
