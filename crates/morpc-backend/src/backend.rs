@@ -33,6 +33,8 @@ pub(crate) enum ItemKind {
     Stream,
     /// A heartbeat ping: nobody waits.
     Heartbeat,
+    /// A cancel-extension frame for a dropped request: nobody waits.
+    Cancel,
 }
 
 impl ItemKind {
@@ -102,7 +104,12 @@ pub(crate) struct Shared<Req, Resp> {
     created: Instant,
     /// Nanoseconds after `created` of the last send or receive.
     last_active: AtomicU64,
+    /// Sends a cancel frame for a dropped request (cancel extension only).
+    canceller: Option<Canceller>,
 }
+
+/// Queues a cancel frame for a request id.
+pub(crate) type Canceller = Arc<dyn Fn(u64) + Send + Sync>;
 
 impl<Req, Resp> Shared<Req, Resp> {
     /// The next id.
@@ -280,7 +287,8 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         config: BackendConfig<Req>,
     ) -> Result<Self, BackendError> {
         let (queue, rx) = mpsc::channel(config.buffer_size.max(1));
-        let shared = Arc::new(Shared {
+        let cancel_extension = config.codec.is_cancel_extension();
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared<Req, Resp>>| Shared {
             codec: Codec::new(config.codec.clone()),
             address,
             config,
@@ -291,6 +299,22 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             state: AtomicU8::new(OPEN),
             created: Instant::now(),
             last_active: AtomicU64::new(0),
+            canceller: cancel_extension.then(|| {
+                let weak = weak.clone();
+                Arc::new(move |id: u64| {
+                    if let Some(shared) = weak.upgrade() {
+                        let deadline = Instant::now() + ONE_WAY_DEADLINE;
+                        let frame = Frame::cancel(id);
+                        shared.try_enqueue(WriteItem::new(
+                            frame,
+                            id,
+                            deadline,
+                            ItemKind::Cancel,
+                            SendOptions::new(),
+                        ));
+                    }
+                }) as Canceller
+            }),
         });
         let connection = if shared.config.connect_on_create {
             let (reader, writer) = shared
@@ -382,7 +406,14 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         let swept = shared.pending.insert_request(id, tx, deadline);
         // Built before queueing: if the caller drops the send mid-wait, the future's drop
         // unregisters the request.
-        let future = ResponseFuture::new(id, rx, deadline, !swept, shared.pending.clone());
+        let future = ResponseFuture::new(
+            id,
+            rx,
+            deadline,
+            !swept,
+            shared.pending.clone(),
+            shared.canceller.clone(),
+        );
         let item = WriteItem::new(Frame::message(msg), id, deadline, ItemKind::Request, opts);
         match shared.try_enqueue_now(item) {
             Ok(()) => Ok(future),

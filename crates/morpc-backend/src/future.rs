@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use crate::BackendError;
+use crate::backend::Canceller;
 use crate::pending::PendingTable;
 
 /// Resolves to the response carrying the request's id, or to a typed error: the deadline
@@ -17,7 +18,8 @@ use crate::pending::PendingTable;
 /// resolves exactly once.
 ///
 /// Dropping it before it resolves removes the request from the pending table at once (a
-/// response arriving later is dropped as unknown).
+/// response arriving later is dropped as unknown) and, with the cancel extension enabled
+/// in the codec configuration, tells a morpc-rs server to cancel the handler.
 ///
 /// The deadline is enforced by the backend's sweeper task, which fails the request with
 /// `Timeout` at its deadline; only a request whose deadline is earlier than one
@@ -34,14 +36,18 @@ pub struct ResponseFuture<Resp> {
     timer: Option<Pin<Box<Sleep>>>,
     /// Where the request is registered, to unregister it on timeout or drop.
     table: Arc<PendingTable<Resp>>,
+    /// Sends a cancel frame when the future is dropped unresolved (cancel extension).
+    canceller: Option<Canceller>,
     /// Set once the future has produced its output.
     done: bool,
 }
 
 impl<Resp> Drop for ResponseFuture<Resp> {
     fn drop(&mut self) {
-        if !self.done {
-            self.table.remove(self.id);
+        if !self.done && self.table.remove(self.id).is_some() {
+            if let Some(cancel) = &self.canceller {
+                cancel(self.id);
+            }
         }
     }
 }
@@ -65,6 +71,7 @@ impl<Resp> ResponseFuture<Resp> {
         deadline: Instant,
         own_timer: bool,
         table: Arc<PendingTable<Resp>>,
+        canceller: Option<Canceller>,
     ) -> Self {
         Self {
             id,
@@ -72,6 +79,7 @@ impl<Resp> ResponseFuture<Resp> {
             rx,
             timer: own_timer.then(|| Box::pin(tokio::time::sleep_until(deadline.into()))),
             table,
+            canceller,
             done: false,
         }
     }

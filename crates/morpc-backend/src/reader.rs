@@ -125,6 +125,7 @@ async fn dispatch<Req: Message, Resp: Message>(shared: &Shared<Req, Resp>, frame
             tracing::debug!(address = %shared.address, id, "ignoring ping from server");
             return;
         }
+        _ => return,
     };
     let id = msg.id();
     let delivery = shared.pending.take_for_delivery(id, frame.stream_seq);

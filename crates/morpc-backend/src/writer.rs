@@ -245,7 +245,7 @@ fn prepare<Req: Message, Resp>(shared: &Shared<Req, Resp>, batch: &mut Vec<Write
             ItemKind::Request | ItemKind::Ping | ItemKind::Stream => {
                 shared.pending.contains(item.id)
             }
-            ItemKind::OneWay | ItemKind::Heartbeat => true,
+            ItemKind::OneWay | ItemKind::Heartbeat | ItemKind::Cancel => true,
         }
     });
 }
@@ -284,7 +284,7 @@ fn encode<Req: Message, Resp>(
     for mut item in batch.drain(..) {
         let left = item.deadline.saturating_duration_since(now);
         item.frame.headers.deadline = Some(match item.kind {
-            ItemKind::OneWay => ONE_WAY_DEADLINE,
+            ItemKind::OneWay | ItemKind::Cancel => ONE_WAY_DEADLINE,
             ItemKind::Ping | ItemKind::Heartbeat => left.min(PING_DEADLINE_CAP),
             ItemKind::Request | ItemKind::Stream => left,
         });

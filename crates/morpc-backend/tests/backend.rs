@@ -496,6 +496,25 @@ async fn close_fails_everything_pending_and_later_sends() {
 }
 
 #[tokio::test]
+async fn dropping_100000_response_futures_frees_every_slot_at_once() {
+    let peer = Peer::tcp(Mode::Silent, CodecConfig::default()).await;
+    let backend = peer.backend(config().buffer_size(1024)).await;
+    for round in 0..100 {
+        let mut futures = Vec::with_capacity(1000);
+        for i in 0..1000 {
+            futures.push(
+                backend
+                    .send(msg(format!("{round}/{i}")), SendOptions::timeout(LONG))
+                    .await
+                    .unwrap(),
+            );
+        }
+        drop(futures);
+        assert_eq!(backend.pending_len(), 0, "round {round}");
+    }
+}
+
+#[tokio::test]
 async fn dropping_response_futures_frees_their_slots() {
     let peer = Peer::tcp(Mode::Silent, CodecConfig::default()).await;
     let backend = peer.backend(config().buffer_size(4096)).await;

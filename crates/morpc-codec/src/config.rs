@@ -66,6 +66,8 @@ pub struct CodecConfig {
     max_body_size: Option<usize>,
     /// Strict or lenient handling of unknown flag bits.
     flag_checking: FlagChecking,
+    /// Whether the opt-in cancel extension (flag 0x80) is spoken.
+    cancel_extension: bool,
     /// V07 custom header codecs, in wire order.
     #[cfg_attr(feature = "serde", serde(skip, default = "default_header_codecs"))]
     headers: HeaderCodecs,
@@ -89,6 +91,7 @@ impl CodecConfig {
             compression: false,
             max_body_size: None,
             flag_checking: FlagChecking::Strict,
+            cancel_extension: false,
             headers: match framing {
                 Framing::V05 => Vec::new(),
                 Framing::V07 => default_header_codecs(),
@@ -121,6 +124,20 @@ impl CodecConfig {
     pub fn flag_checking(mut self, mode: FlagChecking) -> Self {
         self.flag_checking = mode;
         self
+    }
+
+    /// Enables the morpc-rs cancel extension (V07 only): frames with flag 0x80 carry the
+    /// id of a request whose response is no longer wanted, so a morpc-rs server can stop
+    /// its handler. Off by default: a Go peer would misread such a frame. Both ends must
+    /// enable it.
+    pub fn cancel_extension(mut self, on: bool) -> Self {
+        self.cancel_extension = on;
+        self
+    }
+
+    /// Whether the cancel extension is enabled.
+    pub fn is_cancel_extension(&self) -> bool {
+        self.cancel_extension
     }
 
     /// Appends a custom header codec after the already registered ones.

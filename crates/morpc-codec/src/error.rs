@@ -75,11 +75,11 @@ pub enum FrameError {
     /// A frame with an empty body but a non-empty payload.
     #[error("empty body with a non-empty payload")]
     EmptyBodyWithPayload,
-    /// The flag byte marks a frame as both ping and pong.
-    #[error("flags mark the frame as both ping and pong")]
+    /// The flag byte marks a frame as more than one of ping, pong and cancel.
+    #[error("flags mark the frame as more than one of ping, pong and cancel")]
     ConflictingKinds,
-    /// A ping or pong body is not the 8-byte ping id.
-    #[error("ping/pong body of {0} bytes, expected 8")]
+    /// A ping, pong or cancel body is not the 8-byte id.
+    #[error("ping/pong/cancel body of {0} bytes, expected 8")]
     BadControlBody(usize),
     /// Flag 0x04 is set but this codec has no header codecs registered.
     #[error("frame carries custom headers but no header codec is registered")]

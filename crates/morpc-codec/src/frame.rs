@@ -20,10 +20,14 @@ pub mod flags {
     pub const PONG: u8 = 0x40;
     /// Every bit Go's V07 codec defines.
     pub const KNOWN: u8 = PAYLOAD | CHECKSUM | CUSTOM_HEADERS | COMPRESS | STREAM_SEQ | PING | PONG;
+    /// morpc-rs extension, unused by Go: the frame cancels the request whose id its body
+    /// carries. Only with [`CodecConfig::cancel_extension`](crate::CodecConfig::cancel_extension).
+    pub const CANCEL: u8 = 0x80;
 }
 
 /// What a frame's body is.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FrameBody<M> {
     /// An application message.
     Message(M),
@@ -31,6 +35,9 @@ pub enum FrameBody<M> {
     Ping(u64),
     /// The answer to the ping with this id (V07 only).
     Pong(u64),
+    /// Cancels the request with this id (V07 with the opt-in cancel extension: flag 0x80,
+    /// which Go peers would misread, so it is off by default).
+    Cancel(u64),
 }
 
 /// One frame: its body and its metadata. The codec encodes it from and decodes it into
@@ -73,6 +80,15 @@ impl<M> Frame<M> {
         }
     }
 
+    /// A frame cancelling request `id` (cancel extension).
+    pub fn cancel(id: u64) -> Self {
+        Self {
+            body: FrameBody::Cancel(id),
+            headers: FrameHeaders::default(),
+            stream_seq: None,
+        }
+    }
+
     /// Sets the headers.
     pub fn with_headers(mut self, headers: FrameHeaders) -> Self {
         self.headers = headers;
@@ -89,7 +105,7 @@ impl<M> Frame<M> {
     pub fn into_message(self) -> Option<M> {
         match self.body {
             FrameBody::Message(m) => Some(m),
-            FrameBody::Ping(_) | FrameBody::Pong(_) => None,
+            FrameBody::Ping(_) | FrameBody::Pong(_) | FrameBody::Cancel(_) => None,
         }
     }
 }

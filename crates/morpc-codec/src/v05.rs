@@ -27,7 +27,7 @@ pub(crate) fn encode<M: Message>(
 ) -> Result<Option<Bytes>, CodecError> {
     let FrameBody::Message(msg) = &frame.body else {
         return Err(CodecError::Unsupported {
-            what: "ping/pong",
+            what: "ping, pong and cancel frames",
             framing: Framing::V05,
         });
     };

@@ -11,7 +11,7 @@ use xxhash_rust::xxh64::{Xxh64, xxh64};
 
 use crate::codec::{take_u32, take_u64};
 use crate::frame::flags::{
-    CHECKSUM, COMPRESS, CUSTOM_HEADERS, KNOWN, PAYLOAD, PING, PONG, STREAM_SEQ,
+    CANCEL, CHECKSUM, COMPRESS, CUSTOM_HEADERS, KNOWN, PAYLOAD, PING, PONG, STREAM_SEQ,
 };
 use crate::{
     CodecConfig, CodecError, FlagChecking, Frame, FrameBody, FrameError, FrameHeaders, Message, lz4,
@@ -26,7 +26,13 @@ pub(crate) fn encode<M: Message>(
 ) -> Result<Option<Bytes>, CodecError> {
     let msg = match &frame.body {
         FrameBody::Message(msg) => Some(msg),
-        FrameBody::Ping(_) | FrameBody::Pong(_) => None,
+        FrameBody::Cancel(_) if !config.is_cancel_extension() => {
+            return Err(CodecError::Unsupported {
+                what: "cancel frames without the cancel extension",
+                framing: crate::Framing::V07,
+            });
+        }
+        FrameBody::Ping(_) | FrameBody::Pong(_) | FrameBody::Cancel(_) => None,
     };
     let body_len = msg.map_or(8, Message::encoded_len);
     if body_len > config.body_limit() {
@@ -83,6 +89,10 @@ pub(crate) fn encode<M: Message>(
             flag |= PONG;
             dst.put_u64(*id);
         }
+        FrameBody::Cancel(id) => {
+            flag |= CANCEL;
+            dst.put_u64(*id);
+        }
     }
 
     let payload = payload.map(|p| {
@@ -116,13 +126,19 @@ pub(crate) fn decode<M: Message>(
     mut rest: Bytes,
 ) -> Result<Frame<M>, CodecError> {
     let flag = rest.get_u8();
-    if flag & !KNOWN != 0 && config.flags() == FlagChecking::Strict {
+    let known = if config.is_cancel_extension() {
+        KNOWN | CANCEL
+    } else {
+        KNOWN
+    };
+    if flag & !known != 0 && config.flags() == FlagChecking::Strict {
         return Err(CodecError::UnknownFlag(flag));
     }
+    let cancel = config.is_cancel_extension() && flag & CANCEL != 0;
     if flag & COMPRESS != 0 && !config.is_compression() {
         return Err(CodecError::CompressionNotEnabled);
     }
-    if flag & PING != 0 && flag & PONG != 0 {
+    if u8::from(flag & PING != 0) + u8::from(flag & PONG != 0) + u8::from(cancel) > 1 {
         return Err(FrameError::ConflictingKinds.into());
     }
     let expected_sum = match flag & CHECKSUM {
@@ -179,10 +195,14 @@ pub(crate) fn decode<M: Message>(
         }
     }
 
-    let body = match (flag & PING != 0, flag & PONG != 0) {
-        (true, _) => FrameBody::Ping(control_id(&body)?),
-        (_, true) => FrameBody::Pong(control_id(&body)?),
-        _ => FrameBody::Message(M::decode(body, payload)?),
+    let body = if flag & PING != 0 {
+        FrameBody::Ping(control_id(&body)?)
+    } else if flag & PONG != 0 {
+        FrameBody::Pong(control_id(&body)?)
+    } else if cancel {
+        FrameBody::Cancel(control_id(&body)?)
+    } else {
+        FrameBody::Message(M::decode(body, payload)?)
     };
     Ok(Frame {
         body,

@@ -132,6 +132,7 @@ fn expected_frame(vector: &Vector) -> Frame<VectorMessage> {
         }),
         FrameBody::Ping(id) => FrameBody::Ping(id),
         FrameBody::Pong(id) => FrameBody::Pong(id),
+        other => panic!("the vectors hold no {other:?} frames"),
     };
     Frame {
         body,

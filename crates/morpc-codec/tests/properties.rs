@@ -251,3 +251,36 @@ fn decoded_payload_is_a_slice_of_the_read_buffer() {
     let payload = got.into_message().unwrap().payload.unwrap();
     assert!(range.contains(&payload.as_ptr()), "zero-copy slice");
 }
+
+#[test]
+fn cancel_frames_exist_only_with_the_extension() {
+    let with = Codec::new(CodecConfig::default().cancel_extension(true));
+    let mut wire = BytesMut::new();
+    with.encode(&Frame::<RawMessage>::cancel(42), &mut wire)
+        .unwrap();
+    assert_eq!(
+        wire[4] & morpc_codec::flags::CANCEL,
+        morpc_codec::flags::CANCEL
+    );
+    let bytes = wire.clone();
+    let got: Frame<RawMessage> = with.decode(&mut wire).unwrap().unwrap();
+    assert_eq!(got.body, FrameBody::Cancel(42));
+
+    // A codec without the extension (a Go peer's view) refuses to write one and rejects
+    // one on the wire as an unknown flag in strict mode.
+    let without = Codec::new(CodecConfig::default());
+    let err = without
+        .encode(&Frame::<RawMessage>::cancel(42), &mut BytesMut::new())
+        .unwrap_err();
+    assert!(
+        matches!(err, morpc_codec::CodecError::Unsupported { .. }),
+        "{err:?}"
+    );
+    let err = without
+        .decode::<RawMessage>(&mut BytesMut::from(&bytes[..]))
+        .unwrap_err();
+    assert!(
+        matches!(err, morpc_codec::CodecError::UnknownFlag(_)),
+        "{err:?}"
+    );
+}

@@ -97,6 +97,8 @@ where
     let concurrency = shared.config.concurrency.max(1);
     let limiter = Arc::new(Semaphore::new(concurrency));
     let mut running: JoinSet<Result<(), CloseReason>> = JoinSet::new();
+    // Running concurrent handlers by request id, for cancel frames.
+    let mut handlers: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
     // Created once: a fresh cancellation future per request costs a waiter registration.
     let closed = session.closed.cancelled();
     let shutdown = shared.shutdown.cancelled();
@@ -113,6 +115,8 @@ where
                 match done {
                     Ok(Ok(())) => continue,
                     Ok(Err(reason)) => break 'read reason,
+                    // Cancelled by the peer (cancel extension): not a failure.
+                    Err(e) if e.is_cancelled() => continue,
                     Err(e) => break 'read CloseReason::HandlerPanicked(e.to_string().into()),
                 }
             }
@@ -137,11 +141,20 @@ where
                     }
                     continue;
                 }
-                FrameBody::Pong(_) => continue,
+                FrameBody::Cancel(id) => {
+                    // Handlers running in order cannot be reached: the reader is inside
+                    // the one that runs. Concurrent ones are aborted (their future dropped).
+                    if let Some(handler) = handlers.remove(&id) {
+                        handler.abort();
+                    }
+                    continue;
+                }
+                _ => continue,
             };
             sequence += 1;
+            let id = message.id();
             if frame.stream_seq.is_some() {
-                streams.lock().entry(message.id()).or_insert(0);
+                streams.lock().entry(id).or_insert(0);
             }
             let request = Request {
                 message,
@@ -169,7 +182,7 @@ where
                 };
                 let shared = shared.clone();
                 let closed = session.closed.clone();
-                running.spawn(async move {
+                let handle = running.spawn(async move {
                     let _permit = permit;
                     tokio::select! {
                         biased;
@@ -177,6 +190,10 @@ where
                         outcome = run_handler(&shared, request, client) => outcome,
                     }
                 });
+                if handlers.len() > 2 * concurrency + 16 {
+                    handlers.retain(|_, h| !h.is_finished());
+                }
+                handlers.insert(id, handle);
             }
         }
     };

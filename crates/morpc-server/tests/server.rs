@@ -538,3 +538,79 @@ async fn serve_io_serves_an_in_memory_stream_and_reports_bad_frames() {
         "{reason:?}"
     );
 }
+
+/// Notifies when dropped: observes that a handler's future was dropped.
+struct NotifyOnDrop(Arc<Notify>);
+
+impl Drop for NotifyOnDrop {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+#[tokio::test]
+async fn dropping_a_response_future_cancels_the_handler_with_the_extension() {
+    let (started, cancelled) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let handler = {
+        let (started, cancelled) = (started.clone(), cancelled.clone());
+        move |req: Request<RawMessage>, session: ClientSession<RawMessage>| {
+            let (started, cancelled) = (started.clone(), cancelled.clone());
+            async move {
+                if req.message.body == "work" {
+                    let _guard = NotifyOnDrop(cancelled);
+                    started.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                session.write(req.message).await?;
+                Ok::<_, HandlerError>(())
+            }
+        }
+    };
+    let codec = CodecConfig::default().cancel_extension(true);
+    let config = ServerConfig::new().codec(codec.clone()).concurrency(4);
+    let server = RpcServer::start("127.0.0.1:0", config, handler)
+        .await
+        .unwrap();
+    let backend = client_with(&server, BackendConfig::new().codec(codec)).await;
+    let work = backend
+        .send(msg("work"), SendOptions::timeout(LONG))
+        .await
+        .unwrap();
+    within("handler started", started.notified()).await;
+    drop(work);
+    within("handler cancelled", cancelled.notified()).await;
+    // The connection is unaffected.
+    assert_eq!(
+        backend
+            .request(msg("next"), SendOptions::new())
+            .await
+            .unwrap()
+            .body,
+        "next"
+    );
+    assert_eq!(backend.pending_len(), 0);
+}
+
+#[tokio::test]
+async fn without_the_extension_dropped_futures_send_nothing_a_go_peer_would_misread() {
+    // A server speaking plain V07 (as Go does) closes a connection on an unknown flag;
+    // dropping futures must therefore never put one on the wire by default.
+    let server = echo_server(ServerConfig::new()).await;
+    let backend = client(&server).await;
+    for i in 0..100 {
+        drop(
+            backend
+                .send(msg(format!("{i}")), SendOptions::new())
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        backend
+            .request(msg("still open"), SendOptions::new())
+            .await
+            .unwrap()
+            .body,
+        "still open"
+    );
+}

@@ -204,7 +204,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             };
             match frame.body {
                 FrameBody::Ping(id) if mode != Mode::Silent => answers.push(Frame::pong(id)),
-                FrameBody::Ping(_) | FrameBody::Pong(_) => {}
+                FrameBody::Ping(_) | FrameBody::Pong(_) | FrameBody::Cancel(_) => {}
                 FrameBody::Message(msg) => {
                     seen.ids.lock().push(msg.id);
                     seen.deadlines.lock().push(frame.headers.deadline);
@@ -233,6 +233,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         answers.push(reply);
                     }
                 }
+                _ => {}
             }
         }
         if mode == Mode::Reverse {
