@@ -429,6 +429,21 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         }
     }
 
+    /// Waits until the send queue has room for one more message (backpressure as a
+    /// readiness signal, for `tower`'s `poll_ready`). Another sender may still take the
+    /// room before this caller sends.
+    ///
+    /// # Errors
+    /// [`BackendError::BackendClosed`] / [`BackendError::Unusable`].
+    pub async fn ready(&self) -> Result<(), BackendError> {
+        let shared = self.shared();
+        shared.check_open()?;
+        match shared.queue.reserve().await {
+            Ok(_permit) => Ok(()),
+            Err(_) => Err(shared.closed_error()),
+        }
+    }
+
     /// Sends `msg` and waits for its response: `send(..).await?.await`.
     ///
     /// # Errors

@@ -323,6 +323,20 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         }
     }
 
+    /// Waits until a backend of `address` exists and has room in its send queue
+    /// (creating one if needed): the readiness behind the `tower` service's `poll_ready`.
+    ///
+    /// # Errors
+    /// As [`send`](RpcClient::send) when no backend becomes ready.
+    pub async fn ready(&self, address: &str) -> Result<(), ClientError> {
+        let address = Self::address(address)?;
+        self.check_open()?;
+        let pool = self.pool(&address);
+        let deadline = Instant::now() + self.inner().config.default_timeout;
+        let backend = self.select(&pool, deadline).await?;
+        backend.ready().await.map_err(Into::into)
+    }
+
     /// Sends a request and waits for its response.
     ///
     /// # Errors

@@ -24,6 +24,8 @@ mod client;
 mod config;
 mod error;
 mod pool;
+#[cfg(feature = "tower")]
+mod tower;
 
 pub use breaker::BreakerState;
 pub use client::{ClientResponse, ClientStream, RpcClient};
@@ -31,3 +33,5 @@ pub use config::{BreakerConfig, ClientConfig, RetryPolicy};
 pub use error::ClientError;
 pub use morpc_backend as backend;
 pub use morpc_codec as codec;
+#[cfg(feature = "tower")]
+pub use tower::ClientService;

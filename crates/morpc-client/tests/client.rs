@@ -558,3 +558,32 @@ async fn growth_stops_at_the_limit() {
     );
     assert_eq!(c.backend_count(addr), 1);
 }
+
+#[cfg(feature = "tower")]
+#[tokio::test]
+async fn tower_middleware_composes_with_the_client_service() {
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    let (_server, addr) = server().await;
+    let c = client(ClientConfig::new()).await;
+    let mut service = ServiceBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .concurrency_limit(4)
+        .service(c.service(addr.clone(), SendOptions::new()));
+    for i in 0..20 {
+        let resp = service
+            .ready()
+            .await
+            .unwrap()
+            .call(msg(format!("{i}")))
+            .await
+            .unwrap();
+        assert_eq!(resp.body, i.to_string());
+    }
+    // Readiness reports a closed client.
+    c.close();
+    let mut bare = c.service(addr, SendOptions::new());
+    let err = std::future::poll_fn(|cx| bare.poll_ready(cx))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::ClientClosed), "{err:?}");
+}

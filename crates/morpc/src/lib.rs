@@ -62,6 +62,8 @@ pub mod prelude {
     pub use morpc_backend::{
         Address, Backend, BackendConfig, BackendError, BackendStream, ResponseFuture, SendOptions,
     };
+    #[cfg(feature = "tower")]
+    pub use morpc_client::ClientService;
     pub use morpc_client::{ClientConfig, ClientError, ClientResponse, ClientStream, RpcClient};
     pub use morpc_codec::{CodecConfig, Framing, Message, RawMessage};
     pub use morpc_server::{
