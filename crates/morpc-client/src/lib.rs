@@ -23,6 +23,7 @@ mod breaker;
 mod client;
 mod config;
 mod error;
+mod method;
 mod pool;
 #[cfg(feature = "tower")]
 mod tower;
@@ -31,6 +32,7 @@ pub use breaker::BreakerState;
 pub use client::{ClientResponse, ClientStream, RpcClient};
 pub use config::{BreakerConfig, ClientConfig, RetryPolicy};
 pub use error::ClientError;
+pub use method::{MethodCallError, MethodClient};
 pub use morpc_backend as backend;
 pub use morpc_codec as codec;
 #[cfg(feature = "tower")]

@@ -587,3 +587,69 @@ async fn tower_middleware_composes_with_the_client_service() {
         .unwrap_err();
     assert!(matches!(err, ClientError::ClientClosed), "{err:?}");
 }
+
+#[tokio::test]
+async fn method_dispatch_routes_and_carries_errors_back() {
+    use morpc_client::{MethodCallError, MethodClient};
+    use morpc_codec::MethodMessage;
+    use morpc_server::MethodServer;
+
+    const ADD: u32 = 1;
+    const FAIL: u32 = 2;
+    let methods = MethodServer::new()
+        .register(ADD, |req: MethodMessage| async move {
+            let text = std::str::from_utf8(&req.body).map_err(|e| e.to_string())?;
+            let (a, b) = text.split_once('+').ok_or("expected a+b")?;
+            let sum: i64 = a.trim().parse::<i64>().map_err(|e| e.to_string())?
+                + b.trim().parse::<i64>().map_err(|e| e.to_string())?;
+            Ok::<_, String>(MethodMessage::reply(&req, sum.to_string()))
+        })
+        .register(FAIL, |_req: MethodMessage| async move {
+            Err::<MethodMessage, _>("disk on fire")
+        });
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), methods)
+        .await
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let methods =
+        MethodClient::new(RpcClient::new(ClientConfig::new(), BackendConfig::new()).await);
+
+    let sum = methods
+        .call(&addr, ADD, "2 + 40", SendOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(sum.body, "42");
+    let err = methods
+        .call(&addr, ADD, "nonsense", SendOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MethodCallError::Remote { method: ADD, .. }),
+        "{err:?}"
+    );
+    let err = methods
+        .call(&addr, FAIL, "", SendOptions::new())
+        .await
+        .unwrap_err();
+    match err {
+        MethodCallError::Remote { method, message } => {
+            assert_eq!((method, message.as_str()), (FAIL, "disk on fire"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = methods
+        .call(&addr, 99, "", SendOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MethodCallError::UnknownMethod(99)), "{err:?}");
+    // Failures are answers, not broken connections.
+    assert_eq!(
+        methods
+            .call(&addr, ADD, "1+1", SendOptions::new())
+            .await
+            .unwrap()
+            .body,
+        "2"
+    );
+    assert_eq!(methods.client().backend_count(&addr), 1);
+}

@@ -39,6 +39,7 @@ mod frame;
 mod headers;
 mod lz4;
 mod message;
+mod method;
 #[cfg(feature = "tokio-util")]
 mod tokio_codec;
 mod v05;
@@ -56,5 +57,6 @@ pub use headers::{
     default_header_codecs,
 };
 pub use message::{Message, OpaqueMessage, RawMessage};
+pub use method::{MethodMessage, MethodStatus};
 #[cfg(feature = "tokio-util")]
 pub use tokio_codec::{FrameCodec, FrameCodecError};

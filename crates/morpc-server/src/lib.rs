@@ -24,12 +24,14 @@ mod connection;
 mod error;
 mod handler;
 mod listener;
+mod method;
 mod server;
 mod session;
 
 pub use config::{ResponseFilter, ServerConfig};
 pub use error::{CloseReason, HandlerError, ServerError};
 pub use handler::{Handler, Request, SyncHandler, sync_handler};
+pub use method::MethodServer;
 pub use morpc_codec as codec;
 pub use server::{RpcServer, serve_io};
 pub use session::ClientSession;
