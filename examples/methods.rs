@@ -23,7 +23,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register(DIVIDE, |req: MethodMessage| async move {
             let text = String::from_utf8_lossy(&req.body).into_owned();
             let (a, b) = text.split_once('/').ok_or("expected a/b")?;
-            let (a, b): (i64, i64) = (a.parse().map_err(|_| "bad a")?, b.parse().map_err(|_| "bad b")?);
+            let (a, b): (i64, i64) = (
+                a.parse().map_err(|_| "bad a")?,
+                b.parse().map_err(|_| "bad b")?,
+            );
             let quotient = a.checked_div(b).ok_or("division by zero")?;
             Ok::<_, &str>(MethodMessage::reply(&req, quotient.to_string()))
         });
@@ -31,12 +34,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = server.local_addr().to_string();
     let client = MethodClient::new(RpcClient::new(ClientConfig::new(), BackendConfig::new()).await);
 
-    let upper = client.call(&addr, UPPERCASE, "hello", SendOptions::new()).await?;
-    println!("uppercase(hello) = {}", String::from_utf8_lossy(&upper.body));
-    let q = client.call(&addr, DIVIDE, "84/2", SendOptions::new()).await?;
+    let upper = client
+        .call(&addr, UPPERCASE, "hello", SendOptions::new())
+        .await?;
+    println!(
+        "uppercase(hello) = {}",
+        String::from_utf8_lossy(&upper.body)
+    );
+    let q = client
+        .call(&addr, DIVIDE, "84/2", SendOptions::new())
+        .await?;
     println!("divide(84/2) = {}", String::from_utf8_lossy(&q.body));
     match client.call(&addr, DIVIDE, "1/0", SendOptions::new()).await {
-        Err(MethodCallError::Remote { message, .. }) => println!("divide(1/0) failed remotely: {message}"),
+        Err(MethodCallError::Remote { message, .. }) => {
+            println!("divide(1/0) failed remotely: {message}")
+        }
         other => println!("unexpected: {other:?}"),
     }
     match client.call(&addr, 42, "", SendOptions::new()).await {

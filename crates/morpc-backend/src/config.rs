@@ -330,6 +330,11 @@ impl SendOptions {
         self
     }
 
+    /// The trace context sent with the message.
+    pub fn trace(&self) -> &TraceContext {
+        &self.trace
+    }
+
     /// The deadline these options give, with `default` as timeout when they have none.
     pub fn resolve_deadline(&self, default: Duration) -> Instant {
         self.deadline

@@ -38,6 +38,8 @@ pub struct ResponseFuture<Resp> {
     table: Arc<PendingTable<Resp>>,
     /// Sends a cancel frame when the future is dropped unresolved (cancel extension).
     canceller: Option<Canceller>,
+    /// When the request was registered (only read with the `metrics` feature).
+    started: Option<Instant>,
     /// Set once the future has produced its output.
     done: bool,
 }
@@ -80,8 +82,18 @@ impl<Resp> ResponseFuture<Resp> {
             timer: own_timer.then(|| Box::pin(tokio::time::sleep_until(deadline.into()))),
             table,
             canceller,
+            started: crate::metrics::ENABLED.then(Instant::now),
             done: false,
         }
+    }
+
+    /// Marks the future done and reports its outcome to the metrics.
+    fn finish(&mut self, result: Result<Resp, BackendError>) -> Poll<Result<Resp, BackendError>> {
+        self.done = true;
+        if let Some(started) = self.started {
+            crate::metrics::request_done(result.as_ref().map(|_| ()), started.elapsed());
+        }
+        Poll::Ready(result)
     }
 
     /// The request id (also the id of the response it waits for).
@@ -104,23 +116,21 @@ impl<Resp> Future for ResponseFuture<Resp> {
             panic!("ResponseFuture polled after completion");
         }
         if let Poll::Ready(result) = Pin::new(&mut this.rx).poll(cx) {
-            this.done = true;
             // The sender is only dropped unsent when the whole backend is torn down.
-            return Poll::Ready(result.unwrap_or(Err(BackendError::BackendClosed)));
+            return this.finish(result.unwrap_or(Err(BackendError::BackendClosed)));
         }
         let timed_out = this
             .timer
             .as_mut()
             .is_some_and(|t| t.as_mut().poll(cx).is_ready());
         if timed_out {
-            this.done = true;
             if this.table.remove(this.id).is_none() {
                 // The reader already took the entry: its result may be here now.
                 if let Ok(result) = this.rx.try_recv() {
-                    return Poll::Ready(result);
+                    return this.finish(result);
                 }
             }
-            return Poll::Ready(Err(BackendError::Timeout));
+            return this.finish(Err(BackendError::Timeout));
         }
         Poll::Pending
     }

@@ -30,6 +30,7 @@ mod error;
 mod factory;
 mod future;
 pub mod io;
+mod metrics;
 mod pending;
 mod reader;
 mod stream;

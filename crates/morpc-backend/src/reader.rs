@@ -64,14 +64,17 @@ async fn read_loop<Req: Message, Resp: Message>(
         };
         match n {
             Ok(0) => return Some("closed by peer".to_owned()),
-            Ok(_) => {}
+            Ok(n) => crate::metrics::bytes_read(n),
             Err(e) => return Some(format!("read failed: {e}")),
         }
         last_read = Instant::now();
         shared.touch();
         loop {
             match shared.codec.decode::<Resp>(&mut buf) {
-                Ok(Some(frame)) => dispatch(shared, frame).await,
+                Ok(Some(frame)) => {
+                    crate::metrics::message_received();
+                    dispatch(shared, frame).await;
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(address = %shared.address, error = %e, "bad frame from peer");

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::address::{BoxReader, BoxWriter};
 use crate::backend::{ItemKind, ONE_WAY_DEADLINE, PING_DEADLINE_CAP, Shared, WriteItem};
 use crate::pending::fail;
-use crate::{BackendError, reader};
+use crate::{BackendError, metrics, reader};
 
 /// The state of one established connection, shared by the writer and its reader.
 pub(crate) struct ConnState {
@@ -152,9 +152,12 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
         let Some(c) = conn.as_mut() else { continue };
 
         prepare(&shared, &mut batch);
+        let messages = batch.len();
         let Some(earliest) = encode(&shared, &mut batch, &mut out) else {
             continue;
         };
+        let bytes: usize = out.chunks.iter().map(Bytes::len).sum();
+        let started = Instant::now();
         let written = tokio::time::timeout_at(
             earliest.into(),
             crate::io::write_chunks(&mut c.writer, &mut out.chunks),
@@ -162,7 +165,10 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
         .await;
         out.chunks.clear();
         match written {
-            Ok(Ok(())) => shared.touch(),
+            Ok(Ok(())) => {
+                shared.touch();
+                metrics::batch_written(messages, bytes, rx.len(), started.elapsed());
+            }
             Ok(Err(e)) => c.state.break_with(&shared, &e),
             Err(_) => c.state.break_with(&shared, &"write deadline exceeded"),
         }
@@ -193,11 +199,13 @@ async fn connect<Req: Message, Resp: Message>(
             return Err(err.clone());
         }
     }
+    let started = Instant::now();
     let attempt = tokio::select! {
         biased;
         () = shared.closed.cancelled() => return Err(shared.closed_error()),
         r = shared.address.connect(shared.config.connect_timeout) => r,
     };
+    metrics::connected(attempt.is_ok(), started.elapsed());
     match attempt {
         Ok((reader, writer)) => {
             if state.attempts > 0 {

@@ -253,8 +253,19 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         opts: SendOptions,
     ) -> Result<ClientResponse<Resp>, ClientError> {
         let address = Self::address(address)?;
-        let span =
-            tracing::debug_span!("morpc.send", address = %address, id = tracing::field::Empty);
+        let trace = opts.trace();
+        let span = if trace.is_empty() {
+            tracing::debug_span!("morpc.send", address = %address, id = tracing::field::Empty)
+        } else {
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            tracing::debug_span!(
+                "morpc.send",
+                address = %address,
+                id = tracing::field::Empty,
+                trace_id = %hex(&trace.trace_id),
+                span_id = %hex(&trace.span_id),
+            )
+        };
         self.send_to(&address, msg, opts).instrument(span).await
     }
 

@@ -24,6 +24,7 @@ mod client;
 mod config;
 mod error;
 mod method;
+mod metrics;
 mod pool;
 #[cfg(feature = "tower")]
 mod tower;

@@ -123,6 +123,7 @@ impl<Req, Resp> Pool<Req, Resp> {
     pub(crate) fn creation_done(&self, result: Result<Backend<Req, Resp>, BackendError>) {
         {
             let mut slots = self.slots.lock();
+            crate::metrics::backend_created(result.is_ok());
             match result {
                 Ok(backend) => {
                     slots.push(Slot {
@@ -136,6 +137,7 @@ impl<Req, Resp> Pool<Req, Resp> {
                     *self.last_failure.lock() = Some((Instant::now(), e));
                 }
             }
+            crate::metrics::backends(&self.address, slots.len());
             self.creating.fetch_sub(1, Ordering::AcqRel);
         }
         self.changed.notify_waiters();
@@ -143,10 +145,15 @@ impl<Req, Resp> Pool<Req, Resp> {
 
     /// Adds a backend created outside of `pick` (initial backends).
     pub(crate) fn add(&self, backend: Backend<Req, Resp>) {
-        self.slots.lock().push(Slot {
-            backend,
-            locked: false,
-        });
+        let count = {
+            let mut slots = self.slots.lock();
+            slots.push(Slot {
+                backend,
+                locked: false,
+            });
+            slots.len()
+        };
+        crate::metrics::backends(&self.address, count);
         self.changed.notify_waiters();
     }
 
@@ -198,6 +205,9 @@ impl<Req, Resp> Pool<Req, Resp> {
             });
             idle
         };
+        if !idle.is_empty() {
+            crate::metrics::backends(&self.address, self.slots.lock().len());
+        }
         for backend in idle {
             tracing::debug!(address = %self.address, "closing idle backend");
             backend.close();
@@ -207,6 +217,7 @@ impl<Req, Resp> Pool<Req, Resp> {
     /// Closes every backend.
     pub(crate) fn close_all(&self) {
         let slots: Vec<Slot<Req, Resp>> = std::mem::take(&mut *self.slots.lock());
+        crate::metrics::backends(&self.address, 0);
         for slot in slots {
             slot.backend.close();
         }

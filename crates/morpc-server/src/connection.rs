@@ -15,7 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use crate::metrics;
 use crate::session::SessionShared;
 use crate::{ClientSession, CloseReason, Handler, Request, ServerConfig};
 
@@ -124,7 +126,7 @@ where
         };
         match read {
             Ok(0) => break CloseReason::PeerClosed,
-            Ok(_) => {}
+            Ok(n) => metrics::bytes_read(n),
             Err(e) => break CloseReason::from(e),
         }
         loop {
@@ -152,6 +154,7 @@ where
                 _ => continue,
             };
             sequence += 1;
+            metrics::request_received();
             let id = message.id();
             if frame.stream_seq.is_some() {
                 streams.lock().entry(id).or_insert(0);
@@ -230,8 +233,11 @@ where
     Resp: Message,
     H: Handler<Req, Resp>,
 {
-    match AssertUnwindSafe(shared.handler.handle(request, session))
+    let started = Instant::now();
+    let span = handler_span(&request);
+    let outcome = match AssertUnwindSafe(shared.handler.handle(request, session))
         .catch_unwind()
+        .instrument(span)
         .await
     {
         Ok(Ok(())) => Ok(()),
@@ -244,7 +250,28 @@ where
                 .unwrap_or_else(|| "non-string panic".to_owned());
             Err(CloseReason::HandlerPanicked(what.into()))
         }
+    };
+    metrics::handler_done(&outcome, started.elapsed());
+    outcome
+}
+
+/// The span a handler runs in: the request's sequence and, when the client sent one, its
+/// propagated trace context (V07 trace header).
+fn handler_span<Req>(request: &Request<Req>) -> tracing::Span {
+    if request.trace.is_empty() {
+        return tracing::debug_span!("morpc.handle", sequence = request.sequence);
     }
+    tracing::debug_span!(
+        "morpc.handle",
+        sequence = request.sequence,
+        trace_id = %hex(&request.trace.trace_id),
+        parent_span_id = %hex(&request.trace.span_id),
+    )
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes queued responses in batches until every session is gone (then flushes and
@@ -275,6 +302,7 @@ async fn write_loop<H, Resp: Message>(
         if numbered {
             number_stream_responses(&streams, &mut batch);
         }
+        let messages = batch.len();
         buf.reserve(64 * 1024);
         for frame in batch.drain(..) {
             if let (Some(filter), FrameBody::Message(m)) = (&shared.config.filter, &frame.body) {
@@ -299,11 +327,13 @@ async fn write_loop<H, Resp: Message>(
             () = &mut stopped => return Ok(()),
             r = morpc_backend::io::write_chunks(&mut writer, &mut chunks) => r,
         };
+        let sent = chunks.iter().map(Bytes::len).sum();
         chunks.clear();
         if let Err(e) = written {
             closed.cancel();
             return Err(e);
         }
+        metrics::batch_written(messages, sent);
     }
     writer.shutdown().await
 }

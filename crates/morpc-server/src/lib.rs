@@ -25,6 +25,7 @@ mod error;
 mod handler;
 mod listener;
 mod method;
+mod metrics;
 mod server;
 mod session;
 

@@ -206,7 +206,9 @@ async fn accept_loop<Req, Resp, H>(
         tasks.spawn(async move {
             let _permit = permit;
             tracing::debug!(%remote, "connection accepted");
+            crate::metrics::connection_accepted();
             let reason = serve(shared, reader, writer, remote.clone()).await;
+            crate::metrics::connection_closed(&reason);
             match &reason {
                 CloseReason::PeerClosed | CloseReason::Shutdown | CloseReason::SessionClosed => {
                     tracing::debug!(%remote, %reason, "connection closed");
