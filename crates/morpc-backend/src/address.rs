@@ -1,14 +1,12 @@
 //! Addresses (`host:port` or `unix:///path`) and dialling them.
 
 use std::fmt;
-use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpStream, UnixStream};
 
 use crate::BackendError;
 
@@ -27,33 +25,12 @@ pub enum Address {
 }
 
 impl Address {
-    /// Dials the address within `timeout`, with `TCP_NODELAY` on TCP.
+    /// Dials the address within `timeout`, with `TCP_NODELAY` on TCP (no TLS).
     ///
     /// # Errors
     /// [`BackendError::Connect`] with the cause (`TimedOut` when `timeout` elapsed).
     pub async fn connect(&self, timeout: Duration) -> Result<(BoxReader, BoxWriter), BackendError> {
-        let dial = async {
-            match self {
-                Self::Tcp(addr) => {
-                    let stream = TcpStream::connect(addr.as_str()).await?;
-                    stream.set_nodelay(true)?;
-                    let (r, w) = stream.into_split();
-                    Ok::<(BoxReader, BoxWriter), io::Error>((Box::pin(r), Box::pin(w)))
-                }
-                Self::Unix(path) => {
-                    let (r, w) = UnixStream::connect(path).await?.into_split();
-                    Ok((Box::pin(r) as BoxReader, Box::pin(w) as BoxWriter))
-                }
-            }
-        };
-        let result = match tokio::time::timeout(timeout, dial).await {
-            Ok(result) => result,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
-        };
-        result.map_err(|e| BackendError::Connect {
-            address: self.to_string(),
-            source: e.into(),
-        })
+        crate::transport::dial(self, timeout, None).await
     }
 }
 

@@ -317,10 +317,9 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             }),
         });
         let connection = if shared.config.connect_on_create {
-            let (reader, writer) = shared
-                .address
-                .connect(shared.config.connect_timeout)
-                .await?;
+            let timeout = shared.config.connect_timeout;
+            let tls = shared.config.tls_settings();
+            let (reader, writer) = crate::transport::dial(&shared.address, timeout, tls).await?;
             Some(writer::Connection::start(&shared, reader, writer))
         } else {
             None

@@ -105,6 +105,10 @@ pub struct BackendConfig<Req> {
     /// Optional write filter.
     #[cfg_attr(feature = "serde", serde(skip))]
     pub(crate) filter: Option<WriteFilter<Req>>,
+    /// TLS for the connection (feature `rustls-ring`).
+    #[cfg(feature = "rustls-ring")]
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub(crate) tls: Option<crate::TlsClient>,
 }
 
 impl<Req> Clone for BackendConfig<Req> {
@@ -122,6 +126,8 @@ impl<Req> Clone for BackendConfig<Req> {
             read_buffer_size: self.read_buffer_size,
             codec: self.codec.clone(),
             filter: self.filter.clone(),
+            #[cfg(feature = "rustls-ring")]
+            tls: self.tls.clone(),
         }
     }
 }
@@ -167,6 +173,8 @@ impl<Req> Default for BackendConfig<Req> {
             read_buffer_size: 64 * 1024,
             codec: CodecConfig::default(),
             filter: None,
+            #[cfg(feature = "rustls-ring")]
+            tls: None,
         }
     }
 }
@@ -249,6 +257,21 @@ impl<Req> BackendConfig<Req> {
     pub fn filter(mut self, filter: WriteFilter<Req>) -> Self {
         self.filter = Some(filter);
         self
+    }
+
+    /// Secures connections with TLS (feature `rustls-ring`).
+    #[cfg(feature = "rustls-ring")]
+    pub fn tls(mut self, tls: crate::TlsClient) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS settings dials use.
+    pub(crate) fn tls_settings(&self) -> crate::transport::Tls<'_> {
+        #[cfg(feature = "rustls-ring")]
+        return self.tls.as_ref();
+        #[cfg(not(feature = "rustls-ring"))]
+        None
     }
 
     /// The effective busy threshold: the configured value clamped to `1..=buffer_size`,

@@ -34,6 +34,7 @@ mod metrics;
 mod pending;
 mod reader;
 mod stream;
+mod transport;
 mod writer;
 
 pub use address::{Address, BoxReader, BoxWriter};
@@ -45,4 +46,9 @@ pub use error::BackendError;
 pub use factory::{BackendFactory, RemoteBackendFactory};
 pub use future::ResponseFuture;
 pub use morpc_codec as codec;
+/// The rustls crate, for building TLS configurations (feature `rustls-ring`).
+#[cfg(feature = "rustls-ring")]
+pub use rustls;
 pub use stream::BackendStream;
+#[cfg(feature = "rustls-ring")]
+pub use transport::TlsClient;

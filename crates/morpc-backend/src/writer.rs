@@ -203,7 +203,7 @@ async fn connect<Req: Message, Resp: Message>(
     let attempt = tokio::select! {
         biased;
         () = shared.closed.cancelled() => return Err(shared.closed_error()),
-        r = shared.address.connect(shared.config.connect_timeout) => r,
+        r = crate::transport::dial(&shared.address, shared.config.connect_timeout, shared.config.tls_settings()) => r,
     };
     metrics::connected(attempt.is_ok(), started.elapsed());
     match attempt {

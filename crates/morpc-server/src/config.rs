@@ -36,6 +36,10 @@ pub struct ServerConfig<Resp> {
     /// Optional response filter.
     #[cfg_attr(feature = "serde", serde(skip))]
     pub(crate) filter: Option<ResponseFilter<Resp>>,
+    /// TLS acceptor (feature `rustls-ring`).
+    #[cfg(feature = "rustls-ring")]
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl<Resp> Clone for ServerConfig<Resp> {
@@ -50,6 +54,8 @@ impl<Resp> Clone for ServerConfig<Resp> {
             read_buffer_size: self.read_buffer_size,
             codec: self.codec.clone(),
             filter: self.filter.clone(),
+            #[cfg(feature = "rustls-ring")]
+            tls: self.tls.clone(),
         }
     }
 }
@@ -85,6 +91,8 @@ impl<Resp> Default for ServerConfig<Resp> {
             read_buffer_size: 64 * 1024,
             codec: CodecConfig::default(),
             filter: None,
+            #[cfg(feature = "rustls-ring")]
+            tls: None,
         }
     }
 }
@@ -153,6 +161,22 @@ impl<Resp> ServerConfig<Resp> {
     pub fn filter(mut self, filter: ResponseFilter<Resp>) -> Self {
         self.filter = Some(filter);
         self
+    }
+
+    /// Serves TLS with `config` (certificate chain, key, optional client authentication)
+    /// (feature `rustls-ring`).
+    #[cfg(feature = "rustls-ring")]
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
+    }
+
+    /// The TLS acceptor connections use.
+    pub(crate) fn tls_settings(&self) -> crate::listener::Tls<'_> {
+        #[cfg(feature = "rustls-ring")]
+        return self.tls.as_ref();
+        #[cfg(not(feature = "rustls-ring"))]
+        None
     }
 
     /// The codec configuration.

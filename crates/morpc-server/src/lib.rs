@@ -34,5 +34,8 @@ pub use error::{CloseReason, HandlerError, ServerError};
 pub use handler::{Handler, Request, SyncHandler, sync_handler};
 pub use method::MethodServer;
 pub use morpc_codec as codec;
+/// The rustls crate, for building TLS configurations (feature `rustls-ring`).
+#[cfg(feature = "rustls-ring")]
+pub use rustls;
 pub use server::{RpcServer, serve_io};
 pub use session::ClientSession;

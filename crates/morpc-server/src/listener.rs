@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use morpc_backend::{Address, BoxReader, BoxWriter};
-use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 
 use crate::ServerError;
 
@@ -58,27 +58,90 @@ impl Listener {
         }
     }
 
-    /// Accepts one connection: its halves and the peer's address.
-    pub(crate) async fn accept(&self) -> io::Result<(BoxReader, BoxWriter, String)> {
+    /// Accepts one connection and the peer's address.
+    pub(crate) async fn accept(&self) -> io::Result<(Accepted, String)> {
         match self {
             Self::Tcp(l) => {
                 let (stream, peer) = l.accept().await?;
                 stream.set_nodelay(true)?;
-                let (r, w) = stream.into_split();
-                Ok((Box::pin(r), Box::pin(w), peer.to_string()))
+                Ok((Accepted::Tcp(stream), peer.to_string()))
             }
             Self::Unix(l, path) => {
                 let (stream, _) = l.accept().await?;
-                let (r, w) = stream.into_split();
-                Ok((
-                    Box::pin(r),
-                    Box::pin(w),
-                    format!("unix://{}", path.display()),
-                ))
+                Ok((Accepted::Unix(stream), format!("unix://{}", path.display())))
             }
         }
     }
 }
+
+/// An accepted connection before its (optional) TLS handshake.
+#[derive(Debug)]
+pub(crate) enum Accepted {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A Unix-socket connection.
+    Unix(UnixStream),
+}
+
+/// Longest a TLS handshake may take.
+#[cfg(feature = "rustls-ring")]
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Accepted {
+    /// The connection's halves, after the TLS handshake when `tls` is set.
+    pub(crate) async fn into_halves(self, tls: Tls<'_>) -> io::Result<(BoxReader, BoxWriter)> {
+        #[cfg(feature = "rustls-ring")]
+        if let Some(acceptor) = tls {
+            let (r, w): (BoxReader, BoxWriter) = match self {
+                Self::Tcp(s) => {
+                    let s = timeout_handshake(acceptor.accept(s)).await?;
+                    let (r, w) = tokio::io::split(s);
+                    (Box::pin(r), Box::pin(w))
+                }
+                Self::Unix(s) => {
+                    let s = timeout_handshake(acceptor.accept(s)).await?;
+                    let (r, w) = tokio::io::split(s);
+                    (Box::pin(r), Box::pin(w))
+                }
+            };
+            return Ok((r, w));
+        }
+        #[cfg(not(feature = "rustls-ring"))]
+        let _ = tls;
+        Ok(match self {
+            Self::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (Box::pin(r), Box::pin(w))
+            }
+            Self::Unix(s) => {
+                let (r, w) = s.into_split();
+                (Box::pin(r), Box::pin(w))
+            }
+        })
+    }
+}
+
+/// Bounds a TLS handshake.
+#[cfg(feature = "rustls-ring")]
+async fn timeout_handshake<T>(
+    handshake: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        })
+}
+
+/// The server's TLS acceptor, if any (nothing without the `rustls-ring` feature).
+#[cfg(feature = "rustls-ring")]
+pub(crate) type Tls<'a> = Option<&'a tokio_rustls::TlsAcceptor>;
+/// The server's TLS acceptor, if any (nothing without the `rustls-ring` feature).
+#[cfg(not(feature = "rustls-ring"))]
+pub(crate) type Tls<'a> = Option<&'a std::convert::Infallible>;
 
 /// Removes a socket file nobody listens on; refuses to touch a live one.
 async fn remove_stale_socket(path: &Path) -> io::Result<()> {

@@ -193,7 +193,7 @@ async fn accept_loop<Req, Resp, H>(
             () = shared.shutdown.cancelled() => return,
             r = listener.accept() => r,
         };
-        let (reader, writer, remote) = match accepted {
+        let (stream, remote) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning.
@@ -205,6 +205,15 @@ async fn accept_loop<Req, Resp, H>(
         let shared = shared.clone();
         tasks.spawn(async move {
             let _permit = permit;
+            // The TLS handshake runs here, not in the accept loop: a slow peer delays
+            // only its own connection.
+            let (reader, writer) = match stream.into_halves(shared.config.tls_settings()).await {
+                Ok(halves) => halves,
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "TLS handshake failed; connection closed");
+                    return;
+                }
+            };
             tracing::debug!(%remote, "connection accepted");
             crate::metrics::connection_accepted();
             let reason = serve(shared, reader, writer, remote.clone()).await;

@@ -1,0 +1,107 @@
+//! Dialling a backend's connection: TCP or Unix, optionally wrapped in TLS (feature
+//! `rustls-ring`).
+
+use std::io;
+use std::time::Duration;
+
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::{Address, BackendError, BoxReader, BoxWriter};
+
+/// How a backend secures its connections.
+#[cfg(feature = "rustls-ring")]
+#[derive(Clone)]
+pub struct TlsClient {
+    /// The rustls connector.
+    connector: tokio_rustls::TlsConnector,
+    /// The name the server's certificate must carry.
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+#[cfg(feature = "rustls-ring")]
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+#[cfg(feature = "rustls-ring")]
+impl TlsClient {
+    /// TLS with `config` (roots, optional client certificate), checking that the server's
+    /// certificate is valid for `server_name`.
+    ///
+    /// # Errors
+    /// [`BackendError::InvalidAddress`] when `server_name` is not a DNS name or IP address.
+    pub fn new(
+        config: std::sync::Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Result<Self, BackendError> {
+        let server_name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|_| BackendError::InvalidAddress(server_name.to_owned()))?;
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(config),
+            server_name,
+        })
+    }
+}
+
+/// The TLS settings a dial uses (nothing without the `rustls-ring` feature).
+#[cfg(feature = "rustls-ring")]
+pub(crate) type Tls<'a> = Option<&'a TlsClient>;
+/// The TLS settings a dial uses (nothing without the `rustls-ring` feature).
+#[cfg(not(feature = "rustls-ring"))]
+pub(crate) type Tls<'a> = Option<&'a std::convert::Infallible>;
+
+/// Connects to `address` within `timeout` (TLS handshake included).
+pub(crate) async fn dial(
+    address: &Address,
+    timeout: Duration,
+    tls: Tls<'_>,
+) -> Result<(BoxReader, BoxWriter), BackendError> {
+    let result = match tokio::time::timeout(timeout, dial_inner(address, tls)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
+    };
+    result.map_err(|e| BackendError::Connect {
+        address: address.to_string(),
+        source: e.into(),
+    })
+}
+
+async fn dial_inner(address: &Address, tls: Tls<'_>) -> io::Result<(BoxReader, BoxWriter)> {
+    match address {
+        Address::Tcp(addr) => {
+            let stream = TcpStream::connect(addr.as_str()).await?;
+            stream.set_nodelay(true)?;
+            #[cfg(feature = "rustls-ring")]
+            if let Some(tls) = tls {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await?;
+                let (r, w) = tokio::io::split(stream);
+                return Ok((Box::pin(r), Box::pin(w)));
+            }
+            #[cfg(not(feature = "rustls-ring"))]
+            let _ = tls;
+            let (r, w) = stream.into_split();
+            Ok((Box::pin(r), Box::pin(w)))
+        }
+        Address::Unix(path) => {
+            let stream = UnixStream::connect(path).await?;
+            #[cfg(feature = "rustls-ring")]
+            if let Some(tls) = tls {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await?;
+                let (r, w) = tokio::io::split(stream);
+                return Ok((Box::pin(r), Box::pin(w)));
+            }
+            let (r, w) = stream.into_split();
+            Ok((Box::pin(r), Box::pin(w)))
+        }
+    }
+}
