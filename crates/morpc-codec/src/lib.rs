@@ -40,6 +40,8 @@ mod headers;
 mod lz4;
 mod message;
 mod method;
+#[cfg(feature = "prost")]
+mod prost;
 #[cfg(feature = "tokio-util")]
 mod tokio_codec;
 mod v05;
@@ -58,5 +60,7 @@ pub use headers::{
 };
 pub use message::{Message, OpaqueMessage, RawMessage};
 pub use method::{MethodMessage, MethodStatus};
+#[cfg(feature = "prost")]
+pub use prost::{Prost, ProstId, ProstWithPayload};
 #[cfg(feature = "tokio-util")]
 pub use tokio_codec::{FrameCodec, FrameCodecError};
