@@ -50,6 +50,21 @@
 //! server.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Features
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `serde` | every `Config` loads from TOML/JSON |
+//! | `rustls-ring` | TLS on client (`BackendConfig::tls`) and server (`ServerConfig::tls`) |
+//! | `tower` | `RpcClient::service`: the client bound to an address as a `tower::Service` |
+//! | `metrics` | counters, gauges and histograms through the `metrics` facade |
+//! | `prost` | `codec::Prost<T>`: prost messages with an id field as morpc messages |
+//!
+//! Always available: method dispatch (`server::MethodServer`, `client::MethodClient`),
+//! cancellation of dropped requests (with the opt-in `CodecConfig::cancel_extension`
+//! frame between morpc-rs peers), `tracing` spans carrying the propagated trace ids.
+//! See `docs/extensions.md`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use morpc_backend as backend;
