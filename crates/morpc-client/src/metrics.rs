@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `morpc_client_backends` | gauge | `address` |
 //! | `morpc_client_backend_creations_total` | counter | `outcome` = ok, error |
+//! | `morpc_client_busy_total` | counter | (a send found every usable backend busy) |
 
 use morpc_backend::Address;
 
@@ -19,6 +20,15 @@ pub(crate) fn backend_created(ok: bool) {
     let outcome = if ok { "ok" } else { "error" };
     metrics::counter!("morpc_client_backend_creations_total", "outcome" => outcome).increment(1);
 }
+
+#[cfg(feature = "metrics")]
+pub(crate) fn all_busy() {
+    metrics::counter!("morpc_client_busy_total").increment(1);
+}
+
+#[cfg(not(feature = "metrics"))]
+#[inline(always)]
+pub(crate) fn all_busy() {}
 
 #[cfg(not(feature = "metrics"))]
 #[inline(always)]

@@ -91,6 +91,9 @@ impl<Req, Resp> Pool<Req, Resp> {
             break;
         }
         let all_busy = chosen.is_none() && first_busy.is_some();
+        if all_busy {
+            crate::metrics::all_busy();
+        }
         let chosen = chosen.or(first_busy);
         let creating = self.creating.load(Ordering::Acquire);
         let holdoff = self
