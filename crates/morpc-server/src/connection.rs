@@ -1,7 +1,7 @@
 //! One accepted connection: a reader that decodes requests and runs handlers, and a
 //! writer task that batches responses from the session queue into vectored writes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +34,9 @@ pub(crate) struct ServerShared<H, Resp> {
     /// Cancelled by `close()` or when the grace period ends: stop at once.
     pub(crate) closed: CancellationToken,
 }
+
+/// Most frames read ahead while an in-order handler runs.
+const MAX_BACKLOG: usize = 64;
 
 /// Stream ids seen on a connection → the last sequence number written for each.
 type StreamSeqs = Arc<Mutex<HashMap<u64, u32>>>;
@@ -101,6 +104,8 @@ where
     let mut running: JoinSet<Result<(), CloseReason>> = JoinSet::new();
     // Running concurrent handlers by request id, for cancel frames.
     let mut handlers: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+    // Frames read while an in-order handler runs, dispatched in order after it.
+    let mut backlog: VecDeque<Frame<Req>> = VecDeque::new();
     // Created once: a fresh cancellation future per request costs a waiter registration.
     let closed = session.closed.cancelled();
     let shutdown = shared.shutdown.cancelled();
@@ -130,10 +135,13 @@ where
             Err(e) => break CloseReason::from(e),
         }
         loop {
-            let frame: Frame<Req> = match shared.codec.decode(&mut buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => break 'read CloseReason::BadFrame(e),
+            let frame: Frame<Req> = match backlog.pop_front() {
+                Some(frame) => frame,
+                None => match shared.codec.decode(&mut buf) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => break 'read CloseReason::BadFrame(e),
+                },
             };
             let message = match frame.body {
                 FrameBody::Message(m) => m,
@@ -144,8 +152,8 @@ where
                     continue;
                 }
                 FrameBody::Cancel(id) => {
-                    // Handlers running in order cannot be reached: the reader is inside
-                    // the one that runs. Concurrent ones are aborted (their future dropped).
+                    // A concurrent handler is aborted (its future dropped); an in-order
+                    // one is cancelled while it runs (see below).
                     if let Some(handler) = handlers.remove(&id) {
                         handler.abort();
                     }
@@ -169,10 +177,54 @@ where
             };
             let client = ClientSession::new(session.clone(), request.deadline);
             if concurrency == 1 {
-                let outcome = tokio::select! {
-                    biased;
-                    () = &mut closed => break 'read closed_reason(shared),
-                    outcome = run_handler(shared, request, client) => outcome,
+                // While the handler runs, keep reading (boundedly): answer pings, honour
+                // a cancel frame for this request by dropping the handler, and keep every
+                // other frame for in-order dispatch after it.
+                let handler = run_handler(shared, request, client);
+                tokio::pin!(handler);
+                let mut peer_done = false;
+                let outcome = loop {
+                    let watch =
+                        !peer_done && backlog.len() < MAX_BACKLOG && buf.len() < 4 * min_free;
+                    if watch && buf.capacity() - buf.len() < min_free / 4 {
+                        buf.reserve(min_free);
+                    }
+                    tokio::select! {
+                        biased;
+                        () = &mut closed => break 'read closed_reason(shared),
+                        outcome = &mut handler => break outcome,
+                        read = reader.read_buf(&mut buf), if watch => {
+                            match read {
+                                Ok(0) => peer_done = true,
+                                Ok(n) => metrics::bytes_read(n),
+                                Err(e) => break 'read CloseReason::from(e),
+                            }
+                            let mut cancelled = false;
+                            loop {
+                                let frame: Frame<Req> = match shared.codec.decode(&mut buf) {
+                                    Ok(Some(frame)) => frame,
+                                    Ok(None) => break,
+                                    Err(e) => break 'read CloseReason::BadFrame(e),
+                                };
+                                match frame.body {
+                                    FrameBody::Cancel(c) if c == id => cancelled = true,
+                                    FrameBody::Cancel(c) => {
+                                        // A request still waiting in the backlog: never run it.
+                                        backlog.retain(|f| !matches!(&f.body, FrameBody::Message(m) if m.id() == c));
+                                    }
+                                    FrameBody::Ping(p) => {
+                                        if session.tx.send(Frame::pong(p)).await.is_err() {
+                                            break 'read closed_reason(shared);
+                                        }
+                                    }
+                                    _ => backlog.push_back(frame),
+                                }
+                            }
+                            if cancelled {
+                                break Ok(());
+                            }
+                        }
+                    }
                 };
                 if let Err(reason) = outcome {
                     break 'read reason;

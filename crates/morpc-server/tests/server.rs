@@ -614,3 +614,90 @@ async fn without_the_extension_dropped_futures_send_nothing_a_go_peer_would_misr
         "still open"
     );
 }
+
+#[tokio::test]
+async fn an_in_order_handler_is_cancelled_too_and_later_requests_keep_their_order() {
+    let (started, cancelled) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let handler = {
+        let (started, cancelled, order) = (started.clone(), cancelled.clone(), order.clone());
+        move |req: Request<RawMessage>, session: ClientSession<RawMessage>| {
+            let (started, cancelled, order) = (started.clone(), cancelled.clone(), order.clone());
+            async move {
+                if req.message.body == "work" {
+                    let _guard = NotifyOnDrop(cancelled);
+                    started.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                order.lock().push(req.sequence);
+                session.write(req.message).await?;
+                Ok::<_, HandlerError>(())
+            }
+        }
+    };
+    let codec = CodecConfig::default().cancel_extension(true);
+    let server = RpcServer::start(
+        "127.0.0.1:0",
+        ServerConfig::new().codec(codec.clone()),
+        handler,
+    )
+    .await
+    .unwrap();
+    let backend = client_with(&server, BackendConfig::new().codec(codec)).await;
+    let work = backend
+        .send(msg("work"), SendOptions::timeout(LONG))
+        .await
+        .unwrap();
+    within("handler started", started.notified()).await;
+    // Requests queued behind the running handler, one of them dropped before it runs.
+    let mut later = Vec::new();
+    for i in 0..10 {
+        later.push(
+            backend
+                .send(msg(format!("{i}")), SendOptions::timeout(LONG))
+                .await
+                .unwrap(),
+        );
+    }
+    drop(later.remove(3));
+    drop(work);
+    within("in-order handler cancelled", cancelled.notified()).await;
+    for (i, f) in later.into_iter().enumerate() {
+        let expected = if i < 3 { i } else { i + 1 };
+        assert_eq!(
+            within("later request", f).await.unwrap().body,
+            expected.to_string()
+        );
+    }
+    let order = order.lock().clone();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {order:?}");
+    assert_eq!(order.len(), 9, "the dropped request never ran: {order:?}");
+}
+
+#[tokio::test]
+async fn pings_are_answered_while_a_long_in_order_handler_runs() {
+    let handler = |req: Request<RawMessage>, session: ClientSession<RawMessage>| async move {
+        if req.message.body == "slow" {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        session.write(req.message).await?;
+        Ok::<_, HandlerError>(())
+    };
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), handler)
+        .await
+        .unwrap();
+    // The heartbeat resets a connection silent for 300 ms: the server must keep answering
+    // pings while the handler takes 1.5 s.
+    let config = BackendConfig::new().read_timeout(Some(Duration::from_millis(300)));
+    let backend = client_with(&server, config).await;
+    let slow = backend
+        .send(msg("slow"), SendOptions::timeout(LONG))
+        .await
+        .unwrap();
+    let fast = backend
+        .send(msg("fast"), SendOptions::timeout(LONG))
+        .await
+        .unwrap();
+    assert_eq!(within("slow", slow).await.unwrap().body, "slow");
+    assert_eq!(within("fast", fast).await.unwrap().body, "fast");
+}
