@@ -36,9 +36,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     };
-    // Both ends opt in; handlers must run concurrently to be reachable.
+    // Both ends opt in (a Go peer would misread the cancel frame).
     let codec = CodecConfig::default().cancel_extension(true);
-    let config = ServerConfig::new().codec(codec.clone()).concurrency(8);
+    let config = ServerConfig::new().codec(codec.clone());
     let server = RpcServer::start("127.0.0.1:0", config, handler).await?;
     let client: RpcClient<RawMessage> =
         RpcClient::new(ClientConfig::new(), BackendConfig::new().codec(codec)).await;
