@@ -225,6 +225,11 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         }
     }
 
+    /// A poll-based handle on the send queue (for `Sink` implementations).
+    pub(crate) fn poll_sender(&self) -> tokio_util::sync::PollSender<WriteItem<Req>> {
+        tokio_util::sync::PollSender::new(self.queue.clone())
+    }
+
     /// Queues `item` only if there is room at once (heartbeats).
     pub(crate) fn try_enqueue(&self, item: WriteItem<Req>) -> bool {
         self.queue.try_send(item).is_ok()

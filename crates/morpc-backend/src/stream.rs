@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use morpc_codec::{Frame, Framing, Message};
 use tokio::sync::mpsc;
@@ -34,6 +35,8 @@ pub struct BackendStream<Req, Resp> {
     end: Arc<StreamEnd>,
     /// Set once the terminal item (error or `None`) was produced.
     finished: bool,
+    /// The send queue as a `Sink`, created on first use of the `Sink` implementation.
+    sink: Option<tokio_util::sync::PollSender<WriteItem<Req>>>,
 }
 
 impl<Req, Resp> std::fmt::Debug for BackendStream<Req, Resp> {
@@ -60,7 +63,18 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
             rx,
             end,
             finished: false,
+            sink: None,
         }
+    }
+
+    /// The stream frame for `msg`, numbered with the next sequence (V07).
+    fn frame(&mut self, mut msg: Req) -> Frame<Req> {
+        msg.set_id(self.id);
+        let mut frame = Frame::message(msg);
+        if self.shared.codec.framing() == Framing::V07 {
+            frame.stream_seq = Some(self.next_seq);
+        }
+        frame
     }
 
     /// The stream id: every message of the stream carries it.
@@ -74,15 +88,11 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
     /// # Errors
     /// [`BackendError::StreamClosed`] once the stream has ended; `Busy`, `BackendClosed`
     /// or `Unusable` as for [`Backend::send`](crate::Backend::send).
-    pub async fn send(&mut self, mut msg: Req, opts: SendOptions) -> Result<(), BackendError> {
+    pub async fn send(&mut self, msg: Req, opts: SendOptions) -> Result<(), BackendError> {
         if !self.shared.pending.contains(self.id) {
             return Err(BackendError::StreamClosed);
         }
-        msg.set_id(self.id);
-        let mut frame = Frame::message(msg);
-        if self.shared.codec.framing() == Framing::V07 {
-            frame.stream_seq = Some(self.next_seq);
-        }
+        let frame = self.frame(msg);
         let deadline = opts.resolve_deadline(self.shared.config.default_timeout);
         let item = WriteItem::new(frame, self.id, deadline, ItemKind::Stream, opts);
         self.shared.enqueue(item, deadline).await?;
@@ -118,5 +128,54 @@ impl<Req, Resp> futures::Stream for BackendStream<Req, Resp> {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// Sending through the `Sink` implementation queues messages like
+/// [`send`](BackendStream::send) with default options; readiness is room in the
+/// connection's send queue, and flushing means "queued" (the writer task writes batches
+/// by itself).
+impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp> {
+    type Error = BackendError;
+
+    fn poll_ready(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BackendError>> {
+        if !self.shared.pending.contains(self.id) {
+            return Poll::Ready(Err(BackendError::StreamClosed));
+        }
+        let shared = self.shared.clone();
+        let sink = self.sink.get_or_insert_with(|| shared.poll_sender());
+        sink.poll_reserve(cx).map_err(|_| shared.closed_error())
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, msg: Req) -> Result<(), BackendError> {
+        let frame = self.frame(msg);
+        let deadline = Instant::now() + self.shared.config.default_timeout;
+        let item = WriteItem::new(
+            frame,
+            self.id,
+            deadline,
+            ItemKind::Stream,
+            SendOptions::new(),
+        );
+        let shared = self.shared.clone();
+        let sink = self.sink.as_mut().ok_or(BackendError::StreamClosed)?;
+        sink.send_item(item).map_err(|_| shared.closed_error())?;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BackendError>> {
+        self.close();
+        Poll::Ready(Ok(()))
     }
 }

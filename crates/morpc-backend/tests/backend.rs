@@ -566,6 +566,26 @@ async fn stream_yields_messages_in_order_and_ends_after_close() {
 }
 
 #[tokio::test]
+async fn streams_are_sinks_too() {
+    use futures::SinkExt;
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let mut stream = backend.new_stream(16).unwrap();
+    for i in 0..5 {
+        stream.feed(msg(format!("{i}"))).await.unwrap();
+    }
+    stream.flush().await.unwrap();
+    for i in 0..5 {
+        let m = within("echo", stream.next()).await.unwrap().unwrap();
+        assert_eq!(m.body, i.to_string(), "in order, numbered without gaps");
+    }
+    SinkExt::close(&mut stream).await.unwrap();
+    assert!(stream.next().await.is_none());
+    let err = SinkExt::send(&mut stream, msg("late")).await.unwrap_err();
+    assert!(matches!(err, BackendError::StreamClosed), "{err:?}");
+}
+
+#[tokio::test]
 async fn stream_sequence_gap_ends_the_stream_with_a_typed_error() {
     let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
     let backend = peer.backend(config()).await;

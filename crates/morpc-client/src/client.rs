@@ -630,6 +630,37 @@ impl<Req, Resp> futures::Stream for ClientStream<Req, Resp> {
     }
 }
 
+/// Sends like [`ClientStream::send`] with default options (see `BackendStream`'s `Sink`).
+impl<Req: Message, Resp: Message> futures::Sink<Req> for ClientStream<Req, Resp> {
+    type Error = ClientError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
+        Pin::new(&mut self.stream)
+            .poll_ready(cx)
+            .map_err(Into::into)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, msg: Req) -> Result<(), ClientError> {
+        Pin::new(&mut self.stream)
+            .start_send(msg)
+            .map_err(Into::into)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
+        Pin::new(&mut self.stream)
+            .poll_flush(cx)
+            .map_err(Into::into)
+    }
+
+    fn poll_close(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ClientError>> {
+        self.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Closes idle backends of every pool, once per `max_idle / 2`, until the client closes.
 async fn idle_cleanup<Req: Message, Resp: Message>(
     inner: Weak<Inner<Req, Resp>>,
