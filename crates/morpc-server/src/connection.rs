@@ -285,7 +285,8 @@ where
     Resp: Message,
     H: Handler<Req, Resp>,
 {
-    let started = Instant::now();
+    // The clock is read only when metrics are compiled in.
+    let started = metrics::ENABLED.then(Instant::now);
     let span = handler_span(&request);
     let outcome = match AssertUnwindSafe(shared.handler.handle(request, session))
         .catch_unwind()
@@ -303,7 +304,9 @@ where
             Err(CloseReason::HandlerPanicked(what.into()))
         }
     };
-    metrics::handler_done(&outcome, started.elapsed());
+    if let Some(started) = started {
+        metrics::handler_done(&outcome, started.elapsed());
+    }
     outcome
 }
 

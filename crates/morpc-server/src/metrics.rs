@@ -82,3 +82,6 @@ mod imp {
 }
 
 pub(crate) use imp::*;
+
+/// Whether metrics are compiled in (handler latency is measured only then).
+pub(crate) const ENABLED: bool = cfg!(feature = "metrics");
