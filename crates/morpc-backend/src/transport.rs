@@ -77,12 +77,7 @@ async fn dial_inner(address: &Address, tls: Tls<'_>) -> io::Result<(BoxReader, B
             stream.set_nodelay(true)?;
             #[cfg(feature = "rustls-ring")]
             if let Some(tls) = tls {
-                let stream = tls
-                    .connector
-                    .connect(tls.server_name.clone(), stream)
-                    .await?;
-                let (r, w) = tokio::io::split(stream);
-                return Ok((Box::pin(r), Box::pin(w)));
+                return secure(tls, stream).await;
             }
             #[cfg(not(feature = "rustls-ring"))]
             let _ = tls;
@@ -93,15 +88,24 @@ async fn dial_inner(address: &Address, tls: Tls<'_>) -> io::Result<(BoxReader, B
             let stream = UnixStream::connect(path).await?;
             #[cfg(feature = "rustls-ring")]
             if let Some(tls) = tls {
-                let stream = tls
-                    .connector
-                    .connect(tls.server_name.clone(), stream)
-                    .await?;
-                let (r, w) = tokio::io::split(stream);
-                return Ok((Box::pin(r), Box::pin(w)));
+                return secure(tls, stream).await;
             }
             let (r, w) = stream.into_split();
             Ok((Box::pin(r), Box::pin(w)))
         }
     }
+}
+
+/// Runs the TLS handshake over `stream` and splits the secured stream.
+#[cfg(feature = "rustls-ring")]
+async fn secure<S>(tls: &TlsClient, stream: S) -> io::Result<(BoxReader, BoxWriter)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let stream = tls
+        .connector
+        .connect(tls.server_name.clone(), stream)
+        .await?;
+    let (r, w) = tokio::io::split(stream);
+    Ok((Box::pin(r), Box::pin(w)))
 }

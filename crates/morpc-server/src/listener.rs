@@ -92,19 +92,10 @@ impl Accepted {
     pub(crate) async fn into_halves(self, tls: Tls<'_>) -> io::Result<(BoxReader, BoxWriter)> {
         #[cfg(feature = "rustls-ring")]
         if let Some(acceptor) = tls {
-            let (r, w): (BoxReader, BoxWriter) = match self {
-                Self::Tcp(s) => {
-                    let s = timeout_handshake(acceptor.accept(s)).await?;
-                    let (r, w) = tokio::io::split(s);
-                    (Box::pin(r), Box::pin(w))
-                }
-                Self::Unix(s) => {
-                    let s = timeout_handshake(acceptor.accept(s)).await?;
-                    let (r, w) = tokio::io::split(s);
-                    (Box::pin(r), Box::pin(w))
-                }
+            return match self {
+                Self::Tcp(s) => secure(acceptor, s).await,
+                Self::Unix(s) => secure(acceptor, s).await,
             };
-            return Ok((r, w));
         }
         #[cfg(not(feature = "rustls-ring"))]
         let _ = tls;
@@ -121,19 +112,25 @@ impl Accepted {
     }
 }
 
-/// Bounds a TLS handshake.
+/// Runs the TLS handshake (bounded by `HANDSHAKE_TIMEOUT`) and splits the secured stream.
 #[cfg(feature = "rustls-ring")]
-async fn timeout_handshake<T>(
-    handshake: impl std::future::Future<Output = io::Result<T>>,
-) -> io::Result<T> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+async fn secure<S>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: S,
+) -> io::Result<(BoxReader, BoxWriter)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let secured = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
         .await
         .unwrap_or_else(|_| {
             Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "TLS handshake timed out",
             ))
-        })
+        })?;
+    let (r, w) = tokio::io::split(secured);
+    Ok((Box::pin(r), Box::pin(w)))
 }
 
 /// The server's TLS acceptor, if any (nothing without the `rustls-ring` feature).
