@@ -299,8 +299,16 @@ async fn wait_for_arrivals(arrived: &AtomicUsize, arrival: &Notify, n: usize) {
     .await;
 }
 
-#[tokio::test]
-async fn graceful_shutdown_answers_every_admitted_request() {
+/// A gated echo server with `n` requests admitted and held in their handlers.
+struct Admitted {
+    server: RpcServer,
+    /// Keeps the connection (and so the futures) alive.
+    _backend: Backend<RawMessage>,
+    futures: Vec<morpc_backend::ResponseFuture<RawMessage>>,
+    release: Arc<Semaphore>,
+}
+
+async fn admitted(n: usize) -> Admitted {
     let (arrived, arrival, release) = (
         Arc::new(AtomicUsize::new(0)),
         Arc::new(Notify::new()),
@@ -312,7 +320,7 @@ async fn graceful_shutdown_answers_every_admitted_request() {
         .unwrap();
     let backend = client(&server).await;
     let mut futures = Vec::new();
-    for i in 0..20 {
+    for i in 0..n {
         futures.push(
             backend
                 .send(msg(format!("{i}")), SendOptions::timeout(LONG))
@@ -320,7 +328,23 @@ async fn graceful_shutdown_answers_every_admitted_request() {
                 .unwrap(),
         );
     }
-    wait_for_arrivals(&arrived, &arrival, 20).await;
+    wait_for_arrivals(&arrived, &arrival, n).await;
+    Admitted {
+        server,
+        _backend: backend,
+        futures,
+        release,
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_answers_every_admitted_request() {
+    let Admitted {
+        server,
+        _backend,
+        futures,
+        release,
+    } = admitted(20).await;
     let server = Arc::new(server);
     let stopping = tokio::spawn({
         let server = server.clone();
@@ -342,26 +366,12 @@ async fn graceful_shutdown_answers_every_admitted_request() {
 
 #[tokio::test]
 async fn close_fails_in_flight_requests_promptly() {
-    let (arrived, arrival, release) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(Notify::new()),
-        Arc::new(Semaphore::new(0)),
-    );
-    let handler = gated_echo(arrived.clone(), arrival.clone(), release);
-    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new().concurrency(64), handler)
-        .await
-        .unwrap();
-    let backend = client(&server).await;
-    let mut futures = Vec::new();
-    for i in 0..20 {
-        futures.push(
-            backend
-                .send(msg(format!("{i}")), SendOptions::timeout(LONG))
-                .await
-                .unwrap(),
-        );
-    }
-    wait_for_arrivals(&arrived, &arrival, 20).await;
+    let Admitted {
+        server,
+        _backend,
+        futures,
+        release: _release,
+    } = admitted(20).await;
     server.close();
     server.close();
     for f in futures {

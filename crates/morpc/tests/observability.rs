@@ -26,33 +26,37 @@ fn counter(snapshot: &[Sample], name: &str, label: Option<(&str, &str)>) -> u64 
         .sum()
 }
 
+/// Starts an echo server and a client on a current-thread runtime (so thread-local
+/// recorders and subscribers see every task), sends `requests` with `opts`, then stops.
+fn echo_round_trips(requests: usize, opts: SendOptions) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+        let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), echo)
+            .await
+            .unwrap();
+        let addr = server.local_addr().to_string();
+        let client: RpcClient<RawMessage> =
+            RpcClient::new(ClientConfig::new(), BackendConfig::new()).await;
+        for i in 0..requests {
+            client
+                .request(&addr, RawMessage::new(format!("{i}")), opts.clone())
+                .await
+                .unwrap();
+        }
+        client.close();
+        server.shutdown().await;
+    });
+}
+
 #[test]
 fn client_and_server_record_the_metric_set() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
-            let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), echo)
-                .await
-                .unwrap();
-            let addr = server.local_addr().to_string();
-            let client: RpcClient<RawMessage> =
-                RpcClient::new(ClientConfig::new(), BackendConfig::new()).await;
-            for i in 0..50 {
-                client
-                    .request(&addr, RawMessage::new(format!("{i}")), SendOptions::new())
-                    .await
-                    .unwrap();
-            }
-            client.close();
-            server.shutdown().await;
-        });
-    });
+    metrics::with_local_recorder(&recorder, || echo_round_trips(50, SendOptions::new()));
     let snapshot: Vec<Sample> = snapshotter
         .snapshot()
         .into_vec()
@@ -161,31 +165,12 @@ fn spans_carry_the_propagated_trace_ids_on_both_sides() {
         .with_ansi(false)
         .with_writer(move || sink.clone())
         .finish();
+    let trace = TraceContext {
+        trace_id: [0xab; 16],
+        span_id: [0xcd; 8],
+    };
     tracing::subscriber::with_default(subscriber, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
-            let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), echo)
-                .await
-                .unwrap();
-            let addr = server.local_addr().to_string();
-            let client: RpcClient<RawMessage> =
-                RpcClient::new(ClientConfig::new(), BackendConfig::new()).await;
-            let trace = TraceContext {
-                trace_id: [0xab; 16],
-                span_id: [0xcd; 8],
-            };
-            let opts = SendOptions::new().with_trace(trace);
-            client
-                .request(&addr, RawMessage::new("traced"), opts)
-                .await
-                .unwrap();
-            client.close();
-            server.shutdown().await;
-        });
+        echo_round_trips(1, SendOptions::new().with_trace(trace));
     });
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let trace_id = "ab".repeat(16);
