@@ -378,11 +378,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
                 Ok(()) => Ok(future),
                 Err((error, item)) => {
                     drop(future);
-                    let message = item
-                        .frame
-                        .into_message()
-                        .expect("a request item holds a message");
-                    Err(SendRejected { error, message })
+                    Err(SendRejected::of(error, item))
                 }
             }
         })
@@ -424,11 +420,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             Err((None, item)) => Err(Start::Full(item, future, deadline)),
             Err((Some(error), item)) => {
                 drop(future);
-                let message = item
-                    .frame
-                    .into_message()
-                    .expect("a request item holds a message");
-                Err(Start::Rejected(SendRejected { error, message }))
+                Err(Start::Rejected(SendRejected::of(error, item)))
             }
         }
     }
@@ -609,6 +601,17 @@ pub struct SendRejected<Req> {
     pub error: BackendError,
     /// The message, to send elsewhere.
     pub message: Req,
+}
+
+impl<Req> SendRejected<Req> {
+    /// The rejection of a request `item` that was never queued.
+    fn of(error: BackendError, item: WriteItem<Req>) -> Self {
+        let message = item
+            .frame
+            .into_message()
+            .expect("a request item holds a message");
+        Self { error, message }
+    }
 }
 
 /// Removes a pending entry when dropped (a cancelled or finished ping).

@@ -83,11 +83,7 @@ impl<Req, Resp> Inner<Req, Resp> {
         self.closed.cancel();
         let pools: Vec<_> = self.pools.lock().drain().map(|(_, p)| p).collect();
         for pool in pools {
-            let slots: Vec<_> = std::mem::take(&mut *pool.slots.lock());
-            for slot in slots {
-                slot.backend.close();
-            }
-            pool.changed.notify_waiters();
+            pool.close_all();
         }
     }
 }
@@ -229,6 +225,19 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         }
     }
 
+    /// A backend of `address` (parsed, with the client open), picked or created by
+    /// `deadline`.
+    async fn backend_for(
+        &self,
+        address: &str,
+        deadline: Instant,
+    ) -> Result<Backend<Req, Resp>, ClientError> {
+        let address = Self::address(address)?;
+        self.check_open()?;
+        let pool = self.pool(&address);
+        self.select(&pool, deadline).await
+    }
+
     /// Parses `address`.
     fn address(address: &str) -> Result<Address, ClientError> {
         address
@@ -257,13 +266,12 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         let span = if trace.is_empty() {
             tracing::debug_span!("morpc.send", address = %address, id = tracing::field::Empty)
         } else {
-            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
             tracing::debug_span!(
                 "morpc.send",
                 address = %address,
                 id = tracing::field::Empty,
-                trace_id = %hex(&trace.trace_id),
-                span_id = %hex(&trace.span_id),
+                trace_id = %trace.trace_id_hex(),
+                span_id = %trace.span_id_hex(),
             )
         };
         self.send_to(&address, msg, opts).instrument(span).await
@@ -340,11 +348,8 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// # Errors
     /// As [`send`](RpcClient::send) when no backend becomes ready.
     pub async fn ready(&self, address: &str) -> Result<(), ClientError> {
-        let address = Self::address(address)?;
-        self.check_open()?;
-        let pool = self.pool(&address);
         let deadline = Instant::now() + self.inner().config.default_timeout;
-        let backend = self.select(&pool, deadline).await?;
+        let backend = self.backend_for(address, deadline).await?;
         backend.ready().await.map_err(Into::into)
     }
 
@@ -371,11 +376,8 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         msg: Req,
         opts: SendOptions,
     ) -> Result<(), ClientError> {
-        let address = Self::address(address)?;
-        self.check_open()?;
         let deadline = opts.resolve_deadline(self.inner().config.default_timeout);
-        let pool = self.pool(&address);
-        let backend = self.select(&pool, deadline).await?;
+        let backend = self.backend_for(address, deadline).await?;
         backend
             .send_oneway(msg, opts.with_deadline(deadline))
             .await
@@ -432,10 +434,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// # Errors
     /// As [`send`](RpcClient::send).
     pub async fn ping(&self, address: &str, timeout: Duration) -> Result<Duration, ClientError> {
-        let address = Self::address(address)?;
-        self.check_open()?;
-        let pool = self.pool(&address);
-        let backend = self.select(&pool, Instant::now() + timeout).await?;
+        let backend = self.backend_for(address, Instant::now() + timeout).await?;
         backend.ping(timeout).await.map_err(Into::into)
     }
 

@@ -64,6 +64,21 @@ impl TraceContext {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// The trace id as lower-case hex (32 digits), as tracing systems print it.
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// The span id as lower-case hex (16 digits).
+    pub fn span_id_hex(&self) -> String {
+        hex(&self.span_id)
+    }
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One custom header of a V07 frame.
@@ -193,6 +208,16 @@ mod tests {
         assert!(TraceHeader.decode(&[5, 0, 0, 0, 0, 0], &mut out).is_err());
         assert!(TraceHeader.decode(&[24, 1, 2], &mut out).is_err());
         assert!(TraceHeader.decode(&[], &mut out).is_err());
+    }
+
+    #[test]
+    fn trace_ids_print_as_hex() {
+        let ctx = TraceContext {
+            trace_id: [0xab; 16],
+            span_id: [0x01; 8],
+        };
+        assert_eq!(ctx.trace_id_hex(), "ab".repeat(16));
+        assert_eq!(ctx.span_id_hex(), "01".repeat(8));
     }
 
     #[test]

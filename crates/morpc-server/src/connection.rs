@@ -319,14 +319,9 @@ fn handler_span<Req>(request: &Request<Req>) -> tracing::Span {
     tracing::debug_span!(
         "morpc.handle",
         sequence = request.sequence,
-        trace_id = %hex(&request.trace.trace_id),
-        parent_span_id = %hex(&request.trace.span_id),
+        trace_id = %request.trace.trace_id_hex(),
+        parent_span_id = %request.trace.span_id_hex(),
     )
-}
-
-/// Lower-case hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes queued responses in batches until every session is gone (then flushes and
