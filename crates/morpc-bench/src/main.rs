@@ -19,7 +19,7 @@ mod report;
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -287,12 +287,31 @@ fn run(mut args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// When measuring starts and stops, and the live operation counter for progress.
+/// The phase of a run, flipped by the pacer thread (see `pace`): caller tasks read it
+/// with one relaxed load per operation instead of reading the clock.
+const WARMUP: u8 = 0;
+/// Operations completed in this phase are counted.
+const MEASURE: u8 = 1;
+/// Caller tasks stop.
+const STOP: u8 = 2;
+
+/// The run's phase and the live operation counter for progress.
 #[derive(Clone)]
 struct Window {
-    measure_from: Instant,
-    stop_at: Instant,
+    phase: Arc<AtomicU8>,
     progress: Arc<AtomicU64>,
+}
+
+impl Window {
+    /// Whether caller tasks should keep going.
+    fn running(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) != STOP
+    }
+
+    /// Whether operations completing now are counted.
+    fn measuring(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == MEASURE
+    }
 }
 
 /// What the caller tasks of one connection counted. One per connection (not per task):
@@ -321,21 +340,85 @@ impl TaskTally {
     }
 }
 
-/// Counts one operation that started at `started` with outcome `ok`.
-fn record(tally: &SharedTally, window: &Window, started: Instant, ok: bool, timed: bool) {
-    window.progress.fetch_add(1, Ordering::Relaxed);
-    if started < window.measure_from {
-        return;
+/// Operations a caller task counts locally before adding them to its connection's tally.
+const FLUSH_EVERY: usize = 64;
+
+/// One caller task's counts, added to the connection's tally every `FLUSH_EVERY`
+/// operations and when dropped, so the harness costs no lock or shared atomic per
+/// operation.
+struct Recorder {
+    tally: SharedTally,
+    window: Window,
+    ops: u64,
+    errors: u64,
+    seen: usize,
+    latencies: Vec<u64>,
+}
+
+impl Recorder {
+    fn new(tally: SharedTally, window: Window) -> Self {
+        Self {
+            tally,
+            window,
+            ops: 0,
+            errors: 0,
+            seen: 0,
+            latencies: Vec::with_capacity(FLUSH_EVERY),
+        }
     }
-    let elapsed = started.elapsed().as_nanos() as u64;
-    let mut tally = tally.lock();
-    if !ok {
-        tally.errors += 1;
-        return;
+
+    /// Whether the task should run another operation.
+    fn running(&self) -> bool {
+        self.window.running()
     }
-    tally.ops += 1;
-    if timed {
-        tally.latency.saturating_record(elapsed);
+
+    /// Counts one completed operation, with its latency when it is timed.
+    fn record(&mut self, ok: bool, latency: Option<Duration>) {
+        self.seen += 1;
+        if self.window.measuring() {
+            if !ok {
+                self.errors += 1;
+            } else {
+                self.ops += 1;
+                if let Some(latency) = latency {
+                    self.latencies.push(latency.as_nanos() as u64);
+                }
+            }
+        }
+        if self.seen == FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        self.window
+            .progress
+            .fetch_add(self.seen as u64, Ordering::Relaxed);
+        self.seen = 0;
+        let mut tally = self.tally.lock();
+        tally.ops += std::mem::take(&mut self.ops);
+        tally.errors += std::mem::take(&mut self.errors);
+        for latency in self.latencies.drain(..) {
+            tally.latency.saturating_record(latency);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Runs timed operations until the window closes: one clock read per operation (the end
+/// of one is the start of the next).
+async fn timed_loop<F: Future<Output = bool>>(mut recorder: Recorder, mut op: impl FnMut() -> F) {
+    let mut now = Instant::now();
+    while recorder.running() {
+        let ok = op().await;
+        let end = Instant::now();
+        recorder.record(ok, Some(end - now));
+        now = end;
     }
 }
 
@@ -353,6 +436,55 @@ async fn finish(
         .collect()
 }
 
+/// Flips the window's phases on time (warm-up, measure, stop) from its own thread and
+/// prints a progress line every second when asked. Returns how long the measured phase
+/// really lasted.
+fn pace(
+    name: &'static str,
+    window: Window,
+    warmup: Duration,
+    duration: Duration,
+    progress: bool,
+) -> std::thread::JoinHandle<Duration> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let measure_from = start + warmup;
+        let stop_at = measure_from + duration;
+        let mut measured_since = None;
+        let (mut last, mut second) = (0, 0);
+        let mut next_print = start + Duration::from_secs(1);
+        loop {
+            let now = Instant::now();
+            if measured_since.is_none() && now >= measure_from {
+                window.phase.store(MEASURE, Ordering::Relaxed);
+                measured_since = Some(now);
+            }
+            if now >= stop_at {
+                window.phase.store(STOP, Ordering::Relaxed);
+                return measured_since.map_or(Duration::ZERO, |since| now - since);
+            }
+            if progress && now >= next_print {
+                second += 1;
+                let done = window.progress.load(Ordering::Relaxed);
+                eprintln!("  {name} [{second:>3}s] {:>10} ops/s", done - last);
+                last = done;
+                next_print += Duration::from_secs(1);
+            }
+            let next_event = if measured_since.is_none() {
+                measure_from
+            } else {
+                stop_at
+            };
+            let wake = if progress {
+                next_event.min(next_print)
+            } else {
+                next_event
+            };
+            std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+        }
+    })
+}
+
 fn measure(
     name: &'static str,
     args: &RunArgs,
@@ -360,24 +492,24 @@ fn measure(
     load: impl FnOnce(Window) -> Vec<TaskTally>,
 ) -> Result<RunReport, Box<dyn std::error::Error>> {
     let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(args.warmup);
-    let stop_at = measure_from + Duration::from_secs_f64(args.duration);
     let window = Window {
-        measure_from,
-        stop_at,
+        phase: Arc::new(AtomicU8::new(WARMUP)),
         progress: Arc::new(AtomicU64::new(0)),
     };
-    let progress =
-        (args.duration > 3.0 && !args.json).then(|| spawn_progress(name, window.clone()));
+    let pacer = pace(
+        name,
+        window.clone(),
+        Duration::from_secs_f64(args.warmup),
+        Duration::from_secs_f64(args.duration),
+        args.duration > 3.0 && !args.json,
+    );
     // CPU is sampled around the whole run and scaled to the measured window.
     let (client_before, server_before) =
         (ProcUsage::read("self"), server.map(ServerProcess::usage));
-    let tallies = load(window.clone());
+    let tallies = load(window);
     let total = start.elapsed();
     let (client_after, server_after) = (ProcUsage::read("self"), server.map(ServerProcess::usage));
-    if let Some(p) = progress {
-        let _ = p.join();
-    }
+    let measured = pacer.join().map_err(|_| "pacer thread panicked")?;
     let mut latency = Histogram::new_with_bounds(1, 60_000_000_000, 2)?;
     let (mut ops, mut errors) = (0, 0);
     for t in &tallies {
@@ -385,14 +517,14 @@ fn measure(
         ops += t.ops;
         errors += t.errors;
     }
-    let share = Duration::from_secs_f64(args.duration).as_secs_f64() / total.as_secs_f64();
+    let share = measured.as_secs_f64() / total.as_secs_f64();
     let scaled =
         |after: Duration, before: Duration| after.saturating_sub(before).mul_f64(share.min(1.0));
     Ok(RunReport {
         name,
         ops,
         bytes_per_op: (args.size + args.payload) as u64,
-        elapsed: Duration::from_secs_f64(args.duration),
+        elapsed: measured,
         latency,
         client_cpu: scaled(client_after.cpu, client_before.cpu),
         server_cpu: match (server_before, server_after) {
@@ -402,21 +534,6 @@ fn measure(
         client_rss: client_after.peak_rss,
         server_rss: server_after.map_or(0, |u| u.peak_rss),
         errors,
-    })
-}
-
-/// Prints a progress line every second until the window closes.
-fn spawn_progress(name: &'static str, window: Window) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut last = 0;
-        let mut second = 0;
-        while Instant::now() < window.stop_at {
-            std::thread::sleep(Duration::from_secs(1));
-            second += 1;
-            let now = window.progress.load(Ordering::Relaxed);
-            eprintln!("  {name} [{second:>3}s] {:>10} ops/s", now - last);
-            last = now;
-        }
     })
 }
 
@@ -454,33 +571,44 @@ async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTally
         let tally = TaskTally::shared();
         tallies.push(tally.clone());
         for _ in 0..args.inflight {
-            let (backend, window, tally) = (backend.clone(), window.clone(), tally.clone());
+            let backend = backend.clone();
+            let mut recorder = Recorder::new(tally.clone(), window.clone());
             let (body, payload, mode) = (body.clone(), payload.clone(), args.mode);
             tasks.push(tokio::spawn(async move {
                 match mode {
                     Mode::Unary => {
-                        while Instant::now() < window.stop_at {
-                            let started = Instant::now();
-                            let ok = backend
+                        timed_loop(recorder, || async {
+                            backend
                                 .request(message(&body, &payload), SendOptions::new())
                                 .await
-                                .is_ok();
-                            record(&tally, &window, started, ok, true);
-                        }
+                                .is_ok()
+                        })
+                        .await;
                     }
-                    Mode::Stream | Mode::Oneway => {
+                    Mode::Stream => {
                         let mut stream = backend.new_stream(64).expect("stream");
-                        while Instant::now() < window.stop_at {
-                            let started = Instant::now();
+                        let mut now = Instant::now();
+                        while recorder.running() {
                             let sent = stream
                                 .send(message(&body, &payload), SendOptions::new())
                                 .await
                                 .is_ok();
-                            let ok = match mode {
-                                Mode::Stream => sent && matches!(stream.next().await, Some(Ok(_))),
-                                _ => sent,
-                            };
-                            record(&tally, &window, started, ok, mode == Mode::Stream);
+                            let ok = sent && matches!(stream.next().await, Some(Ok(_)));
+                            // As in `timed_loop` (whose closure cannot borrow the stream).
+                            let end = Instant::now();
+                            recorder.record(ok, Some(end - now));
+                            now = end;
+                        }
+                    }
+                    Mode::Oneway => {
+                        // Nothing to time: no clock read per message.
+                        let mut stream = backend.new_stream(64).expect("stream");
+                        while recorder.running() {
+                            let sent = stream
+                                .send(message(&body, &payload), SendOptions::new())
+                                .await
+                                .is_ok();
+                            recorder.record(sent, None);
                         }
                     }
                 }
@@ -501,14 +629,13 @@ async fn baseline_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTa
         let tally = TaskTally::shared();
         tallies.push(tally.clone());
         for _ in 0..args.inflight {
-            let (client, window) = (client.clone(), window.clone());
-            let (body, tally) = (body.clone(), tally.clone());
+            let (client, body) = (client.clone(), body.clone());
+            let recorder = Recorder::new(tally.clone(), window.clone());
             tasks.push(tokio::spawn(async move {
-                while Instant::now() < window.stop_at {
-                    let started = Instant::now();
-                    let ok = client.request(body.clone()).await.is_some();
-                    record(&tally, &window, started, ok, true);
-                }
+                timed_loop(recorder, || async {
+                    client.request(body.clone()).await.is_some()
+                })
+                .await;
             }));
         }
     }
