@@ -1,6 +1,7 @@
 //! Socket-writing helpers shared by the client and server connection writers.
 
 use std::io::IoSlice;
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -9,25 +10,46 @@ use tokio::sync::mpsc;
 /// Waits for the next item of `rx` and collects it, with whatever else is queued, into
 /// `batch` (up to `max` items). Returns `false` once `rx` is closed and empty.
 ///
-/// When fewer than `max` items are queued it yields once first, so that tasks woken
-/// together can enqueue before the batch is cut: under tokio a writer woken for every
-/// message otherwise writes one frame per syscall (measured on this project's machine:
-/// the yield made a client 3.5× faster at 16 in flight and 10× at 256).
+/// When fewer than `max` items are queued it lets the ready tasks run once first (see
+/// [`yield_to_ready_tasks`]), so that tasks woken together can enqueue before the batch
+/// is cut: under tokio a writer woken for every message otherwise writes one frame per
+/// syscall (measured on this project's machine: the yield made a client 3.5× faster at 16
+/// in flight and 10× at 256).
 pub async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> bool {
-    let Some(first) = rx.recv().await else {
+    // `recv_many` hands the queue's permits back once per call, not once per item.
+    if rx.recv_many(batch, max).await == 0 {
         return false;
-    };
-    batch.push(first);
-    if rx.len() + 1 < max {
-        tokio::task::yield_now().await;
     }
-    while batch.len() < max {
-        match rx.try_recv() {
-            Ok(item) => batch.push(item),
-            Err(_) => break,
-        }
+    if batch.len() < max {
+        yield_to_ready_tasks().await;
+        // Take what arrived meanwhile without waiting (a no-op waker: nothing is woken
+        // for a queue that is empty now).
+        let mut cx = Context::from_waker(Waker::noop());
+        let room = max - batch.len();
+        let _ = rx.poll_recv_many(&mut cx, batch, room);
     }
     true
+}
+
+/// Returns after the tasks that are ready now have had a turn: the caller wakes itself
+/// and goes to the back of its scheduler's run queue once.
+///
+/// Unlike `tokio::task::yield_now`, which defers the caller until the runtime has polled
+/// its I/O driver, this costs no `epoll_wait`: with a yield per written batch that was one
+/// more syscall per batch on each side (measured: 4 instead of 3 `epoll_wait` per round
+/// trip of a 16-request batch).
+pub async fn yield_to_ready_tasks() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 /// Most slices handed to one `write_vectored` call.

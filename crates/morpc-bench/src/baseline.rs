@@ -60,7 +60,7 @@ impl BaselineClient {
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
             while let Some(first) = rx.recv().await {
-                tokio::task::yield_now().await;
+                morpc_backend::io::yield_to_ready_tasks().await;
                 let mut chunks: Vec<Bytes> = Vec::new();
                 let mut push = |buf: &mut BytesMut, (id, body): (u64, Bytes)| {
                     buf.put_u32(8 + body.len() as u32);

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -104,8 +105,9 @@ where
     let mut running: JoinSet<Result<(), CloseReason>> = JoinSet::new();
     // Running concurrent handlers by request id, for cancel frames.
     let mut handlers: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
-    // Frames read while an in-order handler runs, dispatched in order after it.
-    let mut backlog: VecDeque<Frame<Req>> = VecDeque::new();
+    // Frames read while an in-order handler runs, dispatched in order after it, each with
+    // when it was read.
+    let mut backlog: VecDeque<(Frame<Req>, Instant)> = VecDeque::new();
     // Created once: a fresh cancellation future per request costs a waiter registration.
     let closed = session.closed.cancelled();
     let shutdown = shared.shutdown.cancelled();
@@ -134,11 +136,14 @@ where
             Ok(n) => metrics::bytes_read(n),
             Err(e) => break CloseReason::from(e),
         }
+        // Deadlines are rebuilt against when the frames were read: one clock read per
+        // read, not per frame.
+        let read_at = Instant::now();
         loop {
-            let frame: Frame<Req> = match backlog.pop_front() {
-                Some(frame) => frame,
+            let (frame, received): (Frame<Req>, Instant) = match backlog.pop_front() {
+                Some(queued) => queued,
                 None => match shared.codec.decode(&mut buf) {
-                    Ok(Some(frame)) => frame,
+                    Ok(Some(frame)) => (frame, read_at),
                     Ok(None) => break,
                     Err(e) => break 'read CloseReason::BadFrame(e),
                 },
@@ -170,7 +175,7 @@ where
             let request = Request {
                 message,
                 sequence,
-                deadline: frame.headers.deadline.map(|left| Instant::now() + left),
+                deadline: frame.headers.deadline.map(|left| received + left),
                 trace: frame.headers.trace,
                 stream_seq: frame.stream_seq,
                 headers: frame.headers,
@@ -182,46 +187,54 @@ where
                 // other frame for in-order dispatch after it.
                 let handler = run_handler(shared, request, client);
                 tokio::pin!(handler);
+                // Most handlers finish without waiting: poll once before setting up the
+                // read-ahead (the task's own waker is registered if it does not finish).
+                let first = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;
                 let mut peer_done = false;
-                let outcome = loop {
-                    let watch =
-                        !peer_done && backlog.len() < MAX_BACKLOG && buf.len() < 4 * min_free;
-                    if watch && buf.capacity() - buf.len() < min_free / 4 {
-                        buf.reserve(min_free);
-                    }
-                    tokio::select! {
-                        biased;
-                        () = &mut closed => break 'read closed_reason(shared),
-                        outcome = &mut handler => break outcome,
-                        read = reader.read_buf(&mut buf), if watch => {
-                            match read {
-                                Ok(0) => peer_done = true,
-                                Ok(n) => metrics::bytes_read(n),
-                                Err(e) => break 'read CloseReason::from(e),
-                            }
-                            let mut cancelled = false;
-                            loop {
-                                let frame: Frame<Req> = match shared.codec.decode(&mut buf) {
-                                    Ok(Some(frame)) => frame,
-                                    Ok(None) => break,
-                                    Err(e) => break 'read CloseReason::BadFrame(e),
-                                };
-                                match frame.body {
-                                    FrameBody::Cancel(c) if c == id => cancelled = true,
-                                    FrameBody::Cancel(c) => {
-                                        // A request still waiting in the backlog: never run it.
-                                        backlog.retain(|f| !matches!(&f.body, FrameBody::Message(m) if m.id() == c));
-                                    }
-                                    FrameBody::Ping(p) => {
-                                        if session.tx.send(Frame::pong(p)).await.is_err() {
-                                            break 'read closed_reason(shared);
-                                        }
-                                    }
-                                    _ => backlog.push_back(frame),
+                let outcome = if let Poll::Ready(outcome) = first {
+                    outcome
+                } else {
+                    loop {
+                        let watch =
+                            !peer_done && backlog.len() < MAX_BACKLOG && buf.len() < 4 * min_free;
+                        if watch && buf.capacity() - buf.len() < min_free / 4 {
+                            buf.reserve(min_free);
+                        }
+                        tokio::select! {
+                            biased;
+                            () = &mut closed => break 'read closed_reason(shared),
+                            outcome = &mut handler => break outcome,
+                            read = reader.read_buf(&mut buf), if watch => {
+                                match read {
+                                    Ok(0) => peer_done = true,
+                                    Ok(n) => metrics::bytes_read(n),
+                                    Err(e) => break 'read CloseReason::from(e),
                                 }
-                            }
-                            if cancelled {
-                                break Ok(());
+                                let mut cancelled = false;
+                                let read_at = Instant::now();
+                                loop {
+                                    let frame: Frame<Req> = match shared.codec.decode(&mut buf) {
+                                        Ok(Some(frame)) => frame,
+                                        Ok(None) => break,
+                                        Err(e) => break 'read CloseReason::BadFrame(e),
+                                    };
+                                    match frame.body {
+                                        FrameBody::Cancel(c) if c == id => cancelled = true,
+                                        FrameBody::Cancel(c) => {
+                                            // A request still waiting in the backlog: never run it.
+                                            backlog.retain(|(f, _)| !matches!(&f.body, FrameBody::Message(m) if m.id() == c));
+                                        }
+                                        FrameBody::Ping(p) => {
+                                            if session.tx.send(Frame::pong(p)).await.is_err() {
+                                                break 'read closed_reason(shared);
+                                            }
+                                        }
+                                        _ => backlog.push_back((frame, read_at)),
+                                    }
+                                }
+                                if cancelled {
+                                    break Ok(());
+                                }
                             }
                         }
                     }
