@@ -1,6 +1,8 @@
 //! `Backend`: the public handle of one connection, and the state its tasks share.
 
 use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -111,6 +113,22 @@ pub(crate) struct Shared<Req, Resp> {
 /// Queues a cancel frame for a request id.
 pub(crate) type Canceller = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// The wait for room in a full send queue; a refused item comes back with the reason.
+pub(crate) type EnqueueWait<'a, Req> =
+    Pin<Box<dyn Future<Output = Result<(), (BackendError, WriteItem<Req>)>> + Send + 'a>>;
+
+/// What became of an item handed to the send queue.
+pub(crate) enum Enqueue<'a, Req> {
+    /// Queued.
+    Done,
+    /// Refused at once (closed or unusable backend), with the item.
+    Refused(BackendError, WriteItem<Req>),
+    /// The queue is full: await this for room until the item's deadline. Boxed because
+    /// it is rare, and inlined it would make every send future hundreds of bytes larger
+    /// (moved around for every message).
+    Wait(EnqueueWait<'a, Req>),
+}
+
 impl<Req, Resp> Shared<Req, Resp> {
     /// The next id.
     pub(crate) fn next_id(&self) -> u64 {
@@ -170,28 +188,32 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         item: WriteItem<Req>,
         deadline: Instant,
     ) -> Result<(), BackendError> {
-        self.enqueue_or_return(item, deadline)
-            .await
-            .map_err(|(e, _)| e)
+        // The wait is the only thing alive across the await, keeping this future small.
+        let wait = match self.enqueue_or_wait(item, deadline) {
+            Enqueue::Done => return Ok(()),
+            Enqueue::Refused(error, _) => return Err(error),
+            Enqueue::Wait(wait) => wait,
+        };
+        wait.await.map_err(|(e, _)| e)
     }
 
-    /// Queues `item`, waiting for space until `deadline`; a rejected item comes back
-    /// unsent with the reason.
-    pub(crate) async fn enqueue_or_return(
+    /// Queues `item` if there is room now; otherwise returns the wait for room.
+    #[inline]
+    pub(crate) fn enqueue_or_wait(
         &self,
         item: WriteItem<Req>,
         deadline: Instant,
-    ) -> Result<(), (BackendError, WriteItem<Req>)> {
+    ) -> Enqueue<'_, Req> {
         match self.try_enqueue_now(item) {
-            Ok(()) => Ok(()),
-            Err((Some(error), item)) => Err((error, item)),
-            // Boxed so that the common path's future stays small.
-            Err((None, item)) => Box::pin(self.wait_to_enqueue(item, deadline)).await,
+            Ok(()) => Enqueue::Done,
+            Err((Some(error), item)) => Enqueue::Refused(error, item),
+            Err((None, item)) => Enqueue::Wait(Box::pin(self.wait_to_enqueue(item, deadline))),
         }
     }
 
     /// Queues `item` if there is room now. On failure the item comes back with the
     /// error, or with `None` when the queue is merely full.
+    #[inline]
     // The item travels back by value on the (rare) failure path: boxing it would cost an
     // allocation there and buy nothing on the hot path.
     #[allow(clippy::result_large_err)]
@@ -350,9 +372,15 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         msg: Req,
         opts: SendOptions,
     ) -> Result<ResponseFuture<Resp>, BackendError> {
-        self.send_or_return(msg, opts)
-            .await
-            .map_err(|rejected| rejected.error)
+        // Each of these entry points calls `start_request` itself and keeps only the
+        // boxed wait across its await: layered async fns would nest their arguments and
+        // grow every request future by hundreds of bytes.
+        let wait = match self.start_request(msg, opts) {
+            Ok(Started::Queued(future)) => return Ok(future),
+            Ok(Started::Waiting(wait)) => wait,
+            Err(rejected) => return Err(rejected.error),
+        };
+        wait.await.map_err(|rejected| rejected.error)
     }
 
     /// As [`send`](Backend::send), but a message the backend did not queue comes back
@@ -365,39 +393,26 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         msg: Req,
         opts: SendOptions,
     ) -> Result<ResponseFuture<Resp>, SendRejected<Req>> {
-        // Everything up to a full queue runs synchronously; only the wait for space is a
-        // (boxed) future, which keeps this future small on the hot path.
-        let (item, future, deadline) = match self.start_request(msg, opts) {
-            Ok(queued) => return Ok(queued),
-            Err(Start::Rejected(rejected)) => return Err(rejected),
-            Err(Start::Full(item, future, deadline)) => (item, future, deadline),
+        let wait = match self.start_request(msg, opts)? {
+            Started::Queued(future) => return Ok(future),
+            Started::Waiting(wait) => wait,
         };
-        let shared = self.shared().clone();
-        Box::pin(async move {
-            match shared.wait_to_enqueue(item, deadline).await {
-                Ok(()) => Ok(future),
-                Err((error, item)) => {
-                    drop(future);
-                    Err(SendRejected::of(error, item))
-                }
-            }
-        })
-        .await
+        wait.await
     }
 
-    /// Registers a request and queues it if there is room now.
-    #[allow(clippy::result_large_err)] // see `try_enqueue_now`
+    /// Registers a request and queues it if there is room now; otherwise returns the
+    /// (boxed) wait for room. Everything up to a full queue runs synchronously.
     fn start_request(
         &self,
         mut msg: Req,
         opts: SendOptions,
-    ) -> Result<ResponseFuture<Resp>, Start<Req, Resp>> {
+    ) -> Result<Started<Req, Resp>, SendRejected<Req>> {
         let shared = self.shared();
         if let Err(error) = shared.check_open() {
-            return Err(Start::Rejected(SendRejected {
+            return Err(SendRejected {
                 error,
                 message: msg,
-            }));
+            });
         }
         let deadline = opts.resolve_deadline(shared.config.default_timeout);
         let id = shared.next_id();
@@ -416,11 +431,22 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         );
         let item = WriteItem::new(Frame::message(msg), id, deadline, ItemKind::Request, opts);
         match shared.try_enqueue_now(item) {
-            Ok(()) => Ok(future),
-            Err((None, item)) => Err(Start::Full(item, future, deadline)),
+            Ok(()) => Ok(Started::Queued(future)),
+            Err((None, item)) => {
+                let shared = shared.clone();
+                Ok(Started::Waiting(Box::pin(async move {
+                    match shared.wait_to_enqueue(item, deadline).await {
+                        Ok(()) => Ok(future),
+                        Err((error, item)) => {
+                            drop(future);
+                            Err(SendRejected::of(error, item))
+                        }
+                    }
+                })))
+            }
             Err((Some(error), item)) => {
                 drop(future);
-                Err(Start::Rejected(SendRejected::of(error, item)))
+                Err(SendRejected::of(error, item))
             }
         }
     }
@@ -445,7 +471,14 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     /// # Errors
     /// Any error of [`send`](Backend::send) or of the [`ResponseFuture`].
     pub async fn request(&self, msg: Req, opts: SendOptions) -> Result<Resp, BackendError> {
-        self.send(msg, opts).await?.await
+        // Two statements: in one, the finished send future would stay alive (and sized
+        // into this future) while the response is awaited.
+        let wait = match self.start_request(msg, opts) {
+            Ok(Started::Queued(future)) => future,
+            Ok(Started::Waiting(wait)) => wait.await.map_err(|rejected| rejected.error)?,
+            Err(rejected) => return Err(rejected.error),
+        };
+        wait.await
     }
 
     /// Queues `msg` without expecting a response (its id is still assigned). Returns once
@@ -585,13 +618,17 @@ impl<Req, Resp> Backend<Req, Resp> {
     }
 }
 
-/// How a request start went when it was not queued at once.
-#[allow(clippy::large_enum_variant)] // moved once, on the slow path
-enum Start<Req, Resp> {
-    /// Not queued: closed or unusable.
-    Rejected(SendRejected<Req>),
-    /// The queue is full: wait for space until the deadline.
-    Full(WriteItem<Req>, ResponseFuture<Resp>, Instant),
+/// A registered request's wait for room in a full send queue (boxed: rare, and inlined
+/// it would grow every request future by hundreds of bytes).
+type RequestWait<Req, Resp> =
+    Pin<Box<dyn Future<Output = Result<ResponseFuture<Resp>, SendRejected<Req>>> + Send>>;
+
+/// A request that was registered: queued, or waiting for room in the queue.
+enum Started<Req, Resp> {
+    /// Queued: the response future.
+    Queued(ResponseFuture<Resp>),
+    /// The queue is full: await this for room until the deadline.
+    Waiting(RequestWait<Req, Resp>),
 }
 
 /// A message [`Backend::send_or_return`] did not queue (so never wrote), and why.

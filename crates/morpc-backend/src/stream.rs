@@ -8,7 +8,7 @@ use std::time::Instant;
 use morpc_codec::{Frame, Framing, Message};
 use tokio::sync::mpsc;
 
-use crate::backend::{ItemKind, Shared, WriteItem};
+use crate::backend::{Enqueue, ItemKind, Shared, WriteItem};
 use crate::pending::StreamEnd;
 use crate::{BackendError, SendOptions};
 
@@ -92,10 +92,20 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
         if !self.shared.pending.contains(self.id) {
             return Err(BackendError::StreamClosed);
         }
-        let frame = self.frame(msg);
-        let deadline = opts.resolve_deadline(self.shared.config.default_timeout);
-        let item = WriteItem::new(frame, self.id, deadline, ItemKind::Stream, opts);
-        self.shared.enqueue(item, deadline).await?;
+        // Only the (rare, boxed) wait for queue room lives across the await.
+        let wait = {
+            let frame = self.frame(msg);
+            let deadline = opts.resolve_deadline(self.shared.config.default_timeout);
+            let item = WriteItem::new(frame, self.id, deadline, ItemKind::Stream, opts);
+            match self.shared.enqueue_or_wait(item, deadline) {
+                Enqueue::Done => None,
+                Enqueue::Refused(error, _) => return Err(error),
+                Enqueue::Wait(wait) => Some(wait),
+            }
+        };
+        if let Some(wait) = wait {
+            wait.await.map_err(|(e, _)| e)?;
+        }
         self.next_seq = self.next_seq.wrapping_add(1);
         Ok(())
     }

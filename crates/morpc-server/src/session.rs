@@ -65,25 +65,31 @@ impl<Resp: Message> ClientSession<Resp> {
     /// [`ServerError::Busy`] when the queue stayed full until then;
     /// [`ServerError::SessionClosed`] when the connection is gone.
     pub async fn write(&self, response: Resp) -> Result<(), ServerError> {
-        let frame = Frame::message(response);
-        match self.shared.tx.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(ServerError::SessionClosed),
-            Err(TrySendError::Full(frame)) => {
-                let deadline = self
-                    .deadline
-                    .unwrap_or_else(|| Instant::now() + self.shared.default_write_timeout);
-                let send = self.shared.tx.send(frame);
-                tokio::select! {
-                    biased;
-                    () = self.shared.closed.cancelled() => Err(ServerError::SessionClosed),
-                    r = tokio::time::timeout_at(deadline.into(), send) => match r {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(_)) => Err(ServerError::SessionClosed),
-                        Err(_) => Err(ServerError::Busy),
-                    },
-                }
-            }
+        // Boxed: the wait is rare, and inlined it would make this future (part of every
+        // handler's) about 900 bytes, moved around for every request. Only the box lives
+        // across the await.
+        let wait = match self.shared.tx.try_send(Frame::message(response)) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => return Err(ServerError::SessionClosed),
+            Err(TrySendError::Full(frame)) => Box::pin(self.wait_to_write(frame)),
+        };
+        wait.await
+    }
+
+    /// Waits for queue space until the request's deadline (or the default write timeout).
+    async fn wait_to_write(&self, frame: Frame<Resp>) -> Result<(), ServerError> {
+        let deadline = self
+            .deadline
+            .unwrap_or_else(|| Instant::now() + self.shared.default_write_timeout);
+        let send = self.shared.tx.send(frame);
+        tokio::select! {
+            biased;
+            () = self.shared.closed.cancelled() => Err(ServerError::SessionClosed),
+            r = tokio::time::timeout_at(deadline.into(), send) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(ServerError::SessionClosed),
+                Err(_) => Err(ServerError::Busy),
+            },
         }
     }
 
