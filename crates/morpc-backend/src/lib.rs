@@ -29,6 +29,7 @@ mod config;
 mod error;
 mod factory;
 mod future;
+mod ids;
 pub mod io;
 mod metrics;
 mod pending;
@@ -45,6 +46,7 @@ pub use config::{
 pub use error::BackendError;
 pub use factory::{BackendFactory, RemoteBackendFactory};
 pub use future::ResponseFuture;
+pub use ids::{IdBuildHasher, IdHasher};
 pub use morpc_codec as codec;
 /// The rustls crate, for building TLS configurations (feature `rustls-ring`).
 #[cfg(feature = "rustls-ring")]

@@ -10,7 +10,6 @@
 //! about a tenth of the client's throughput.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -20,6 +19,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::BackendError;
+use crate::ids::IdBuildHasher;
 
 /// Completes one request.
 pub(crate) type ResponseSender<Resp> = oneshot::Sender<Result<Resp, BackendError>>;
@@ -60,28 +60,8 @@ impl StreamEnd {
     }
 }
 
-/// A hasher for sequential `u64` ids: one multiply, no SipHash.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 /// Id → waiter.
-pub(crate) type PendingMap<Resp> = HashMap<u64, Pending<Resp>, BuildHasherDefault<IdHasher>>;
+pub(crate) type PendingMap<Resp> = HashMap<u64, Pending<Resp>, IdBuildHasher>;
 
 /// Number of shards (a power of two).
 const SHARDS: usize = 16;

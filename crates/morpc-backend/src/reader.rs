@@ -2,6 +2,8 @@
 //! completes futures through the pending table, feeds streams, resolves pings, and runs
 //! the heartbeat.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -73,7 +75,9 @@ async fn read_loop<Req: Message, Resp: Message>(
             match shared.codec.decode::<Resp>(&mut buf) {
                 Ok(Some(frame)) => {
                     crate::metrics::message_received();
-                    dispatch(shared, frame).await;
+                    if let Some(stalled) = dispatch(shared, frame) {
+                        stalled.await;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -99,14 +103,18 @@ fn send_heartbeat<Req: Message, Resp: Message>(shared: &Shared<Req, Resp>) {
     shared.try_enqueue(item);
 }
 
-/// What the reader does with a message, decided under the table lock and done after it.
+/// What is left to do with a message after the table lock: what could be done under it
+/// (a stream message that fits its buffer) is done.
 enum Delivery<Resp> {
-    /// Complete this request.
-    Request(crate::pending::ResponseSender<Resp>),
-    /// Hand the message to this stream.
-    Stream(
+    /// Handed to its stream, or dropped because the stream's receiver is gone.
+    Done,
+    /// Complete this request with the message.
+    Request(crate::pending::ResponseSender<Resp>, Resp),
+    /// The stream's buffer is full: wait for room (backpressure).
+    StreamFull(
         tokio::sync::mpsc::Sender<Resp>,
         Arc<crate::pending::StreamEnd>,
+        Resp,
     ),
     /// The stream saw a sequence gap and was removed.
     Gap(Pending<Resp>, BackendError),
@@ -114,51 +122,56 @@ enum Delivery<Resp> {
     Unknown,
 }
 
-/// Routes one decoded frame.
-async fn dispatch<Req: Message, Resp: Message>(shared: &Shared<Req, Resp>, frame: Frame<Resp>) {
+/// The reader's wait for room in a stalled stream's buffer (boxed: rare, and it would
+/// otherwise grow the read loop's future).
+type StreamStall<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Routes one decoded frame; returns the wait when a stream's buffer is full.
+fn dispatch<'a, Req: Message, Resp: Message>(
+    shared: &'a Shared<Req, Resp>,
+    frame: Frame<Resp>,
+) -> Option<StreamStall<'a>> {
     let msg = match frame.body {
         FrameBody::Message(msg) => msg,
         FrameBody::Pong(id) => {
             if let Some(Pending::Ping(tx)) = shared.pending.remove(id) {
                 let _ = tx.send(Ok(()));
             }
-            return;
+            return None;
         }
         FrameBody::Ping(id) => {
             tracing::debug!(address = %shared.address, id, "ignoring ping from server");
-            return;
+            return None;
         }
-        _ => return,
+        _ => return None,
     };
     let id = msg.id();
-    let delivery = shared.pending.take_for_delivery(id, frame.stream_seq);
-    match delivery {
-        Delivery::Request(tx) => {
+    match shared.pending.deliver(id, frame.stream_seq, msg) {
+        Delivery::Done => {}
+        Delivery::Request(tx, msg) => {
             let _ = tx.send(Ok(msg));
         }
-        Delivery::Stream(tx, end) => deliver_to_stream(shared, id, tx, end, msg).await,
+        Delivery::StreamFull(tx, end, msg) => {
+            return Some(Box::pin(wait_for_stream(shared, id, tx, end, msg)));
+        }
         Delivery::Gap(pending, err) => crate::pending::fail(pending, err),
         Delivery::Unknown => {
             tracing::debug!(address = %shared.address, id, "dropping message with unknown id");
         }
     }
+    None
 }
 
-/// Hands `msg` to a stream. A full buffer is backpressure: the reader waits (holding no
-/// lock) up to `stream_stall_timeout`, then ends the stream with `StreamOverflow` so the
-/// connection goes on.
-async fn deliver_to_stream<Req, Resp>(
+/// Hands `msg` to a stream whose buffer is full: the reader waits (holding no lock) up to
+/// `stream_stall_timeout`, then ends the stream with `StreamOverflow` so the connection
+/// goes on.
+async fn wait_for_stream<Req, Resp>(
     shared: &Shared<Req, Resp>,
     id: u64,
     tx: tokio::sync::mpsc::Sender<Resp>,
     end: Arc<crate::pending::StreamEnd>,
     msg: Resp,
 ) {
-    let msg = match tx.try_send(msg) {
-        Ok(()) => return,
-        Err(TrySendError::Closed(_)) => return,
-        Err(TrySendError::Full(msg)) => msg,
-    };
     let stall = shared.config.stream_stall_timeout;
     if tokio::time::timeout(stall, tx.send(msg)).await.is_err() {
         tracing::warn!(address = %shared.address, id, "stream consumer stalled; ending the stream");
@@ -186,13 +199,14 @@ async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
 }
 
 impl<Resp> crate::pending::PendingTable<Resp> {
-    /// Decides under one lock what to do with a message for `id` carrying `seq`:
-    /// a request is removed, a stream's sequence is checked and advanced.
-    fn take_for_delivery(&self, id: u64, seq: Option<u32>) -> Delivery<Resp> {
+    /// Decides under one lock what to do with `msg` for `id` carrying `seq`: a request is
+    /// removed, a stream's sequence is checked and advanced and the message handed to it
+    /// if its buffer has room (a non-blocking `try_send`, so no sender clone per message).
+    fn deliver(&self, id: u64, seq: Option<u32>, msg: Resp) -> Delivery<Resp> {
         self.with_shard(id, |map| match map.get_mut(&id) {
             None | Some(Pending::Ping(_)) => Delivery::Unknown,
             Some(Pending::Request(_)) => match map.remove(&id) {
-                Some(Pending::Request(tx)) => Delivery::Request(tx),
+                Some(Pending::Request(tx)) => Delivery::Request(tx, msg),
                 _ => Delivery::Unknown,
             },
             Some(Pending::Stream(slot)) => match seq {
@@ -203,7 +217,12 @@ impl<Resp> crate::pending::PendingTable<Resp> {
                 }
                 _ => {
                     slot.next_seq = slot.next_seq.wrapping_add(1);
-                    Delivery::Stream(slot.tx.clone(), slot.end.clone())
+                    match slot.tx.try_send(msg) {
+                        Ok(()) | Err(TrySendError::Closed(_)) => Delivery::Done,
+                        Err(TrySendError::Full(msg)) => {
+                            Delivery::StreamFull(slot.tx.clone(), slot.end.clone(), msg)
+                        }
+                    }
                 }
             },
         })

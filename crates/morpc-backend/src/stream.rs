@@ -77,6 +77,13 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
         frame
     }
 
+    /// Whether the stream has ended (closed here, or ended by the connection): its entry
+    /// left the pending table, which dropped the only sender of `rx`. An atomic load,
+    /// where looking the id up would take a table lock per message.
+    fn has_ended(&self) -> bool {
+        self.rx.is_closed()
+    }
+
     /// The stream id: every message of the stream carries it.
     pub fn id(&self) -> u64 {
         self.id
@@ -89,7 +96,7 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
     /// [`BackendError::StreamClosed`] once the stream has ended; `Busy`, `BackendClosed`
     /// or `Unusable` as for [`Backend::send`](crate::Backend::send).
     pub async fn send(&mut self, msg: Req, opts: SendOptions) -> Result<(), BackendError> {
-        if !self.shared.pending.contains(self.id) {
+        if self.has_ended() {
             return Err(BackendError::StreamClosed);
         }
         // Only the (rare, boxed) wait for queue room lives across the await.
@@ -152,7 +159,7 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), BackendError>> {
-        if !self.shared.pending.contains(self.id) {
+        if self.has_ended() {
             return Poll::Ready(Err(BackendError::StreamClosed));
         }
         let shared = self.shared.clone();

@@ -2,41 +2,23 @@
 //!
 //! Frame: `u32 len | u64 id | body`. Per connection, callers register `(id, oneshot)` in
 //! a map and push `(id, body)` on a bounded queue; one writer task drains the queue into
-//! one buffer (after one `yield_now`, so woken callers enqueue first) and one write; one
+//! one buffer (after one yield, so woken callers enqueue first) and one write; one
 //! reader task reads into a large buffer, splits frames zero-copy and completes the
 //! oneshots. The server echoes every complete frame it has read with one write.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use morpc_backend::IdBuildHasher;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-/// Ids are sequential: hash them with one multiply.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 /// Waiting callers by id.
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Bytes>, BuildHasherDefault<IdHasher>>>;
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Bytes>, IdBuildHasher>>;
 
 /// One baseline connection.
 #[derive(Clone)]

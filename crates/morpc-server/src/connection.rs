@@ -1,7 +1,7 @@
 //! One accepted connection: a reader that decodes requests and runs handlers, and a
 //! writer task that batches responses from the session queue into vectored writes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::Poll;
@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
-use morpc_backend::{BoxReader, BoxWriter};
+use morpc_backend::{BoxReader, BoxWriter, IdBuildHasher};
 use morpc_codec::{Codec, Frame, FrameBody, Framing, Message};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,7 +40,7 @@ pub(crate) struct ServerShared<H, Resp> {
 const MAX_BACKLOG: usize = 64;
 
 /// Stream ids seen on a connection → the last sequence number written for each.
-type StreamSeqs = Arc<Mutex<HashMap<u64, u32>>>;
+type StreamSeqs = Arc<Mutex<HashMap<u64, u32, IdBuildHasher>>>;
 
 /// Serves one connection until it closes; returns why it closed.
 pub(crate) async fn serve<Req, Resp, H>(
@@ -104,7 +104,9 @@ where
     let limiter = Arc::new(Semaphore::new(concurrency));
     let mut running: JoinSet<Result<(), CloseReason>> = JoinSet::new();
     // Running concurrent handlers by request id, for cancel frames.
-    let mut handlers: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+    let mut handlers: HashMap<u64, tokio::task::AbortHandle, IdBuildHasher> = HashMap::default();
+    // Stream ids already registered in `streams`: a lookup here needs no lock.
+    let mut known_streams: HashSet<u64, IdBuildHasher> = HashSet::default();
     // Frames read while an in-order handler runs, dispatched in order after it, each with
     // when it was read.
     let mut backlog: VecDeque<(Frame<Req>, Instant)> = VecDeque::new();
@@ -169,7 +171,7 @@ where
             sequence += 1;
             metrics::request_received();
             let id = message.id();
-            if frame.stream_seq.is_some() {
+            if frame.stream_seq.is_some() && known_streams.insert(id) {
                 streams.lock().entry(id).or_insert(0);
             }
             let request = Request {
