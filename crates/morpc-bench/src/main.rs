@@ -30,7 +30,7 @@ use morpc_backend::{Address, Backend, BackendConfig, SendOptions};
 use morpc_codec::{CodecConfig, Framing, RawMessage};
 use morpc_server::{ClientSession, HandlerError, Request, RpcServer, ServerConfig};
 
-use crate::baseline::BaselineClient;
+use crate::baseline::{BaselineClient, YieldTo};
 use crate::report::{ProcUsage, RunReport};
 
 #[derive(Debug, Parser)]
@@ -436,16 +436,25 @@ async fn finish(
         .collect()
 }
 
+/// What the pacer saw when the window closed.
+struct Paced {
+    /// How long the measured phase really lasted.
+    measured: Duration,
+    /// Client and server resident memory at that moment, every connection still open.
+    rss_at_stop: (u64, u64),
+}
+
 /// Flips the window's phases on time (warm-up, measure, stop) from its own thread and
-/// prints a progress line every second when asked. Returns how long the measured phase
-/// really lasted.
+/// prints a progress line every second when asked; samples client and server (`server`:
+/// its pid) memory when the window closes.
 fn pace(
     name: &'static str,
     window: Window,
     warmup: Duration,
     duration: Duration,
     progress: bool,
-) -> std::thread::JoinHandle<Duration> {
+    server: Option<String>,
+) -> std::thread::JoinHandle<Paced> {
     std::thread::spawn(move || {
         let start = Instant::now();
         let measure_from = start + warmup;
@@ -460,8 +469,15 @@ fn pace(
                 measured_since = Some(now);
             }
             if now >= stop_at {
+                let rss_at_stop = (
+                    ProcUsage::read("self").rss,
+                    server.as_deref().map_or(0, |pid| ProcUsage::read(pid).rss),
+                );
                 window.phase.store(STOP, Ordering::Relaxed);
-                return measured_since.map_or(Duration::ZERO, |since| now - since);
+                return Paced {
+                    measured: measured_since.map_or(Duration::ZERO, |since| now - since),
+                    rss_at_stop,
+                };
             }
             if progress && now >= next_print {
                 second += 1;
@@ -502,6 +518,7 @@ fn measure(
         Duration::from_secs_f64(args.warmup),
         Duration::from_secs_f64(args.duration),
         args.duration > 3.0 && !args.json,
+        server.map(|s| s.child.id().to_string()),
     );
     // CPU is sampled around the whole run and scaled to the measured window.
     let (client_before, server_before) =
@@ -509,7 +526,13 @@ fn measure(
     let tallies = load(window);
     let total = start.elapsed();
     let (client_after, server_after) = (ProcUsage::read("self"), server.map(ServerProcess::usage));
-    let measured = pacer.join().map_err(|_| "pacer thread panicked")?;
+    let paced = pacer.join().map_err(|_| "pacer thread panicked")?;
+    let measured = paced.measured;
+    let conns = args.conns.max(1) as u64;
+    let rss_per_conn = (
+        paced.rss_at_stop.0.saturating_sub(client_before.rss) / conns,
+        server_before.map_or(0, |b| paced.rss_at_stop.1.saturating_sub(b.rss) / conns),
+    );
     let mut latency = Histogram::new_with_bounds(1, 60_000_000_000, 2)?;
     let (mut ops, mut errors) = (0, 0);
     for t in &tallies {
@@ -533,6 +556,7 @@ fn measure(
         },
         client_rss: client_after.peak_rss,
         server_rss: server_after.map_or(0, |u| u.peak_rss),
+        rss_per_conn,
         errors,
     })
 }
@@ -623,7 +647,7 @@ async fn baseline_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTa
     let body = Bytes::from(vec![0x5a; args.size + args.payload]);
     let (mut tasks, mut tallies) = (Vec::new(), Vec::new());
     for _ in 0..args.conns {
-        let client = BaselineClient::connect(addr)
+        let client = BaselineClient::connect(addr, YieldTo::for_connections(args.conns))
             .await
             .expect("connect to the baseline server");
         let tally = TaskTally::shared();

@@ -11,6 +11,8 @@ pub(crate) struct ProcUsage {
     pub(crate) cpu: Duration,
     /// Peak resident set size in bytes.
     pub(crate) peak_rss: u64,
+    /// Resident set size now, in bytes.
+    pub(crate) rss: u64,
 }
 
 impl ProcUsage {
@@ -28,15 +30,14 @@ impl ProcUsage {
                 Some(Duration::from_secs_f64((utime + stime) / ticks_per_sec))
             })
             .unwrap_or_default();
-        let peak_rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|status| {
-                let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-                Some(kib * 1024)
-            })
-            .unwrap_or_default();
-        Self { cpu, peak_rss }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |field: &str| {
+            let line = status.lines().find(|l| l.starts_with(field))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        };
+        let peak_rss = kib("VmHWM:").unwrap_or_default() * 1024;
+        let rss = kib("VmRSS:").unwrap_or_default() * 1024;
+        Self { cpu, peak_rss, rss }
     }
 }
 
@@ -61,6 +62,11 @@ pub(crate) struct RunReport {
     pub(crate) client_rss: u64,
     /// Server peak RSS (zero for an external server).
     pub(crate) server_rss: u64,
+    /// Resident memory the run's connections added, per connection (client, server):
+    /// RSS with every connection open at the end of the window minus RSS before they
+    /// were opened. The client process runs morpc first, so the baseline's client side may
+    /// reuse memory morpc freed and read low.
+    pub(crate) rss_per_conn: (u64, u64),
     /// Failed operations.
     pub(crate) errors: u64,
 }
@@ -98,12 +104,14 @@ impl RunReport {
             self.percentile(0.999),
         );
         println!(
-            "{:<9} cpu/op client {:>7.2?} server {:>7.2?}   peak rss client {:>6.1} MiB server {:>6.1} MiB   errors {}",
+            "{:<9} cpu/op client {:>7.2?} server {:>7.2?}   peak rss client {:>6.1} MiB server {:>6.1} MiB   rss/conn client {:>5.1} KiB server {:>5.1} KiB   errors {}",
             "",
             self.per_op(self.client_cpu),
             self.per_op(self.server_cpu),
             self.client_rss as f64 / 1048576.0,
             self.server_rss as f64 / 1048576.0,
+            self.rss_per_conn.0 as f64 / 1024.0,
+            self.rss_per_conn.1 as f64 / 1024.0,
             self.errors,
         );
     }
@@ -124,6 +132,7 @@ impl RunReport {
             },
             "cpu_per_op_us": { "client": us(self.per_op(self.client_cpu)), "server": us(self.per_op(self.server_cpu)) },
             "peak_rss_bytes": { "client": self.client_rss, "server": self.server_rss },
+            "rss_per_conn_bytes": { "client": self.rss_per_conn.0, "server": self.rss_per_conn.1 },
             "errors": self.errors,
         })
     }
