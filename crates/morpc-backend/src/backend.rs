@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use morpc_codec::{Codec, CodecError, Frame, Framing, Message};
+use morpc_codec::{Codec, CodecError, FrameBody, Framing, Message, TraceContext};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -46,36 +46,64 @@ impl ItemKind {
     }
 }
 
-/// One frame waiting in the send queue.
+/// One frame waiting in the send queue. Kept small (it is moved into the queue, out of
+/// it, into the batch and into the encoder): the frame headers are built at encode time,
+/// and what callers rarely set travels boxed.
 pub(crate) struct WriteItem<Req> {
-    /// The frame; its deadline header is filled in when it is encoded.
-    pub(crate) frame: Frame<Req>,
+    /// The message, ping or cancel.
+    pub(crate) body: FrameBody<Req>,
     /// Request, ping or stream id.
     pub(crate) id: u64,
-    /// When the caller stops caring.
+    /// When the caller stops caring; sent as the deadline header.
     pub(crate) deadline: Instant,
+    /// Trace context and filter argument, when the caller set either.
+    pub(crate) extras: Option<Box<ItemExtras>>,
+    /// The stream sequence number (V07 stream messages).
+    pub(crate) stream_seq: Option<u32>,
     /// What the item is.
     pub(crate) kind: ItemKind,
+}
+
+/// The rarely set parts of a send's options.
+pub(crate) struct ItemExtras {
+    /// The span context for the V07 trace header.
+    trace: TraceContext,
     /// Opaque argument for the write filter.
-    pub(crate) arg: Option<Arc<dyn Any + Send + Sync>>,
+    arg: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl<Req> WriteItem<Req> {
     pub(crate) fn new(
-        mut frame: Frame<Req>,
+        body: FrameBody<Req>,
         id: u64,
         deadline: Instant,
         kind: ItemKind,
         opts: SendOptions,
     ) -> Self {
-        frame.headers.trace = opts.trace;
+        let extras = (!opts.trace.is_empty() || opts.arg.is_some()).then(|| {
+            Box::new(ItemExtras {
+                trace: opts.trace,
+                arg: opts.arg,
+            })
+        });
         Self {
-            frame,
+            body,
             id,
             deadline,
+            extras,
+            stream_seq: None,
             kind,
-            arg: opts.arg,
         }
+    }
+
+    /// The trace context to send (all zeros for none).
+    pub(crate) fn trace(&self) -> TraceContext {
+        self.extras.as_ref().map(|e| e.trace).unwrap_or_default()
+    }
+
+    /// The write filter's argument.
+    pub(crate) fn arg(&self) -> Option<&(dyn Any + Send + Sync)> {
+        self.extras.as_ref().and_then(|e| e.arg.as_deref())
     }
 }
 
@@ -331,9 +359,8 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
                 Arc::new(move |id: u64| {
                     if let Some(shared) = weak.upgrade() {
                         let deadline = Instant::now() + ONE_WAY_DEADLINE;
-                        let frame = Frame::cancel(id);
                         shared.try_enqueue(WriteItem::new(
-                            frame,
+                            FrameBody::Cancel(id),
                             id,
                             deadline,
                             ItemKind::Cancel,
@@ -429,7 +456,13 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             shared.pending.clone(),
             shared.canceller.clone(),
         );
-        let item = WriteItem::new(Frame::message(msg), id, deadline, ItemKind::Request, opts);
+        let item = WriteItem::new(
+            FrameBody::Message(msg),
+            id,
+            deadline,
+            ItemKind::Request,
+            opts,
+        );
         match shared.try_enqueue_now(item) {
             Ok(()) => Ok(Started::Queued(future)),
             Err((None, item)) => {
@@ -491,7 +524,13 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         let deadline = opts.resolve_deadline(shared.config.default_timeout);
         let id = shared.next_id();
         msg.set_id(id);
-        let item = WriteItem::new(Frame::message(msg), id, deadline, ItemKind::OneWay, opts);
+        let item = WriteItem::new(
+            FrameBody::Message(msg),
+            id,
+            deadline,
+            ItemKind::OneWay,
+            opts,
+        );
         shared.enqueue(item, deadline).await
     }
 
@@ -549,7 +588,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             id,
         };
         let item = WriteItem::new(
-            Frame::ping(id),
+            FrameBody::Ping(id),
             id,
             deadline,
             ItemKind::Ping,
@@ -643,10 +682,9 @@ pub struct SendRejected<Req> {
 impl<Req> SendRejected<Req> {
     /// The rejection of a request `item` that was never queued.
     fn of(error: BackendError, item: WriteItem<Req>) -> Self {
-        let message = item
-            .frame
-            .into_message()
-            .expect("a request item holds a message");
+        let FrameBody::Message(message) = item.body else {
+            unreachable!("a request item holds a message")
+        };
         Self { error, message }
     }
 }

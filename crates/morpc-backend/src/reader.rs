@@ -94,7 +94,7 @@ fn send_heartbeat<Req: Message, Resp: Message>(shared: &Shared<Req, Resp>) {
     let id = shared.next_id();
     let deadline = Instant::now() + crate::backend::PING_DEADLINE_CAP;
     let item = WriteItem::new(
-        Frame::ping(id),
+        FrameBody::Ping(id),
         id,
         deadline,
         ItemKind::Heartbeat,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use morpc_codec::{Frame, Framing, Message};
+use morpc_codec::{FrameBody, Framing, Message};
 use tokio::sync::mpsc;
 
 use crate::backend::{Enqueue, ItemKind, Shared, WriteItem};
@@ -67,14 +67,20 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
         }
     }
 
-    /// The stream frame for `msg`, numbered with the next sequence (V07).
-    fn frame(&mut self, mut msg: Req) -> Frame<Req> {
+    /// The queue item for `msg`, numbered with the next sequence (V07).
+    fn item(&self, mut msg: Req, deadline: Instant, opts: SendOptions) -> WriteItem<Req> {
         msg.set_id(self.id);
-        let mut frame = Frame::message(msg);
+        let mut item = WriteItem::new(
+            FrameBody::Message(msg),
+            self.id,
+            deadline,
+            ItemKind::Stream,
+            opts,
+        );
         if self.shared.codec.framing() == Framing::V07 {
-            frame.stream_seq = Some(self.next_seq);
+            item.stream_seq = Some(self.next_seq);
         }
-        frame
+        item
     }
 
     /// Whether the stream has ended (closed here, or ended by the connection): its entry
@@ -101,9 +107,8 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
         }
         // Only the (rare, boxed) wait for queue room lives across the await.
         let wait = {
-            let frame = self.frame(msg);
             let deadline = opts.resolve_deadline(self.shared.config.default_timeout);
-            let item = WriteItem::new(frame, self.id, deadline, ItemKind::Stream, opts);
+            let item = self.item(msg, deadline, opts);
             match self.shared.enqueue_or_wait(item, deadline) {
                 Enqueue::Done => None,
                 Enqueue::Refused(error, _) => return Err(error),
@@ -118,7 +123,8 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
     }
 
     /// Closes the stream: no more messages are delivered and the receiving side ends
-    /// with `None` after what is already buffered.
+    /// with `None` after what is already buffered. Messages already sent (queued) are
+    /// still written; later sends fail with `StreamClosed`.
     pub fn close(&mut self) {
         self.shared.pending.remove(self.id);
     }
@@ -168,15 +174,8 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
     }
 
     fn start_send(mut self: Pin<&mut Self>, msg: Req) -> Result<(), BackendError> {
-        let frame = self.frame(msg);
         let deadline = Instant::now() + self.shared.config.default_timeout;
-        let item = WriteItem::new(
-            frame,
-            self.id,
-            deadline,
-            ItemKind::Stream,
-            SendOptions::new(),
-        );
+        let item = self.item(msg, deadline, SendOptions::new());
         let shared = self.shared.clone();
         let sink = self.sink.as_mut().ok_or(BackendError::StreamClosed)?;
         sink.send_item(item).map_err(|_| shared.closed_error())?;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use morpc_codec::{FrameBody, Message};
+use morpc_codec::{Frame, FrameBody, FrameHeaders, Message};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -234,34 +234,35 @@ async fn connect<Req: Message, Resp: Message>(
 }
 
 /// Drops the items that must not be written, resolving their waiters: requests and pings
-/// past their deadline (`Timeout`), items the filter rejects (`Filtered`), and items
-/// whose waiter is gone (dropped future, closed stream).
+/// past their deadline (`Timeout`), items the filter rejects (`Filtered`), and requests
+/// and pings whose waiter is gone (dropped future).
 fn prepare<Req: Message, Resp>(shared: &Shared<Req, Resp>, batch: &mut Vec<WriteItem<Req>>) {
     let now = Instant::now();
     batch.retain(|item| {
         if item.kind.has_waiter() && item.deadline <= now {
-            resolve(shared, item, BackendError::Timeout);
+            resolve(shared, item.kind, item.id, BackendError::Timeout);
             return false;
         }
-        if let (Some(filter), FrameBody::Message(msg)) = (&shared.config.filter, &item.frame.body) {
-            if !filter(msg, item.arg.as_deref()) {
-                resolve(shared, item, BackendError::Filtered);
+        if let (Some(filter), FrameBody::Message(msg)) = (&shared.config.filter, &item.body) {
+            if !filter(msg, item.arg()) {
+                resolve(shared, item.kind, item.id, BackendError::Filtered);
                 return false;
             }
         }
+        // A request or ping nobody waits for any more is not worth writing. A stream
+        // message is written even if its stream closed since it was queued: it was
+        // accepted, as bytes written to a socket before closing it are.
         match item.kind {
-            ItemKind::Request | ItemKind::Ping | ItemKind::Stream => {
-                shared.pending.contains(item.id)
-            }
-            ItemKind::OneWay | ItemKind::Heartbeat | ItemKind::Cancel => true,
+            ItemKind::Request | ItemKind::Ping => shared.pending.contains(item.id),
+            ItemKind::Stream | ItemKind::OneWay | ItemKind::Heartbeat | ItemKind::Cancel => true,
         }
     });
 }
 
-/// Fails the waiter of `item`, if it has one.
-fn resolve<Req, Resp>(shared: &Shared<Req, Resp>, item: &WriteItem<Req>, err: BackendError) {
-    if item.kind.has_waiter() {
-        if let Some(pending) = shared.pending.remove(item.id) {
+/// Fails the waiter of an item of `kind` with `id`, if it has one.
+fn resolve<Req, Resp>(shared: &Shared<Req, Resp>, kind: ItemKind, id: u64, err: BackendError) {
+    if kind.has_waiter() {
+        if let Some(pending) = shared.pending.remove(id) {
             fail(pending, err);
         }
     }
@@ -274,7 +275,7 @@ fn fail_items<Req, Resp>(
     err: &BackendError,
 ) {
     for item in items {
-        resolve(shared, &item, err.clone());
+        resolve(shared, item.kind, item.id, err.clone());
     }
 }
 
@@ -289,24 +290,34 @@ fn encode<Req: Message, Resp>(
     out.buf.reserve(64 * 1024);
     let now = Instant::now();
     let mut earliest: Option<Instant> = None;
-    for mut item in batch.drain(..) {
+    for item in batch.drain(..) {
         let left = item.deadline.saturating_duration_since(now);
-        item.frame.headers.deadline = Some(match item.kind {
-            ItemKind::OneWay | ItemKind::Cancel => ONE_WAY_DEADLINE,
-            ItemKind::Ping | ItemKind::Heartbeat => left.min(PING_DEADLINE_CAP),
-            ItemKind::Request | ItemKind::Stream => left,
-        });
-        match shared.codec.encode(&item.frame, &mut out.buf) {
+        let headers = FrameHeaders {
+            deadline: Some(match item.kind {
+                ItemKind::OneWay | ItemKind::Cancel => ONE_WAY_DEADLINE,
+                ItemKind::Ping | ItemKind::Heartbeat => left.min(PING_DEADLINE_CAP),
+                ItemKind::Request | ItemKind::Stream => left,
+            }),
+            trace: item.trace(),
+            extensions: Vec::new(),
+        };
+        let (id, deadline, kind) = (item.id, item.deadline, item.kind);
+        let frame = Frame {
+            body: item.body,
+            headers,
+            stream_seq: item.stream_seq,
+        };
+        match shared.codec.encode(&frame, &mut out.buf) {
             Ok(payload) => {
                 if let Some(payload) = payload {
                     out.chunks.push(out.buf.split().freeze());
                     out.chunks.push(payload);
                 }
-                earliest = Some(earliest.map_or(item.deadline, |e| e.min(item.deadline)));
+                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
             }
             Err(e) => {
-                tracing::warn!(address = %shared.address, id = item.id, error = %e, "cannot encode message");
-                resolve(shared, &item, e.into());
+                tracing::warn!(address = %shared.address, id, error = %e, "cannot encode message");
+                resolve(shared, kind, id, e.into());
             }
         }
     }

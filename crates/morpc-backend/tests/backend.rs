@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use morpc_backend::codec::{CodecConfig, CodecError, Framing, RawMessage};
 use morpc_backend::{Address, Backend, BackendConfig, BackendError, ReconnectPolicy, SendOptions};
-use morpc_testkit::time::{LONG, PROMPT, within};
+use morpc_testkit::time::{LONG, PROMPT, eventually, within};
 use support::{Mode, Peer, msg};
 
 fn config() -> BackendConfig<RawMessage> {
@@ -563,6 +563,31 @@ async fn stream_yields_messages_in_order_and_ends_after_close() {
         Err(BackendError::StreamClosed)
     ));
     assert_eq!(backend.pending_len(), 0);
+}
+
+#[tokio::test]
+async fn messages_sent_before_a_stream_closes_are_still_written() {
+    let peer = Peer::tcp(Mode::Silent, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let mut stream = backend.new_stream(16).unwrap();
+    // Queued without waiting (the queue has room), then closed before the writer ran.
+    for i in 0..5 {
+        stream
+            .send(msg(format!("m{i}")), SendOptions::new())
+            .await
+            .unwrap();
+    }
+    let id = stream.id();
+    stream.close();
+    eventually("every queued stream message reaches the peer", || {
+        peer.seen.ids.lock().len() == 5
+    })
+    .await;
+    assert!(peer.seen.ids.lock().iter().all(|&seen| seen == id));
+    assert!(matches!(
+        stream.send(msg("late"), SendOptions::new()).await,
+        Err(BackendError::StreamClosed)
+    ));
 }
 
 #[tokio::test]
