@@ -47,9 +47,7 @@ async fn read_loop<Req: Message, Resp: Message>(
     let (stopped, closed) = (conn.token.cancelled(), shared.closed.cancelled());
     tokio::pin!(stopped, closed);
     loop {
-        if buf.capacity() - buf.len() < min_free / 4 {
-            buf.reserve(min_free);
-        }
+        crate::io::make_room(&mut buf, min_free);
         let silence_limit = heartbeat.map(|d| last_read + d);
         let n = tokio::select! {
             biased;

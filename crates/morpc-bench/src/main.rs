@@ -314,15 +314,16 @@ impl Window {
     }
 }
 
-/// What the caller tasks of one connection counted. One per connection (not per task):
-/// a histogram is tens of KiB, and 1 000 connections × 16 tasks must not cost gigabytes.
+/// What the caller tasks counted. One per run: a histogram is tens of KiB, so one per
+/// connection would show up in the per-connection memory figures; tasks flush into it
+/// every `FLUSH_EVERY` operations, which keeps its lock cold.
 struct TaskTally {
     latency: Histogram<u64>,
     ops: u64,
     errors: u64,
 }
 
-/// A connection's tally, shared by its caller tasks.
+/// The run's tally, shared by every caller task.
 type SharedTally = Arc<parking_lot::Mutex<TaskTally>>;
 
 impl TaskTally {
@@ -422,18 +423,12 @@ async fn timed_loop<F: Future<Output = bool>>(mut recorder: Recorder, mut op: im
     }
 }
 
-/// Waits for the caller tasks, then returns the per-connection tallies.
-async fn finish(
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    tallies: Vec<SharedTally>,
-) -> Vec<TaskTally> {
+/// Waits for the caller tasks, then returns what they counted.
+async fn finish(tasks: Vec<tokio::task::JoinHandle<()>>, tally: SharedTally) -> TaskTally {
     for t in tasks {
         t.await.expect("caller task");
     }
-    tallies
-        .into_iter()
-        .map(|t| std::mem::replace(&mut *t.lock(), TaskTally::new()))
-        .collect()
+    std::mem::replace(&mut *tally.lock(), TaskTally::new())
 }
 
 /// What the pacer saw when the window closed.
@@ -505,7 +500,7 @@ fn measure(
     name: &'static str,
     args: &RunArgs,
     server: Option<&ServerProcess>,
-    load: impl FnOnce(Window) -> Vec<TaskTally>,
+    load: impl FnOnce(Window) -> TaskTally,
 ) -> Result<RunReport, Box<dyn std::error::Error>> {
     let start = Instant::now();
     let window = Window {
@@ -523,7 +518,7 @@ fn measure(
     // CPU is sampled around the whole run and scaled to the measured window.
     let (client_before, server_before) =
         (ProcUsage::read("self"), server.map(ServerProcess::usage));
-    let tallies = load(window);
+    let tally = load(window);
     let total = start.elapsed();
     let (client_after, server_after) = (ProcUsage::read("self"), server.map(ServerProcess::usage));
     let paced = pacer.join().map_err(|_| "pacer thread panicked")?;
@@ -533,13 +528,11 @@ fn measure(
         paced.rss_at_stop.0.saturating_sub(client_before.rss) / conns,
         server_before.map_or(0, |b| paced.rss_at_stop.1.saturating_sub(b.rss) / conns),
     );
-    let mut latency = Histogram::new_with_bounds(1, 60_000_000_000, 2)?;
-    let (mut ops, mut errors) = (0, 0);
-    for t in &tallies {
-        latency.add(&t.latency)?;
-        ops += t.ops;
-        errors += t.errors;
-    }
+    let TaskTally {
+        latency,
+        ops,
+        errors,
+    } = tally;
     let share = measured.as_secs_f64() / total.as_secs_f64();
     let scaled =
         |after: Duration, before: Duration| after.saturating_sub(before).mul_f64(share.min(1.0));
@@ -575,7 +568,7 @@ fn message(body: &Bytes, payload: &Option<Bytes>) -> RawMessage {
     }
 }
 
-async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTally> {
+async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
     let address: Address = addr.parse().expect("address");
     let config = BackendConfig::new()
         .codec(args.wire.codec())
@@ -587,13 +580,11 @@ async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTally
         0
     };
     let body = body(args, first);
-    let (mut tasks, mut tallies) = (Vec::new(), Vec::new());
+    let (mut tasks, tally) = (Vec::new(), TaskTally::shared());
     for _ in 0..args.conns {
         let backend: Backend<RawMessage> = Backend::create(address.clone(), config.clone())
             .await
             .expect("connect to the server");
-        let tally = TaskTally::shared();
-        tallies.push(tally.clone());
         for _ in 0..args.inflight {
             let backend = backend.clone();
             let mut recorder = Recorder::new(tally.clone(), window.clone());
@@ -638,19 +629,17 @@ async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTally
             }));
         }
     }
-    finish(tasks, tallies).await
+    finish(tasks, tally).await
 }
 
-async fn baseline_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTally> {
+async fn baseline_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
     // The baseline frame carries body and payload as one body.
     let body = Bytes::from(vec![0x5a; args.size + args.payload]);
-    let (mut tasks, mut tallies) = (Vec::new(), Vec::new());
+    let (mut tasks, tally) = (Vec::new(), TaskTally::shared());
     for _ in 0..args.conns {
         let client = BaselineClient::connect(addr, YieldTo::for_connections(args.conns))
             .await
             .expect("connect to the baseline server");
-        let tally = TaskTally::shared();
-        tallies.push(tally.clone());
         for _ in 0..args.inflight {
             let (client, body) = (client.clone(), body.clone());
             let recorder = Recorder::new(tally.clone(), window.clone());
@@ -662,7 +651,7 @@ async fn baseline_load(args: &RunArgs, addr: &str, window: Window) -> Vec<TaskTa
             }));
         }
     }
-    finish(tasks, tallies).await
+    finish(tasks, tally).await
 }
 
 fn print_reports(args: &RunArgs, reports: &[RunReport]) {

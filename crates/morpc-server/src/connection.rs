@@ -115,9 +115,7 @@ where
     let shutdown = shared.shutdown.cancelled();
     tokio::pin!(closed, shutdown);
     let reason = 'read: loop {
-        if buf.capacity() - buf.len() < min_free / 4 {
-            buf.reserve(min_free);
-        }
+        morpc_backend::io::make_room(&mut buf, min_free);
         let read = tokio::select! {
             biased;
             () = &mut closed => break 'read closed_reason(shared),
@@ -199,8 +197,8 @@ where
                     loop {
                         let watch =
                             !peer_done && backlog.len() < MAX_BACKLOG && buf.len() < 4 * min_free;
-                        if watch && buf.capacity() - buf.len() < min_free / 4 {
-                            buf.reserve(min_free);
+                        if watch {
+                            morpc_backend::io::make_room(&mut buf, min_free);
                         }
                         tokio::select! {
                             biased;
