@@ -65,9 +65,8 @@ pub async fn yield_to_ready_tasks() {
 /// frame of `n` bytes costs O(n) copying however it is split: a fixed step would copy the
 /// partial frame into a new buffer on every read while earlier messages hold the old one.
 pub fn make_room(buf: &mut BytesMut, room: usize) {
-    let room = room.max(buf.len());
-    if buf.capacity() - buf.len() < room {
-        buf.reserve(room);
+    if buf.capacity() - buf.len() < room.max(buf.len() / 2) {
+        buf.reserve(room.max(buf.len()));
     }
 }
 
@@ -119,6 +118,30 @@ pub async fn write_chunks<W: AsyncWrite + Unpin + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_frame_arriving_in_pieces_is_moved_a_logarithmic_number_of_times() {
+        const STEP: usize = 64 * 1024;
+        let mut buf = BytesMut::with_capacity(STEP);
+        // Each read also completes a small message that stays alive (held by its
+        // receiver), so the buffer is always shared when room is made.
+        let mut held = Vec::new();
+        let (mut moves, mut copied) = (0, 0);
+        for _ in 0..32 {
+            let before = buf.as_ptr();
+            make_room(&mut buf, STEP);
+            if buf.as_ptr() != before {
+                moves += 1;
+                copied += buf.len();
+            }
+            assert!(buf.capacity() - buf.len() >= STEP);
+            buf.extend_from_slice(&[7u8; STEP]);
+            held.push(buf.split_to(1).freeze());
+        }
+        let total = 32 * STEP;
+        assert!(moves <= 16, "{moves} moves");
+        assert!(copied <= 4 * total, "{copied} bytes copied for {total}");
+    }
 
     #[tokio::test]
     async fn writes_every_chunk_in_order_and_skips_empty_ones() {
