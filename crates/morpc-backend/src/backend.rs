@@ -245,7 +245,7 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
     // The item travels back by value on the (rare) failure path: boxing it would cost an
     // allocation there and buy nothing on the hot path.
     #[allow(clippy::result_large_err)]
-    fn try_enqueue_now(
+    pub(crate) fn try_enqueue_now(
         &self,
         item: WriteItem<Req>,
     ) -> Result<(), (Option<BackendError>, WriteItem<Req>)> {

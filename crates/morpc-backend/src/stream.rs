@@ -35,9 +35,16 @@ pub struct BackendStream<Req, Resp> {
     end: Arc<StreamEnd>,
     /// Set once the terminal item (error or `None`) was produced.
     finished: bool,
-    /// The send queue as a `Sink`, created on first use of the `Sink` implementation.
+    /// Waits for room in the send queue for the `Sink` implementation; created the first
+    /// time a `Sink` send finds the queue full.
     sink: Option<tokio_util::sync::PollSender<WriteItem<Req>>>,
+    /// A message `start_send` accepted while the queue was full; queued before anything
+    /// else by the next `poll_ready` or `poll_flush`.
+    overflow: Option<WriteItem<Req>>,
 }
+
+// No field is ever pinned (the stream is polled through `&mut`), whatever `Req` is.
+impl<Req, Resp> Unpin for BackendStream<Req, Resp> {}
 
 impl<Req, Resp> std::fmt::Debug for BackendStream<Req, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,6 +71,26 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
             end,
             finished: false,
             sink: None,
+            overflow: None,
+        }
+    }
+
+    /// Queues the overflow message, if any, once the queue has room.
+    fn poll_overflow(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
+        let Some(item) = self.overflow.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        let shared = self.shared.clone();
+        let sender = self.sink.get_or_insert_with(|| shared.poll_sender());
+        match sender.poll_reserve(cx) {
+            Poll::Pending => {
+                self.overflow = Some(item);
+                Poll::Pending
+            }
+            Poll::Ready(Err(_)) => Poll::Ready(Err(shared.closed_error())),
+            Poll::Ready(Ok(())) => {
+                Poll::Ready(sender.send_item(item).map_err(|_| shared.closed_error()))
+            }
         }
     }
 
@@ -124,7 +151,8 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
 
     /// Closes the stream: no more messages are delivered and the receiving side ends
     /// with `None` after what is already buffered. Messages already sent (queued) are
-    /// still written; later sends fail with `StreamClosed`.
+    /// still written; later sends fail with `StreamClosed`. A message the `Sink` side
+    /// accepted but has not flushed is dropped: close through `SinkExt::close` to keep it.
     pub fn close(&mut self) {
         self.shared.pending.remove(self.id);
     }
@@ -155,9 +183,11 @@ impl<Req, Resp> futures::Stream for BackendStream<Req, Resp> {
 }
 
 /// Sending through the `Sink` implementation queues messages like
-/// [`send`](BackendStream::send) with default options; readiness is room in the
-/// connection's send queue, and flushing means "queued" (the writer task writes batches
-/// by itself).
+/// [`send`](BackendStream::send) with default options, without a future per message: a
+/// message is queued at once when the connection's send queue has room, and otherwise
+/// held (one at most) until the queue has room, which the next `poll_ready` or
+/// `poll_flush` waits for. Flushing means "queued" (the writer task writes batches by
+/// itself); `close` flushes, then closes the stream.
 impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp> {
     type Error = BackendError;
 
@@ -168,30 +198,34 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
         if self.has_ended() {
             return Poll::Ready(Err(BackendError::StreamClosed));
         }
-        let shared = self.shared.clone();
-        let sink = self.sink.get_or_insert_with(|| shared.poll_sender());
-        sink.poll_reserve(cx).map_err(|_| shared.closed_error())
+        self.poll_overflow(cx)
     }
 
     fn start_send(mut self: Pin<&mut Self>, msg: Req) -> Result<(), BackendError> {
         let deadline = Instant::now() + self.shared.config.default_timeout;
         let item = self.item(msg, deadline, SendOptions::new());
-        let shared = self.shared.clone();
-        let sink = self.sink.as_mut().ok_or(BackendError::StreamClosed)?;
-        sink.send_item(item).map_err(|_| shared.closed_error())?;
+        match self.shared.try_enqueue_now(item) {
+            Ok(()) => {}
+            Err((Some(error), _)) => return Err(error),
+            Err((None, item)) => self.overflow = Some(item),
+        }
         self.next_seq = self.next_seq.wrapping_add(1);
         Ok(())
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BackendError>> {
+        self.poll_overflow(cx)
     }
 
     fn poll_close(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Result<(), BackendError>> {
+        let flushed = std::task::ready!(self.poll_overflow(cx));
         self.close();
-        Poll::Ready(Ok(()))
+        Poll::Ready(flushed)
     }
 }

@@ -611,6 +611,36 @@ async fn streams_are_sinks_too() {
 }
 
 #[tokio::test]
+async fn a_sink_message_for_a_full_queue_is_held_in_order_until_there_is_room() {
+    use futures::{Sink, SinkExt};
+    use std::pin::Pin;
+    use std::task::Poll;
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config().buffer_size(2)).await;
+    let mut stream = backend.new_stream(16).unwrap();
+    // This (current-thread) task does not wait below, so the writer task cannot drain the
+    // queue: two messages fill it, the third is accepted and held.
+    for i in 0..3 {
+        let ready = futures::poll!(futures::future::poll_fn(
+            |cx| Pin::new(&mut stream).poll_ready(cx)
+        ));
+        assert!(matches!(ready, Poll::Ready(Ok(()))), "message {i}");
+        Pin::new(&mut stream)
+            .start_send(msg(format!("{i}")))
+            .unwrap();
+    }
+    let ready = futures::poll!(futures::future::poll_fn(
+        |cx| Pin::new(&mut stream).poll_ready(cx)
+    ));
+    assert!(ready.is_pending(), "the held message waits for room first");
+    within("flush", stream.flush()).await.unwrap();
+    for i in 0..3 {
+        let m = within("echo", stream.next()).await.unwrap().unwrap();
+        assert_eq!(m.body, i.to_string(), "in order, numbered without gaps");
+    }
+}
+
+#[tokio::test]
 async fn stream_sequence_gap_ends_the_stream_with_a_typed_error() {
     let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
     let backend = peer.backend(config()).await;
