@@ -61,12 +61,14 @@ pub async fn yield_to_ready_tasks() {
 /// message. Reading on until the buffer was nearly full instead touched every page of it
 /// on every connection (about 64 KiB more resident memory per connection and side).
 ///
-/// The room grows with the unread bytes (a large frame arriving in pieces), so that a
-/// frame of `n` bytes costs O(n) copying however it is split: a fixed step would copy the
-/// partial frame into a new buffer on every read while earlier messages hold the old one.
+/// A large frame arriving in pieces keeps free room of at least half the unread bytes,
+/// and the buffer then grows by [`DECODE_GROWTH`](morpc_codec::DECODE_GROWTH) times them
+/// (as the decoder does): big reads, a logarithmic number of copies, and memory within a
+/// constant factor of what arrived. A fixed step would copy the partial frame into a new
+/// buffer on every read while earlier messages hold the old one.
 pub fn make_room(buf: &mut BytesMut, room: usize) {
     if buf.capacity() - buf.len() < room.max(buf.len() / 2) {
-        buf.reserve(room.max(buf.len()));
+        buf.reserve(room.max(morpc_codec::DECODE_GROWTH * buf.len()));
     }
 }
 

@@ -47,7 +47,7 @@ mod tokio_codec;
 mod v05;
 mod v07;
 
-pub use codec::{Codec, MAX_DECODE_RESERVE};
+pub use codec::{Codec, DECODE_GROWTH, MAX_DECODE_RESERVE};
 pub use config::{
     CodecConfig, FlagChecking, Framing, V05_DEFAULT_MAX_FRAME, V07_DEFAULT_MAX_BODY,
     V07_FRAME_SLACK,
