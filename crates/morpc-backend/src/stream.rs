@@ -110,9 +110,9 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
         item
     }
 
-    /// Whether the stream has ended (closed here, or ended by the connection): its entry
-    /// left the pending table, which dropped the only sender of `rx`. An atomic load,
-    /// where looking the id up would take a table lock per message.
+    /// Whether the stream has ended: closed here (`rx` closed), or ended by the connection
+    /// (its entry left the pending table, which dropped the only sender of `rx`). An
+    /// atomic load, where looking the id up would take a table lock per message.
     fn has_ended(&self) -> bool {
         self.rx.is_closed()
     }
@@ -154,6 +154,9 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
     /// still written; later sends fail with `StreamClosed`. A message the `Sink` side
     /// accepted but has not flushed is dropped: close through `SinkExt::close` to keep it.
     pub fn close(&mut self) {
+        // Closing the receiver first ends the stream at once for `has_ended`, and frees a
+        // reader waiting for room in this stream's full buffer.
+        self.rx.close();
         self.shared.pending.remove(self.id);
     }
 }
