@@ -718,6 +718,31 @@ async fn closing_a_stream_with_a_full_buffer_does_not_deadlock() {
 }
 
 #[tokio::test]
+async fn closing_a_kept_stream_frees_a_reader_waiting_on_its_full_buffer() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config().stream_stall_timeout(LONG)).await;
+    let mut stream = backend.new_stream(1).unwrap();
+    stream
+        .send(msg("push:100"), SendOptions::new())
+        .await
+        .unwrap();
+    // The reader is now blocked on the full buffer; the stream stays alive but closed.
+    assert!(within("first", stream.next()).await.unwrap().is_ok());
+    stream.close();
+    assert!(matches!(
+        stream.send(msg("late"), SendOptions::new()).await,
+        Err(BackendError::StreamClosed)
+    ));
+    let resp = within(
+        "request after close",
+        backend.request(msg("alive"), SendOptions::timeout(LONG)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.body, "alive");
+}
+
+#[tokio::test]
 async fn ping_measures_a_round_trip() {
     let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
     let backend = peer.backend(config()).await;
