@@ -550,6 +550,7 @@ fn measure(
         client_rss: client_after.peak_rss,
         server_rss: server_after.map_or(0, |u| u.peak_rss),
         rss_per_conn,
+        conns: args.conns,
         errors,
     })
 }

@@ -67,6 +67,8 @@ pub(crate) struct RunReport {
     /// were opened. The client process runs morpc first, so the baseline's client side may
     /// reuse memory morpc freed and read low.
     pub(crate) rss_per_conn: (u64, u64),
+    /// Connections of the run.
+    pub(crate) conns: usize,
     /// Failed operations.
     pub(crate) errors: u64,
 }
@@ -103,15 +105,24 @@ impl RunReport {
             self.percentile(0.99),
             self.percentile(0.999),
         );
+        // Per-connection memory means something only with many connections; with one it
+        // is the whole run's growth (runtime, caller tasks, buffers).
+        let per_conn = if self.conns > 1 {
+            format!(
+                "   rss/conn client {:.1} KiB server {:.1} KiB",
+                self.rss_per_conn.0 as f64 / 1024.0,
+                self.rss_per_conn.1 as f64 / 1024.0,
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "{:<9} cpu/op client {:>7.2?} server {:>7.2?}   peak rss client {:>6.1} MiB server {:>6.1} MiB   rss/conn client {:>5.1} KiB server {:>5.1} KiB   errors {}",
+            "{:<9} cpu/op client {:>7.2?} server {:>7.2?}   peak rss client {:>6.1} MiB server {:>6.1} MiB{per_conn}   errors {}",
             "",
             self.per_op(self.client_cpu),
             self.per_op(self.server_cpu),
             self.client_rss as f64 / 1048576.0,
             self.server_rss as f64 / 1048576.0,
-            self.rss_per_conn.0 as f64 / 1024.0,
-            self.rss_per_conn.1 as f64 / 1024.0,
             self.errors,
         );
     }
