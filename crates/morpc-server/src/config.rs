@@ -31,6 +31,8 @@ pub struct ServerConfig<Resp> {
     pub(crate) default_write_timeout: Duration,
     /// Initial and minimum free size of each connection's read buffer.
     pub(crate) read_buffer_size: usize,
+    /// Most streams per connection whose response numbering is kept (V07).
+    pub(crate) max_streams: usize,
     /// Frame layout, checksum, compression, size limits and headers.
     pub(crate) codec: CodecConfig,
     /// Optional response filter.
@@ -52,6 +54,7 @@ impl<Resp> Clone for ServerConfig<Resp> {
             grace_period: self.grace_period,
             default_write_timeout: self.default_write_timeout,
             read_buffer_size: self.read_buffer_size,
+            max_streams: self.max_streams,
             codec: self.codec.clone(),
             filter: self.filter.clone(),
             #[cfg(feature = "rustls-ring")]
@@ -70,6 +73,7 @@ impl<Resp> fmt::Debug for ServerConfig<Resp> {
             .field("grace_period", &self.grace_period)
             .field("default_write_timeout", &self.default_write_timeout)
             .field("read_buffer_size", &self.read_buffer_size)
+            .field("max_streams", &self.max_streams)
             .field("codec", &self.codec)
             .field("filter", &self.filter.as_ref().map(|_| "<fn>"))
             .finish()
@@ -79,7 +83,7 @@ impl<Resp> fmt::Debug for ServerConfig<Resp> {
 impl<Resp> Default for ServerConfig<Resp> {
     /// `batch_send_size` 64 (as the client), `session_buffer_size` 1024, concurrency 1,
     /// 10 000 connections, 10 s grace period, 10 s default write timeout, 64 KiB read
-    /// buffer, the default V07 codec, no filter.
+    /// buffer, 65 536 numbered streams per connection, the default V07 codec, no filter.
     fn default() -> Self {
         Self {
             batch_send_size: 64,
@@ -89,6 +93,7 @@ impl<Resp> Default for ServerConfig<Resp> {
             grace_period: Duration::from_secs(10),
             default_write_timeout: Duration::from_secs(10),
             read_buffer_size: 64 * 1024,
+            max_streams: 1 << 16,
             codec: CodecConfig::default(),
             filter: None,
             #[cfg(feature = "rustls-ring")]
@@ -124,6 +129,17 @@ impl<Resp> ServerConfig<Resp> {
     /// Most connections served at once.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Most streams per connection whose response numbering (V07 stream sequence) the
+    /// server keeps (at least 1). The protocol has no end-of-stream frame, so a
+    /// connection that opens stream after stream would otherwise keep a counter for each
+    /// forever; past this many, the stream registered longest ago is forgotten. A
+    /// forgotten stream that is still in use sees its numbering restart, which its client
+    /// reports as a sequence gap (a typed error ending that stream), never as misdelivery.
+    pub fn max_streams(mut self, n: usize) -> Self {
+        self.max_streams = n.max(1);
         self
     }
 

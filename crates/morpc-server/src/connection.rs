@@ -105,8 +105,11 @@ where
     let mut running: JoinSet<Result<(), CloseReason>> = JoinSet::new();
     // Running concurrent handlers by request id, for cancel frames.
     let mut handlers: HashMap<u64, tokio::task::AbortHandle, IdBuildHasher> = HashMap::default();
-    // Stream ids already registered in `streams`: a lookup here needs no lock.
+    // Stream ids already registered in `streams` (a lookup here needs no lock), and the
+    // order they were registered in, oldest first, to forget the oldest beyond
+    // `max_streams`: the protocol has no end-of-stream frame.
     let mut known_streams: HashSet<u64, IdBuildHasher> = HashSet::default();
+    let mut stream_order: VecDeque<u64> = VecDeque::new();
     // Frames read while an in-order handler runs, dispatched in order after it, each with
     // when it was read.
     let mut backlog: VecDeque<(Frame<Req>, Instant)> = VecDeque::new();
@@ -170,7 +173,17 @@ where
             metrics::request_received();
             let id = message.id();
             if frame.stream_seq.is_some() && known_streams.insert(id) {
-                streams.lock().entry(id).or_insert(0);
+                let mut numbering = streams.lock();
+                numbering.entry(id).or_insert(0);
+                // Past the limit, the stream registered longest ago is forgotten.
+                stream_order.push_back(id);
+                while known_streams.len() > shared.config.max_streams.max(1) {
+                    let Some(oldest) = stream_order.pop_front() else {
+                        break;
+                    };
+                    known_streams.remove(&oldest);
+                    numbering.remove(&oldest);
+                }
             }
             let request = Request {
                 message,

@@ -170,6 +170,44 @@ async fn stream_handler_writes_many_responses_from_a_spawned_task() {
 }
 
 #[tokio::test]
+async fn stream_numbering_is_bounded_and_a_forgotten_stream_fails_with_a_gap() {
+    // Two streams' counters at most: a third forgets the oldest (the protocol has no
+    // end-of-stream frame, so the table would otherwise grow with every stream opened).
+    let server = echo_server(ServerConfig::new().max_streams(2)).await;
+    let backend = client(&server).await;
+    let mut streams = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut stream = backend.new_stream(16).unwrap();
+        stream.send(msg(name), SendOptions::new()).await.unwrap();
+        let echo = within("first echo", stream.next()).await.unwrap().unwrap();
+        assert_eq!(echo.body, name);
+        streams.push(stream);
+    }
+    // The newest streams go on numbered without a gap.
+    for (stream, name) in streams[1..].iter_mut().zip(["b", "c"]) {
+        stream.send(msg(name), SendOptions::new()).await.unwrap();
+        let echo = within("second echo", stream.next()).await.unwrap().unwrap();
+        assert_eq!(echo.body, name);
+    }
+    // Stream "a" was forgotten: its numbering restarts at 1 where 2 is due.
+    streams[0]
+        .send(msg("a again"), SendOptions::new())
+        .await
+        .unwrap();
+    let err = within("gap", streams[0].next()).await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackendError::SequenceGap {
+                expected: 2,
+                received: 1
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
 async fn handler_error_and_panic_close_only_their_connection() {
     let handler = |req: Request<RawMessage>, session: ClientSession<RawMessage>| async move {
         match &req.message.body[..] {
