@@ -42,6 +42,46 @@ const MAX_BACKLOG: usize = 64;
 /// Stream ids seen on a connection → the last sequence number written for each.
 type StreamSeqs = Arc<Mutex<HashMap<u64, u32, IdBuildHasher>>>;
 
+/// The reader's record of the stream ids it registered in the connection's numbering
+/// table, so that a known id costs no lock, and the order they came in, to forget the
+/// oldest beyond `max`: the protocol has no end-of-stream frame.
+struct StreamRegistry {
+    /// Registered ids.
+    known: HashSet<u64, IdBuildHasher>,
+    /// The same ids, oldest first.
+    order: VecDeque<u64>,
+    /// Most ids kept.
+    max: usize,
+}
+
+impl StreamRegistry {
+    fn new(max: usize) -> Self {
+        Self {
+            known: HashSet::default(),
+            order: VecDeque::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Registers stream `id` for numbering if it is new, forgetting the stream registered
+    /// longest ago when over the limit.
+    fn register(&mut self, id: u64, numbering: &StreamSeqs) {
+        if !self.known.insert(id) {
+            return;
+        }
+        let mut numbering = numbering.lock();
+        numbering.entry(id).or_insert(0);
+        self.order.push_back(id);
+        while self.known.len() > self.max {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.known.remove(&oldest);
+            numbering.remove(&oldest);
+        }
+    }
+}
+
 /// Serves one connection until it closes; returns why it closed.
 pub(crate) async fn serve<Req, Resp, H>(
     shared: Arc<ServerShared<H, Resp>>,
@@ -105,11 +145,7 @@ where
     let mut running: JoinSet<Result<(), CloseReason>> = JoinSet::new();
     // Running concurrent handlers by request id, for cancel frames.
     let mut handlers: HashMap<u64, tokio::task::AbortHandle, IdBuildHasher> = HashMap::default();
-    // Stream ids already registered in `streams` (a lookup here needs no lock), and the
-    // order they were registered in, oldest first, to forget the oldest beyond
-    // `max_streams`: the protocol has no end-of-stream frame.
-    let mut known_streams: HashSet<u64, IdBuildHasher> = HashSet::default();
-    let mut stream_order: VecDeque<u64> = VecDeque::new();
+    let mut stream_ids = StreamRegistry::new(shared.config.max_streams);
     // Frames read while an in-order handler runs, dispatched in order after it, each with
     // when it was read.
     let mut backlog: VecDeque<(Frame<Req>, Instant)> = VecDeque::new();
@@ -172,18 +208,8 @@ where
             sequence += 1;
             metrics::request_received();
             let id = message.id();
-            if frame.stream_seq.is_some() && known_streams.insert(id) {
-                let mut numbering = streams.lock();
-                numbering.entry(id).or_insert(0);
-                // Past the limit, the stream registered longest ago is forgotten.
-                stream_order.push_back(id);
-                while known_streams.len() > shared.config.max_streams.max(1) {
-                    let Some(oldest) = stream_order.pop_front() else {
-                        break;
-                    };
-                    known_streams.remove(&oldest);
-                    numbering.remove(&oldest);
-                }
+            if frame.stream_seq.is_some() {
+                stream_ids.register(id, streams);
             }
             let request = Request {
                 message,
