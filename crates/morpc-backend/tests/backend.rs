@@ -696,8 +696,15 @@ async fn stalled_stream_consumer_cannot_block_the_connection() {
     assert!(items.len() < 1000);
 }
 
-#[tokio::test]
-async fn closing_a_stream_with_a_full_buffer_does_not_deadlock() {
+/// How a stream whose reader is blocked on its full buffer is let go.
+enum LetGo {
+    Drop,
+    Close,
+}
+
+/// Blocks the connection's reader on a full stream buffer (with a long stall timeout),
+/// lets the stream go, and checks the connection serves a request again at once.
+async fn a_stalled_stream_let_go(how: LetGo) {
     let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
     let backend = peer.backend(config().stream_stall_timeout(LONG)).await;
     let mut stream = backend.new_stream(1).unwrap();
@@ -705,11 +712,21 @@ async fn closing_a_stream_with_a_full_buffer_does_not_deadlock() {
         .send(msg("push:100"), SendOptions::new())
         .await
         .unwrap();
-    // Wait until the reader is blocked on the full buffer, then close the stream.
+    // Once the first message is here, the reader is blocked on the full buffer.
     assert!(within("first", stream.next()).await.unwrap().is_ok());
-    drop(stream);
+    match how {
+        LetGo::Drop => drop(stream),
+        LetGo::Close => {
+            // The stream stays alive but closed: it ends at once.
+            stream.close();
+            assert!(matches!(
+                stream.send(msg("late"), SendOptions::new()).await,
+                Err(BackendError::StreamClosed)
+            ));
+        }
+    }
     let resp = within(
-        "request after close",
+        "request after the stream was let go",
         backend.request(msg("alive"), SendOptions::timeout(LONG)),
     )
     .await
@@ -718,28 +735,13 @@ async fn closing_a_stream_with_a_full_buffer_does_not_deadlock() {
 }
 
 #[tokio::test]
+async fn closing_a_stream_with_a_full_buffer_does_not_deadlock() {
+    a_stalled_stream_let_go(LetGo::Drop).await;
+}
+
+#[tokio::test]
 async fn closing_a_kept_stream_frees_a_reader_waiting_on_its_full_buffer() {
-    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
-    let backend = peer.backend(config().stream_stall_timeout(LONG)).await;
-    let mut stream = backend.new_stream(1).unwrap();
-    stream
-        .send(msg("push:100"), SendOptions::new())
-        .await
-        .unwrap();
-    // The reader is now blocked on the full buffer; the stream stays alive but closed.
-    assert!(within("first", stream.next()).await.unwrap().is_ok());
-    stream.close();
-    assert!(matches!(
-        stream.send(msg("late"), SendOptions::new()).await,
-        Err(BackendError::StreamClosed)
-    ));
-    let resp = within(
-        "request after close",
-        backend.request(msg("alive"), SendOptions::timeout(LONG)),
-    )
-    .await
-    .unwrap();
-    assert_eq!(resp.body, "alive");
+    a_stalled_stream_let_go(LetGo::Close).await;
 }
 
 #[tokio::test]
