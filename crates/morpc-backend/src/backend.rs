@@ -163,9 +163,9 @@ impl<Req, Resp> Shared<Req, Resp> {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Records activity now.
-    pub(crate) fn touch(&self) {
-        let nanos = self.created.elapsed().as_nanos() as u64;
+    /// Records activity at `now` (a clock reading the caller already has).
+    pub(crate) fn touch(&self, now: Instant) {
+        let nanos = now.saturating_duration_since(self.created).as_nanos() as u64;
         self.last_active.fetch_max(nanos, Ordering::Relaxed);
     }
 

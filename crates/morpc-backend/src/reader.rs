@@ -68,7 +68,7 @@ async fn read_loop<Req: Message, Resp: Message>(
             Err(e) => return Some(format!("read failed: {e}")),
         }
         last_read = Instant::now();
-        shared.touch();
+        shared.touch(last_read);
         loop {
             match shared.codec.decode::<Resp>(&mut buf) {
                 Ok(Some(frame)) => {

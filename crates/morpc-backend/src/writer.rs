@@ -151,13 +151,14 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
         }
         let Some(c) = conn.as_mut() else { continue };
 
-        prepare(&shared, &mut batch);
+        // One clock reading serves the batch: expiry, deadline headers, activity.
+        let now = Instant::now();
+        prepare(&shared, &mut batch, now);
         let messages = batch.len();
-        let Some(earliest) = encode(&shared, &mut batch, &mut out) else {
+        let Some(earliest) = encode(&shared, &mut batch, &mut out, now) else {
             continue;
         };
         let bytes: usize = out.chunks.iter().map(Bytes::len).sum();
-        let started = Instant::now();
         let written = tokio::time::timeout_at(
             earliest.into(),
             crate::io::write_chunks(&mut c.writer, &mut out.chunks),
@@ -166,8 +167,11 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
         out.chunks.clear();
         match written {
             Ok(Ok(())) => {
-                shared.touch();
-                metrics::batch_written(messages, bytes, rx.len(), started.elapsed());
+                shared.touch(now);
+                // The clock is read again only when metrics are compiled in.
+                if metrics::ENABLED {
+                    metrics::batch_written(messages, bytes, rx.len(), now.elapsed());
+                }
             }
             Ok(Err(e)) => c.state.break_with(&shared, &e),
             Err(_) => c.state.break_with(&shared, &"write deadline exceeded"),
@@ -214,7 +218,7 @@ async fn connect<Req: Message, Resp: Message>(
             state.failing_since = None;
             state.attempts = 0;
             state.last_error = None;
-            shared.touch();
+            shared.touch(Instant::now());
             Ok(Connection::start(shared, reader, writer))
         }
         Err(err) => {
@@ -236,8 +240,11 @@ async fn connect<Req: Message, Resp: Message>(
 /// Drops the items that must not be written, resolving their waiters: requests and pings
 /// past their deadline (`Timeout`), items the filter rejects (`Filtered`), and requests
 /// and pings whose waiter is gone (dropped future).
-fn prepare<Req: Message, Resp>(shared: &Shared<Req, Resp>, batch: &mut Vec<WriteItem<Req>>) {
-    let now = Instant::now();
+fn prepare<Req: Message, Resp>(
+    shared: &Shared<Req, Resp>,
+    batch: &mut Vec<WriteItem<Req>>,
+    now: Instant,
+) {
     batch.retain(|item| {
         if item.kind.has_waiter() && item.deadline <= now {
             resolve(shared, item.kind, item.id, BackendError::Timeout);
@@ -285,10 +292,10 @@ fn encode<Req: Message, Resp>(
     shared: &Shared<Req, Resp>,
     batch: &mut Vec<WriteItem<Req>>,
     out: &mut Output,
+    now: Instant,
 ) -> Option<Instant> {
     // The previous batch's chunks are gone, so this reclaims the same allocation.
     out.buf.reserve(64 * 1024);
-    let now = Instant::now();
     let mut earliest: Option<Instant> = None;
     for item in batch.drain(..) {
         let left = item.deadline.saturating_duration_since(now);
