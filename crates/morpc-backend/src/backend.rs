@@ -210,14 +210,24 @@ impl<Req, Resp> Shared<Req, Resp> {
 }
 
 impl<Req: Message, Resp: Message> Shared<Req, Resp> {
-    /// Queues `item`, waiting for space until `deadline`.
-    pub(crate) async fn enqueue(
+    /// The queue item for message `msg` sent as `id` (written into it), with its deadline
+    /// resolved from `opts` (by default `default_timeout` from now).
+    pub(crate) fn message_item(
         &self,
-        item: WriteItem<Req>,
-        deadline: Instant,
-    ) -> Result<(), BackendError> {
+        mut msg: Req,
+        id: u64,
+        kind: ItemKind,
+        opts: SendOptions,
+    ) -> WriteItem<Req> {
+        let deadline = opts.resolve_deadline(self.config.default_timeout);
+        msg.set_id(id);
+        WriteItem::new(FrameBody::Message(msg), id, deadline, kind, opts)
+    }
+
+    /// Queues `item`, waiting for space until its deadline.
+    pub(crate) async fn enqueue(&self, item: WriteItem<Req>) -> Result<(), BackendError> {
         // The wait is the only thing alive across the await, keeping this future small.
-        let wait = match self.enqueue_or_wait(item, deadline) {
+        let wait = match self.enqueue_or_wait(item) {
             Enqueue::Done => return Ok(()),
             Enqueue::Refused(error, _) => return Err(error),
             Enqueue::Wait(wait) => wait,
@@ -225,17 +235,14 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         wait.await.map_err(|(e, _)| e)
     }
 
-    /// Queues `item` if there is room now; otherwise returns the wait for room.
+    /// Queues `item` if there is room now; otherwise returns the wait for room until its
+    /// deadline.
     #[inline]
-    pub(crate) fn enqueue_or_wait(
-        &self,
-        item: WriteItem<Req>,
-        deadline: Instant,
-    ) -> Enqueue<'_, Req> {
+    pub(crate) fn enqueue_or_wait(&self, item: WriteItem<Req>) -> Enqueue<'_, Req> {
         match self.try_enqueue_now(item) {
             Ok(()) => Enqueue::Done,
             Err((Some(error), item)) => Enqueue::Refused(error, item),
-            Err((None, item)) => Enqueue::Wait(Box::pin(self.wait_to_enqueue(item, deadline))),
+            Err((None, item)) => Enqueue::Wait(Box::pin(self.wait_to_enqueue(item))),
         }
     }
 
@@ -259,13 +266,12 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         }
     }
 
-    /// Waits for queue space until `deadline` (`Busy` after it), then queues `item`.
+    /// Waits for queue space until the item's deadline (`Busy` after it), then queues it.
     async fn wait_to_enqueue(
         &self,
         item: WriteItem<Req>,
-        deadline: Instant,
     ) -> Result<(), (BackendError, WriteItem<Req>)> {
-        match tokio::time::timeout_at(deadline.into(), self.queue.reserve()).await {
+        match tokio::time::timeout_at(item.deadline.into(), self.queue.reserve()).await {
             Ok(Ok(permit)) => {
                 permit.send(item);
                 Ok(())
@@ -431,7 +437,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     /// (boxed) wait for room. Everything up to a full queue runs synchronously.
     fn start_request(
         &self,
-        mut msg: Req,
+        msg: Req,
         opts: SendOptions,
     ) -> Result<Started<Req, Resp>, SendRejected<Req>> {
         let shared = self.shared();
@@ -441,9 +447,9 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
                 message: msg,
             });
         }
-        let deadline = opts.resolve_deadline(shared.config.default_timeout);
         let id = shared.next_id();
-        msg.set_id(id);
+        let item = shared.message_item(msg, id, ItemKind::Request, opts);
+        let deadline = item.deadline;
         let (tx, rx) = oneshot::channel();
         let swept = shared.pending.insert_request(id, tx, deadline);
         // Built before queueing: if the caller drops the send mid-wait, the future's drop
@@ -456,19 +462,12 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             shared.pending.clone(),
             shared.canceller.clone(),
         );
-        let item = WriteItem::new(
-            FrameBody::Message(msg),
-            id,
-            deadline,
-            ItemKind::Request,
-            opts,
-        );
         match shared.try_enqueue_now(item) {
             Ok(()) => Ok(Started::Queued(future)),
             Err((None, item)) => {
                 let shared = shared.clone();
                 Ok(Started::Waiting(Box::pin(async move {
-                    match shared.wait_to_enqueue(item, deadline).await {
+                    match shared.wait_to_enqueue(item).await {
                         Ok(()) => Ok(future),
                         Err((error, item)) => {
                             drop(future);
@@ -519,19 +518,10 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     ///
     /// # Errors
     /// As for [`send`](Backend::send).
-    pub async fn send_oneway(&self, mut msg: Req, opts: SendOptions) -> Result<(), BackendError> {
+    pub async fn send_oneway(&self, msg: Req, opts: SendOptions) -> Result<(), BackendError> {
         let shared = self.shared();
-        let deadline = opts.resolve_deadline(shared.config.default_timeout);
-        let id = shared.next_id();
-        msg.set_id(id);
-        let item = WriteItem::new(
-            FrameBody::Message(msg),
-            id,
-            deadline,
-            ItemKind::OneWay,
-            opts,
-        );
-        shared.enqueue(item, deadline).await
+        let item = shared.message_item(msg, shared.next_id(), ItemKind::OneWay, opts);
+        shared.enqueue(item).await
     }
 
     /// Opens a stream whose receiver buffers up to `receive_buffer` messages (at least 1).
@@ -594,7 +584,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             ItemKind::Ping,
             SendOptions::new(),
         );
-        shared.enqueue(item, deadline).await?;
+        shared.enqueue(item).await?;
         match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(result)) => result.map(|()| started.elapsed()),
             Ok(Err(_)) => Err(shared.closed_error()),

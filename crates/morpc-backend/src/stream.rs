@@ -3,9 +3,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
-use morpc_codec::{FrameBody, Framing, Message};
+use morpc_codec::{Framing, Message};
 use tokio::sync::mpsc;
 
 use crate::backend::{Enqueue, ItemKind, Shared, WriteItem};
@@ -95,15 +94,10 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
     }
 
     /// The queue item for `msg`, numbered with the next sequence (V07).
-    fn item(&self, mut msg: Req, deadline: Instant, opts: SendOptions) -> WriteItem<Req> {
-        msg.set_id(self.id);
-        let mut item = WriteItem::new(
-            FrameBody::Message(msg),
-            self.id,
-            deadline,
-            ItemKind::Stream,
-            opts,
-        );
+    fn item(&self, msg: Req, opts: SendOptions) -> WriteItem<Req> {
+        let mut item = self
+            .shared
+            .message_item(msg, self.id, ItemKind::Stream, opts);
         if self.shared.codec.framing() == Framing::V07 {
             item.stream_seq = Some(self.next_seq);
         }
@@ -134,9 +128,8 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
         }
         // Only the (rare, boxed) wait for queue room lives across the await.
         let wait = {
-            let deadline = opts.resolve_deadline(self.shared.config.default_timeout);
-            let item = self.item(msg, deadline, opts);
-            match self.shared.enqueue_or_wait(item, deadline) {
+            let item = self.item(msg, opts);
+            match self.shared.enqueue_or_wait(item) {
                 Enqueue::Done => None,
                 Enqueue::Refused(error, _) => return Err(error),
                 Enqueue::Wait(wait) => Some(wait),
@@ -205,8 +198,7 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
     }
 
     fn start_send(mut self: Pin<&mut Self>, msg: Req) -> Result<(), BackendError> {
-        let deadline = Instant::now() + self.shared.config.default_timeout;
-        let item = self.item(msg, deadline, SendOptions::new());
+        let item = self.item(msg, SendOptions::new());
         match self.shared.try_enqueue_now(item) {
             Ok(()) => {}
             Err((Some(error), _)) => return Err(error),
