@@ -20,6 +20,15 @@ fn msg(body: impl Into<Bytes>) -> RawMessage {
     RawMessage::new(body)
 }
 
+/// Asserts that a request with `body` comes back echoed.
+async fn assert_echoes(backend: &Backend<RawMessage>, body: &'static str) {
+    let resp = backend
+        .request(msg(body), SendOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.body, body);
+}
+
 async fn echo_server(config: ServerConfig<RawMessage>) -> RpcServer {
     let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
     RpcServer::start("127.0.0.1:0", config, echo).await.unwrap()
@@ -240,14 +249,7 @@ async fn handler_error_and_panic_close_only_their_connection() {
             matches!(err, BackendError::BackendClosed),
             "{poison}: {err:?}"
         );
-        assert_eq!(
-            healthy
-                .request(msg("still here"), SendOptions::new())
-                .await
-                .unwrap()
-                .body,
-            "still here"
-        );
+        assert_echoes(&healthy, "still here").await;
     }
 }
 
@@ -265,14 +267,7 @@ async fn write_filter_drops_responses() {
         .await
         .unwrap_err();
     assert!(matches!(err, BackendError::Timeout), "{err:?}");
-    assert_eq!(
-        backend
-            .request(msg("public"), SendOptions::new())
-            .await
-            .unwrap()
-            .body,
-        "public"
-    );
+    assert_echoes(&backend, "public").await;
 }
 
 #[tokio::test]
@@ -433,14 +428,7 @@ async fn unix_socket_server_removes_stale_files_and_cleans_up() {
         Backend::create(address.parse().unwrap(), BackendConfig::new())
             .await
             .unwrap();
-    assert_eq!(
-        backend
-            .request(msg("unix"), SendOptions::new())
-            .await
-            .unwrap()
-            .body,
-        "unix"
-    );
+    assert_echoes(&backend, "unix").await;
     // A second server cannot steal a live socket.
     let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
     let second = RpcServer::start(&address, ServerConfig::new(), echo).await;
@@ -540,14 +528,7 @@ async fn garbage_and_huge_lengths_close_the_connection_without_allocating() {
         &[0, 0, 0, 0][..],
     ] {
         assert!(server_closes_after(server.local_addr(), bad).await);
-        assert_eq!(
-            healthy
-                .request(msg("ok"), SendOptions::new())
-                .await
-                .unwrap()
-                .body,
-            "ok"
-        );
+        assert_echoes(&healthy, "ok").await;
     }
 }
 
@@ -628,14 +609,7 @@ async fn dropping_a_response_future_cancels_the_handler_with_the_extension() {
     drop(work);
     within("handler cancelled", cancelled.notified()).await;
     // The connection is unaffected.
-    assert_eq!(
-        backend
-            .request(msg("next"), SendOptions::new())
-            .await
-            .unwrap()
-            .body,
-        "next"
-    );
+    assert_echoes(&backend, "next").await;
     assert_eq!(backend.pending_len(), 0);
 }
 
@@ -653,14 +627,7 @@ async fn without_the_extension_dropped_futures_send_nothing_a_go_peer_would_misr
                 .unwrap(),
         );
     }
-    assert_eq!(
-        backend
-            .request(msg("still open"), SendOptions::new())
-            .await
-            .unwrap()
-            .body,
-        "still open"
-    );
+    assert_echoes(&backend, "still open").await;
 }
 
 #[tokio::test]
