@@ -651,12 +651,11 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for ClientStream<Req, Resp>
             .map_err(Into::into)
     }
 
-    fn poll_close(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Result<(), ClientError>> {
-        self.close();
-        Poll::Ready(Ok(()))
+    /// Flushes a held message, closes the stream and releases its backend lock.
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
+        let closed = std::task::ready!(Pin::new(&mut self.stream).poll_close(cx));
+        self.unlock();
+        Poll::Ready(closed.map_err(Into::into))
     }
 }
 

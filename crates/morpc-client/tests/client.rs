@@ -653,3 +653,34 @@ async fn method_dispatch_routes_and_carries_errors_back() {
     );
     assert_eq!(methods.client().backend_count(&addr), 1);
 }
+
+#[tokio::test]
+async fn closing_a_stream_as_a_sink_flushes_the_message_it_holds() {
+    use futures::SinkExt;
+    let received = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let received = received.clone();
+        move |_req: Request<RawMessage>, _session: ClientSession<RawMessage>| {
+            received.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, HandlerError>(()) }
+        }
+    };
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), handler)
+        .await
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    // A one-message send queue: the Sink holds a message whenever the queue is full.
+    let c: RpcClient<RawMessage> =
+        RpcClient::new(ClientConfig::new(), BackendConfig::new().buffer_size(1)).await;
+    let mut stream = c.new_stream(&addr, 8, false).await.unwrap();
+    for i in 0..3 {
+        within("feed", stream.feed(msg(format!("{i}"))))
+            .await
+            .unwrap();
+    }
+    within("close", SinkExt::close(&mut stream)).await.unwrap();
+    eventually("every fed message reaches the server", || {
+        received.load(Ordering::SeqCst) == 3
+    })
+    .await;
+}
