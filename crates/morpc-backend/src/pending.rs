@@ -2,8 +2,10 @@
 //!
 //! A few `parking_lot::Mutex<HashMap>` shards keyed by id (senders insert and the reader
 //! removes concurrently; consecutive ids land on different shards). A lock is never held
-//! across an `.await`: every user takes what it needs (removes a oneshot sender, clones a
-//! stream sender) and releases the lock before completing or awaiting anything.
+//! across an `.await`: every user takes what it needs (removes a oneshot sender) and
+//! releases the lock before completing or awaiting anything. The one thing done under a
+//! lock is handing a stream its message with a non-blocking `try_send`; a stream whose
+//! buffer is full gets a clone of its sender to wait on outside the lock.
 //!
 //! Request deadlines are kept here too, in per-shard queues, and one sweeper task per
 //! backend (`PendingTable::expire`) times requests out: a tokio timer per request cost
