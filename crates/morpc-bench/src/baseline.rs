@@ -34,7 +34,8 @@ pub(crate) enum YieldTo {
 }
 
 impl YieldTo {
-    /// The faster choice for `conns` connections.
+    /// The faster choice for `conns` connections. Measured at 1 and 1 000 connections;
+    /// the switch at 64 in between is a guess, not a measurement.
     pub(crate) fn for_connections(conns: usize) -> Self {
         if conns >= 64 {
             Self::IoDriver
