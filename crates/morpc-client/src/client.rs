@@ -263,7 +263,10 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     ) -> Result<ClientResponse<Resp>, ClientError> {
         let address = Self::address(address)?;
         let trace = opts.trace();
-        let span = if trace.is_empty() {
+        // As the server's handler span: none is built while nothing listens at debug.
+        let span = if !tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::Span::none()
+        } else if trace.is_empty() {
             tracing::debug_span!("morpc.send", address = %address, id = tracing::field::Empty)
         } else {
             tracing::debug_span!(
