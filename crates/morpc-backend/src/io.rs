@@ -78,11 +78,17 @@ const MAX_IO_SLICES: usize = 64;
 /// Writes every chunk in order with vectored writes (payload chunks are never copied),
 /// then flushes once. Chunks are advanced past what was written.
 ///
+/// With `stall`, every single write (and the flush) must make progress within it: a peer
+/// that stops reading fails the write with `TimedOut` after `stall`, however long the
+/// whole batch would take a slow but reading peer. The timer is only armed when a write
+/// has to wait.
+///
 /// # Errors
-/// The writer's error, or `WriteZero` when it accepts no bytes.
+/// The writer's error, `WriteZero` when it accepts no bytes, or `TimedOut` on a stall.
 pub async fn write_chunks<W: AsyncWrite + Unpin + ?Sized>(
     writer: &mut W,
     chunks: &mut [Bytes],
+    stall: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
     let mut first = 0;
     loop {
@@ -99,7 +105,7 @@ pub async fn write_chunks<W: AsyncWrite + Unpin + ?Sized>(
             slices[count] = IoSlice::new(chunk);
             count += 1;
         }
-        let mut written = writer.write_vectored(&slices[..count]).await?;
+        let mut written = bounded(stall, writer.write_vectored(&slices[..count])).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -114,7 +120,24 @@ pub async fn write_chunks<W: AsyncWrite + Unpin + ?Sized>(
             }
         }
     }
-    writer.flush().await
+    bounded(stall, writer.flush()).await
+}
+
+/// Runs `io`, failing with `TimedOut` if it is not done within `stall` (when given).
+async fn bounded<T>(
+    stall: Option<std::time::Duration>,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match stall {
+        None => io.await,
+        Some(stall) => match tokio::time::timeout(stall, io).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("peer accepted no bytes for {stall:?}"),
+            )),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -156,7 +179,7 @@ mod tests {
             Bytes::from_static(b"tail"),
             Bytes::new(),
         ];
-        write_chunks(&mut out, &mut chunks).await.unwrap();
+        write_chunks(&mut out, &mut chunks, None).await.unwrap();
         let mut want = b"head".to_vec();
         want.extend_from_slice(&[7u8; 100_000]);
         want.extend_from_slice(b"tail");

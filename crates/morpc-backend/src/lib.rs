@@ -26,6 +26,7 @@
 mod address;
 mod backend;
 mod config;
+pub mod connection;
 mod error;
 mod factory;
 mod future;

@@ -161,7 +161,7 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
         let bytes: usize = out.chunks.iter().map(Bytes::len).sum();
         let written = tokio::time::timeout_at(
             earliest.into(),
-            crate::io::write_chunks(&mut c.writer, &mut out.chunks),
+            crate::io::write_chunks(&mut c.writer, &mut out.chunks, None),
         )
         .await;
         out.chunks.clear();

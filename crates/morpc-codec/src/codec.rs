@@ -109,11 +109,61 @@ impl Codec {
         }
         let mut frame = src.split_to(LEN_PREFIX + len).freeze();
         frame.advance(LEN_PREFIX);
+        self.decode_split(frame).map(Some)
+    }
+
+    /// Splits the first complete frame off `src` without decoding it, for a reader that
+    /// keeps frames as received bytes until it handles them (a compressed frame then
+    /// costs its wire size, not its decompressed size, while it waits). The returned bytes
+    /// are the frame without its length prefix, for [`decode_split`](Codec::decode_split).
+    ///
+    /// Returns `Ok(None)` when `src` holds no complete frame; unlike
+    /// [`decode`](Codec::decode) it never reserves room: the caller manages its buffer.
+    ///
+    /// # Errors
+    /// [`FrameError::ZeroLength`] or [`CodecError::FrameTooLarge`], as for `decode`.
+    #[inline]
+    pub fn split_frame(&self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+        let Some(len) = self.frame_len(src)? else {
+            return Ok(None);
+        };
+        if src.len() < LEN_PREFIX + len {
+            return Ok(None);
+        }
+        let mut frame = src.split_to(LEN_PREFIX + len).freeze();
+        frame.advance(LEN_PREFIX);
+        Ok(Some(frame))
+    }
+
+    /// Decodes one frame split off by [`split_frame`](Codec::split_frame).
+    ///
+    /// # Errors
+    /// Any [`CodecError`] of the framing; the connection must then close.
+    #[inline]
+    pub fn decode_split<M: Message>(&self, frame: Bytes) -> Result<Frame<M>, CodecError> {
         match self.config.framing() {
             Framing::V05 => v05::decode(&self.config, frame),
             Framing::V07 => v07::decode(&self.config, frame),
         }
-        .map(Some)
+    }
+
+    /// The V07 flag byte of a frame split off by [`split_frame`](Codec::split_frame)
+    /// (`None` in V05, which has no flags): enough to tell a ping, pong or cancel frame
+    /// from a message without decoding (or decompressing) anything.
+    pub fn split_flag(&self, frame: &[u8]) -> Option<u8> {
+        match self.config.framing() {
+            Framing::V05 => None,
+            Framing::V07 => frame.first().copied(),
+        }
+    }
+
+    /// Total length (prefix included) of the frame starting at the front of `src`, once
+    /// its length prefix is there: how many bytes a reader still waits for.
+    ///
+    /// # Errors
+    /// As [`frame_len`](Codec::frame_len).
+    pub fn frame_total_len(&self, src: &[u8]) -> Result<Option<usize>, CodecError> {
+        Ok(self.frame_len(src)?.map(|len| len + LEN_PREFIX))
     }
 
     /// Reads and validates the length prefix at the front of `src`, if present.
