@@ -87,7 +87,7 @@ impl BaselineClient {
                     push(&mut buf, item);
                 }
                 chunks.push(buf.split().freeze());
-                if morpc_backend::io::write_chunks(&mut w, &mut chunks)
+                if morpc_backend::io::write_chunks(&mut w, &mut chunks, None)
                     .await
                     .is_err()
                 {

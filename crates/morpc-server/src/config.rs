@@ -26,9 +26,29 @@ pub struct ServerConfig<Resp> {
     /// How long `shutdown()` lets admitted handlers finish and sessions flush.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) grace_period: Duration,
-    /// Timeout of session writes for requests that carried no deadline.
+    /// Longest wait of a session write for queue room (whatever deadline the request
+    /// carried), and longest time the socket may accept no bytes of a pending batch.
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "humantime_serde", alias = "default_write_timeout")
+    )]
+    pub(crate) write_timeout: Duration,
+    /// A connection must send a complete first frame (and finish its TLS handshake)
+    /// within this.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
-    pub(crate) default_write_timeout: Duration,
+    pub(crate) first_frame_timeout: Option<Duration>,
+    /// A frame that has begun must progress (a byte) within this.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub(crate) partial_frame_timeout: Option<Duration>,
+    /// A connection with no complete frame from the peer for this long is closed.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Bytes of responses a connection may have queued for writing.
+    pub(crate) max_queued_write_bytes: usize,
+    /// Bytes of received frames a connection may hold while an in-order handler runs.
+    pub(crate) max_read_ahead_bytes: usize,
+    /// Bytes all connections together may hold queued (writes and read-ahead).
+    pub(crate) max_buffered_bytes: usize,
     /// Initial and minimum free size of each connection's read buffer.
     pub(crate) read_buffer_size: usize,
     /// Most streams per connection whose response numbering is kept (V07).
@@ -52,7 +72,13 @@ impl<Resp> Clone for ServerConfig<Resp> {
             concurrency: self.concurrency,
             max_connections: self.max_connections,
             grace_period: self.grace_period,
-            default_write_timeout: self.default_write_timeout,
+            write_timeout: self.write_timeout,
+            first_frame_timeout: self.first_frame_timeout,
+            partial_frame_timeout: self.partial_frame_timeout,
+            idle_timeout: self.idle_timeout,
+            max_queued_write_bytes: self.max_queued_write_bytes,
+            max_read_ahead_bytes: self.max_read_ahead_bytes,
+            max_buffered_bytes: self.max_buffered_bytes,
             read_buffer_size: self.read_buffer_size,
             max_streams: self.max_streams,
             codec: self.codec.clone(),
@@ -71,7 +97,13 @@ impl<Resp> fmt::Debug for ServerConfig<Resp> {
             .field("concurrency", &self.concurrency)
             .field("max_connections", &self.max_connections)
             .field("grace_period", &self.grace_period)
-            .field("default_write_timeout", &self.default_write_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("first_frame_timeout", &self.first_frame_timeout)
+            .field("partial_frame_timeout", &self.partial_frame_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_queued_write_bytes", &self.max_queued_write_bytes)
+            .field("max_read_ahead_bytes", &self.max_read_ahead_bytes)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("read_buffer_size", &self.read_buffer_size)
             .field("max_streams", &self.max_streams)
             .field("codec", &self.codec)
@@ -82,8 +114,10 @@ impl<Resp> fmt::Debug for ServerConfig<Resp> {
 
 impl<Resp> Default for ServerConfig<Resp> {
     /// `batch_send_size` 64 (as the client), `session_buffer_size` 1024, concurrency 1,
-    /// 10 000 connections, 10 s grace period, 10 s default write timeout, 64 KiB read
-    /// buffer, 65 536 numbered streams per connection, the default V07 codec, no filter.
+    /// 10 000 connections, 10 s grace period, 10 s write timeout, 10 s first-frame and
+    /// partial-frame timeouts, no idle timeout, 16 MiB of queued writes and 16 MiB of
+    /// read-ahead per connection, 1 GiB buffered in all, 64 KiB read buffer, 65 536
+    /// numbered streams per connection, the default V07 codec, no filter.
     fn default() -> Self {
         Self {
             batch_send_size: 64,
@@ -91,7 +125,13 @@ impl<Resp> Default for ServerConfig<Resp> {
             concurrency: 1,
             max_connections: 10_000,
             grace_period: Duration::from_secs(10),
-            default_write_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            first_frame_timeout: Some(Duration::from_secs(10)),
+            partial_frame_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: None,
+            max_queued_write_bytes: 16 << 20,
+            max_read_ahead_bytes: 16 << 20,
+            max_buffered_bytes: 1 << 30,
             read_buffer_size: 64 * 1024,
             max_streams: 1 << 16,
             codec: CodecConfig::default(),
@@ -126,7 +166,11 @@ impl<Resp> ServerConfig<Resp> {
         self
     }
 
-    /// Most connections served at once.
+    /// Most connections served at once. When a connection arrives at the limit, the
+    /// server closes one to admit it ([`CloseReason::Evicted`](crate::CloseReason::Evicted)):
+    /// the longest-waiting connection that never sent a complete frame, else the one
+    /// silent longest. Refusing instead would let a peer that opens connections and sends
+    /// nothing lock every client out for as long as it holds them.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
         self
@@ -155,9 +199,68 @@ impl<Resp> ServerConfig<Resp> {
         self
     }
 
-    /// Timeout of session writes for requests without a deadline.
-    pub fn default_write_timeout(mut self, d: Duration) -> Self {
-        self.default_write_timeout = d;
+    /// The write timeout: the longest a session write waits for queue room (also when
+    /// the request carried a later deadline or none), and the longest the socket may
+    /// accept no bytes of a pending batch before the connection is closed
+    /// ([`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout)). A peer that
+    /// stops reading its responses is slowed (its reads stop once its budgets are full)
+    /// and closed after this, whatever deadline its requests carry.
+    pub fn write_timeout(mut self, d: Duration) -> Self {
+        self.write_timeout = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The former name of [`write_timeout`](ServerConfig::write_timeout).
+    #[deprecated(note = "renamed to `write_timeout`, which also bounds socket writes")]
+    pub fn default_write_timeout(self, d: Duration) -> Self {
+        self.write_timeout(d)
+    }
+
+    /// A new connection must complete its TLS handshake and send a complete first frame
+    /// within this, or it is closed
+    /// ([`CloseReason::ReadTimeout`](crate::CloseReason::ReadTimeout)); `None` waits
+    /// forever. Default 10 s.
+    pub fn first_frame_timeout(mut self, d: Option<Duration>) -> Self {
+        self.first_frame_timeout = d;
+        self
+    }
+
+    /// A frame that has begun arriving must progress (at least a byte) within this, or
+    /// the connection is closed; `None` waits forever. Default 10 s.
+    pub fn partial_frame_timeout(mut self, d: Option<Duration>) -> Self {
+        self.partial_frame_timeout = d;
+        self
+    }
+
+    /// A connection whose peer sent no complete frame for this long is closed; `None`
+    /// (the default) keeps quiet connections. A morpc client with a `read_timeout`
+    /// heartbeats at a fifth of it, so it is never idle.
+    pub fn idle_timeout(mut self, d: Option<Duration>) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// Bytes of responses one connection may have queued for writing (encoded size,
+    /// payload included; at least 1). A write that finds the budget spent waits for room
+    /// like one that finds the queue full. One response larger than the budget is
+    /// accepted when nothing else is queued. Default 16 MiB.
+    pub fn max_queued_write_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_write_bytes = bytes.max(1);
+        self
+    }
+
+    /// Bytes of received frames one connection may hold (as received, compressed ones
+    /// compressed) while its in-order handler runs; past it the server stops reading that
+    /// connection until the handler is done. Default 16 MiB.
+    pub fn max_read_ahead_bytes(mut self, bytes: usize) -> Self {
+        self.max_read_ahead_bytes = bytes.max(1);
+        self
+    }
+
+    /// Bytes all connections together may hold in queued writes and read-ahead; past it,
+    /// writes wait and reads pause on every connection. Default 1 GiB.
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffered_bytes = bytes.max(1);
         self
     }
 

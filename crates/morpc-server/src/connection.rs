@@ -1,5 +1,7 @@
-//! One accepted connection: a reader that decodes requests and runs handlers, and a
-//! writer task that batches responses from the session queue into vectored writes.
+//! One accepted connection, built from the connection core
+//! ([`morpc_backend::connection`]): a reader that splits frames off a `FrameReader`, runs
+//! handlers and keeps a bounded read-ahead while an in-order handler waits, and a writer
+//! task that batches responses from the session queue into a `FrameWriter`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -9,17 +11,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use morpc_backend::connection::{
+    ByteBudget, FrameReader, FrameWriter, ReadError, ReadLimits, SharedBudget, StreamNumbering,
+    WriteBound, WriteError,
+};
 use morpc_backend::{BoxReader, BoxWriter, IdBuildHasher};
-use morpc_codec::{Codec, Frame, FrameBody, Framing, Message};
+use morpc_codec::{Codec, Frame, FrameBody, Framing, Message, flags};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
-use crate::session::SessionShared;
+use crate::session::{ConnControl, Outgoing, SessionShared};
 use crate::{ClientSession, CloseReason, Handler, HandlerError, Request, ServerConfig};
 
 /// What every connection of a server shares.
@@ -34,52 +39,48 @@ pub(crate) struct ServerShared<H, Resp> {
     pub(crate) shutdown: CancellationToken,
     /// Cancelled by `close()` or when the grace period ends: stop at once.
     pub(crate) closed: CancellationToken,
+    /// Bytes all connections together may hold (queued writes and read-ahead).
+    pub(crate) budget: Arc<SharedBudget>,
 }
 
-/// Most frames read ahead while an in-order handler runs.
+impl<H, Resp> ServerShared<H, Resp> {
+    /// The shared state of a server (or of one `serve_io` connection).
+    pub(crate) fn new(handler: H, config: ServerConfig<Resp>) -> Self {
+        Self {
+            codec: Codec::new(config.codec.clone()),
+            budget: SharedBudget::new(config.max_buffered_bytes),
+            handler,
+            config,
+            shutdown: CancellationToken::new(),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// The read limits of a new connection.
+    fn read_limits(&self) -> ReadLimits {
+        ReadLimits {
+            first_frame: self.config.first_frame_timeout,
+            partial_frame: self.config.partial_frame_timeout,
+            idle: self.config.idle_timeout,
+            silence: None,
+        }
+    }
+}
+
+/// Most frames read ahead while an in-order handler runs (besides the byte budget).
 const MAX_BACKLOG: usize = 64;
 
-/// Stream ids seen on a connection → the last sequence number written for each.
-type StreamSeqs = Arc<Mutex<HashMap<u64, u32, IdBuildHasher>>>;
+/// The connection's stream numbering, shared by its reader (registers streams) and
+/// writer (numbers responses).
+type Streams = Arc<Mutex<StreamNumbering>>;
 
-/// The reader's record of the stream ids it registered in the connection's numbering
-/// table, so that a known id costs no lock, and the order they came in, to forget the
-/// oldest beyond `max`: the protocol has no end-of-stream frame.
-struct StreamRegistry {
-    /// Registered ids.
-    known: HashSet<u64, IdBuildHasher>,
-    /// The same ids, oldest first.
-    order: VecDeque<u64>,
-    /// Most ids kept.
-    max: usize,
-}
-
-impl StreamRegistry {
-    fn new(max: usize) -> Self {
-        Self {
-            known: HashSet::default(),
-            order: VecDeque::new(),
-            max: max.max(1),
-        }
-    }
-
-    /// Registers stream `id` for numbering if it is new, forgetting the stream registered
-    /// longest ago when over the limit.
-    fn register(&mut self, id: u64, numbering: &StreamSeqs) {
-        if !self.known.insert(id) {
-            return;
-        }
-        let mut numbering = numbering.lock();
-        numbering.entry(id).or_insert(0);
-        self.order.push_back(id);
-        while self.known.len() > self.max {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            self.known.remove(&oldest);
-            numbering.remove(&oldest);
-        }
-    }
+/// A frame read ahead while an in-order handler ran: kept as received (a compressed
+/// frame costs its wire size while it waits), or decoded when it had to be looked at.
+enum Waiting<Req> {
+    /// Undecoded, with its charge to the read-ahead budget.
+    Raw(Bytes, usize),
+    /// Already decoded.
+    Decoded(Frame<Req>),
 }
 
 /// Serves one connection until it closes; returns why it closed.
@@ -88,76 +89,94 @@ pub(crate) async fn serve<Req, Resp, H>(
     reader: BoxReader,
     writer: BoxWriter,
     remote: String,
+    control: Arc<ConnControl>,
 ) -> CloseReason
 where
     Req: Message,
     Resp: Message,
     H: Handler<Req, Resp>,
 {
-    let closed = shared.closed.child_token();
-    let streams: StreamSeqs = Arc::default();
-    let (tx, rx) = mpsc::channel(shared.config.session_buffer_size.max(1));
+    let config = &shared.config;
+    let streams: Streams = Arc::new(Mutex::new(StreamNumbering::new(config.max_streams)));
+    let (tx, rx) = mpsc::channel(config.session_buffer_size.max(1));
+    let budget = Arc::new(ByteBudget::new(
+        config.max_queued_write_bytes,
+        Some(shared.budget.clone()),
+    ));
+    // The writer holds no sender: the queue closes (and a shutdown's flush ends) once
+    // every session clone is gone.
+    let writer_task = tokio::spawn(write_loop(
+        shared.clone(),
+        FrameWriter::new(writer),
+        rx,
+        streams.clone(),
+        budget.clone(),
+        control.clone(),
+    ));
     let session = Arc::new(SessionShared {
         tx,
         remote,
-        closed: closed.clone(),
-        default_write_timeout: shared.config.default_write_timeout,
+        control: control.clone(),
+        write_timeout: config.write_timeout,
+        budget,
     });
-    let writer_task = tokio::spawn(write_loop(
-        shared.clone(),
-        writer,
-        rx,
-        streams.clone(),
-        closed.clone(),
-    ));
+    let reader = FrameReader::new(
+        reader,
+        shared.codec.clone(),
+        config.read_buffer_size,
+        shared.read_limits(),
+    );
     let reason = read_loop(&shared, reader, &session, &streams).await;
-    let remote = session.remote.clone();
     drop(session);
     // A shutdown flushes: the writer ends once every session clone is gone and the queue
     // is written (the server's grace period bounds this). Anything else closes at once.
     if !matches!(reason, CloseReason::Shutdown) {
-        closed.cancel();
+        control.close_with(reason.clone());
     }
-    if let Ok(Err(e)) = writer_task.await {
-        tracing::debug!(%remote, error = %e, "write failed");
-    }
-    closed.cancel();
+    let _ = writer_task.await;
+    // The first cause recorded (the writer's timeout, an eviction, or the reader's own
+    // reason) explains the close better than what the reader saw afterwards.
+    let reason = control.cause().unwrap_or(reason);
+    control.token.cancel();
     reason
 }
 
 /// Reads and dispatches requests until the connection must close.
 async fn read_loop<Req, Resp, H>(
     shared: &Arc<ServerShared<H, Resp>>,
-    mut reader: BoxReader,
+    mut reader: FrameReader,
     session: &Arc<SessionShared<Resp>>,
-    streams: &StreamSeqs,
+    streams: &Streams,
 ) -> CloseReason
 where
     Req: Message,
     Resp: Message,
     H: Handler<Req, Resp>,
 {
-    let min_free = shared.config.read_buffer_size.max(1024);
-    let mut buf = BytesMut::with_capacity(min_free);
+    let config = &shared.config;
+    let codec = &shared.codec;
+    let control = &session.control;
+    let max_buffered = 4 * config.read_buffer_size.max(1024);
     let mut sequence = 0u64;
-    let concurrency = shared.config.concurrency.max(1);
+    let concurrency = config.concurrency.max(1);
     let limiter = Arc::new(Semaphore::new(concurrency));
     let mut running: JoinSet<Result<(), CloseReason>> = JoinSet::new();
     // Running concurrent handlers by request id, for cancel frames.
     let mut handlers: HashMap<u64, tokio::task::AbortHandle, IdBuildHasher> = HashMap::default();
-    let mut stream_ids = StreamRegistry::new(shared.config.max_streams);
     // Frames read while an in-order handler runs, dispatched in order after it, each with
-    // when it was read.
-    let mut backlog: VecDeque<(Frame<Req>, Instant)> = VecDeque::new();
+    // when it was read; their bytes are charged to the read-ahead budget.
+    let mut backlog: VecDeque<(Waiting<Req>, Instant)> = VecDeque::new();
+    let read_ahead = ByteBudget::new(config.max_read_ahead_bytes, Some(shared.budget.clone()));
+    // Requests cancelled while waiting in the backlog (never run).
+    let mut cancelled_ahead: HashSet<u64, IdBuildHasher> = HashSet::default();
     // Created once: a fresh cancellation future per request costs a waiter registration.
-    let closed = session.closed.cancelled();
+    let closed = control.token.cancelled();
     let shutdown = shared.shutdown.cancelled();
     tokio::pin!(closed, shutdown);
     let reason = 'read: loop {
-        morpc_backend::io::make_room(&mut buf, min_free);
         let read = tokio::select! {
             biased;
-            () = &mut closed => break 'read closed_reason(shared),
+            () = &mut closed => break 'read closed_reason(shared, control),
             () = &mut shutdown => break 'read CloseReason::Shutdown,
             Some(done) = running.join_next(), if !running.is_empty() => {
                 match done {
@@ -168,21 +187,32 @@ where
                     Err(e) => break 'read CloseReason::HandlerPanicked(e.to_string().into()),
                 }
             }
-            r = reader.read_buf(&mut buf) => r,
+            r = reader.read() => r,
         };
         match read {
-            Ok(0) => break CloseReason::PeerClosed,
             Ok(n) => metrics::bytes_read(n),
-            Err(e) => break CloseReason::from(e),
+            Err(e) => break CloseReason::from_read(e),
         }
         // Deadlines are rebuilt against when the frames were read: one clock read per
         // read, not per frame.
-        let read_at = Instant::now();
+        let read_at = reader.last_read();
         loop {
             let (frame, received): (Frame<Req>, Instant) = match backlog.pop_front() {
-                Some(queued) => queued,
-                None => match shared.codec.decode(&mut buf) {
-                    Ok(Some(frame)) => (frame, read_at),
+                Some((waiting, at)) => match waiting {
+                    Waiting::Decoded(frame) => (frame, at),
+                    Waiting::Raw(raw, charge) => {
+                        read_ahead.release(charge);
+                        match codec.decode_split(raw) {
+                            Ok(frame) => (frame, at),
+                            Err(e) => break 'read CloseReason::BadFrame(e),
+                        }
+                    }
+                },
+                None => match reader.next_frame() {
+                    Ok(Some(frame)) => {
+                        control.note_frame(read_at);
+                        (frame, read_at)
+                    }
                     Ok(None) => break,
                     Err(e) => break 'read CloseReason::BadFrame(e),
                 },
@@ -190,8 +220,8 @@ where
             let message = match frame.body {
                 FrameBody::Message(m) => m,
                 FrameBody::Ping(id) => {
-                    if session.tx.send(Frame::pong(id)).await.is_err() {
-                        break 'read closed_reason(shared);
+                    if let Err(reason) = answer_ping(session, id).await {
+                        break 'read reason;
                     }
                     continue;
                 }
@@ -205,11 +235,17 @@ where
                 }
                 _ => continue,
             };
+            let id = message.id();
+            if !cancelled_ahead.is_empty() && cancelled_ahead.remove(&id) {
+                continue;
+            }
+            if backlog.is_empty() {
+                cancelled_ahead.clear();
+            }
             sequence += 1;
             metrics::request_received();
-            let id = message.id();
             if frame.stream_seq.is_some() {
-                stream_ids.register(id, streams);
+                streams.lock().touch(id);
             }
             let request = Request {
                 message,
@@ -221,54 +257,75 @@ where
             };
             let client = ClientSession::new(session.clone(), request.deadline);
             if concurrency == 1 {
-                // While the handler runs, keep reading (boundedly): answer pings, honour
-                // a cancel frame for this request by dropping the handler, and keep every
-                // other frame for in-order dispatch after it.
+                // While the handler runs, keep reading (within the read-ahead budget):
+                // answer pings, honour a cancel frame for this request by dropping the
+                // handler, and keep every other frame, undecoded, for in-order dispatch
+                // after it.
                 let handler = run_handler(shared, request, client);
                 tokio::pin!(handler);
                 // Most handlers finish without waiting: poll once before setting up the
                 // read-ahead (the task's own waker is registered if it does not finish).
                 let first = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;
                 let mut peer_done = false;
+                let mut budget_spent = false;
                 let outcome = if let Poll::Ready(outcome) = first {
                     outcome
                 } else {
                     loop {
-                        let watch =
-                            !peer_done && backlog.len() < MAX_BACKLOG && buf.len() < 4 * min_free;
-                        if watch {
-                            morpc_backend::io::make_room(&mut buf, min_free);
-                        }
+                        let watch = !peer_done
+                            && !budget_spent
+                            && backlog.len() < MAX_BACKLOG
+                            && reader.buffered() < max_buffered;
                         tokio::select! {
                             biased;
-                            () = &mut closed => break 'read closed_reason(shared),
+                            () = &mut closed => break 'read closed_reason(shared, control),
                             outcome = &mut handler => break outcome,
-                            read = reader.read_buf(&mut buf), if watch => {
+                            read = reader.read(), if watch => {
                                 match read {
-                                    Ok(0) => peer_done = true,
                                     Ok(n) => metrics::bytes_read(n),
-                                    Err(e) => break 'read CloseReason::from(e),
+                                    Err(ReadError::Closed) => peer_done = true,
+                                    Err(e) => break 'read CloseReason::from_read(e),
                                 }
                                 let mut cancelled = false;
-                                let read_at = Instant::now();
+                                let read_at = reader.last_read();
                                 loop {
-                                    let frame: Frame<Req> = match shared.codec.decode(&mut buf) {
-                                        Ok(Some(frame)) => frame,
+                                    let raw = match reader.next_raw() {
+                                        Ok(Some(raw)) => raw,
                                         Ok(None) => break,
+                                        Err(e) => break 'read CloseReason::BadFrame(e),
+                                    };
+                                    control.note_frame(read_at);
+                                    let control_frame = codec
+                                        .split_flag(&raw)
+                                        .is_some_and(|f| f & (flags::PING | flags::PONG | flags::CANCEL) != 0);
+                                    if !control_frame {
+                                        // Past the budget the frame is still kept (it
+                                        // was read), but reading stops until the
+                                        // handler is done.
+                                        let charge = read_ahead.try_take(raw.len()).unwrap_or_else(|| {
+                                            budget_spent = true;
+                                            0
+                                        });
+                                        backlog.push_back((Waiting::Raw(raw, charge), read_at));
+                                        continue;
+                                    }
+                                    let frame: Frame<Req> = match codec.decode_split(raw) {
+                                        Ok(frame) => frame,
                                         Err(e) => break 'read CloseReason::BadFrame(e),
                                     };
                                     match frame.body {
                                         FrameBody::Cancel(c) if c == id => cancelled = true,
+                                        // A request still waiting in the backlog: never run it.
                                         FrameBody::Cancel(c) => {
-                                            // A request still waiting in the backlog: never run it.
-                                            backlog.retain(|(f, _)| !matches!(&f.body, FrameBody::Message(m) if m.id() == c));
+                                            cancelled_ahead.insert(c);
                                         }
                                         FrameBody::Ping(p) => {
-                                            if session.tx.send(Frame::pong(p)).await.is_err() {
-                                                break 'read closed_reason(shared);
+                                            if let Err(reason) = answer_ping(session, p).await {
+                                                break 'read reason;
                                             }
                                         }
-                                        _ => backlog.push_back((frame, read_at)),
+                                        FrameBody::Message(_) => backlog.push_back((Waiting::Decoded(frame), read_at)),
+                                        _ => {}
                                     }
                                 }
                                 if cancelled {
@@ -284,11 +341,11 @@ where
             } else {
                 let permit = tokio::select! {
                     biased;
-                    () = &mut closed => break 'read closed_reason(shared),
+                    () = &mut closed => break 'read closed_reason(shared, control),
                     p = limiter.clone().acquire_owned() => p.expect("never closed"),
                 };
                 let shared = shared.clone();
-                let closed = session.closed.clone();
+                let closed = control.token.clone();
                 let handle = running.spawn(async move {
                     let _permit = permit;
                     tokio::select! {
@@ -317,8 +374,27 @@ where
     reason
 }
 
+/// Queues the pong for ping `id` through the same queue, budget and write timeout as a
+/// response: a peer that pings but never reads is slowed and closed like any other.
+async fn answer_ping<Resp: Message>(
+    session: &SessionShared<Resp>,
+    id: u64,
+) -> Result<(), CloseReason> {
+    match session.queue(Frame::pong(id), None).await {
+        Ok(()) => Ok(()),
+        Err(crate::ServerError::Busy) => Err(CloseReason::WriteTimeout(session.write_timeout)),
+        Err(_) => Err(session
+            .control
+            .cause()
+            .unwrap_or(CloseReason::SessionClosed)),
+    }
+}
+
 /// Why the connection stopped when its token was cancelled.
-fn closed_reason<H, Resp>(shared: &ServerShared<H, Resp>) -> CloseReason {
+fn closed_reason<H, Resp>(shared: &ServerShared<H, Resp>, control: &ConnControl) -> CloseReason {
+    if let Some(cause) = control.cause() {
+        return cause;
+    }
     if shared.closed.is_cancelled() {
         CloseReason::Shutdown
     } else {
@@ -411,80 +487,91 @@ fn handler_span<Req>(request: &Request<Req>) -> tracing::Span {
 }
 
 /// Writes queued responses in batches until every session is gone (then flushes and
-/// shuts the socket down) or the connection is closed.
+/// shuts the socket down) or the connection is closed. A peer that accepts no bytes for
+/// the write timeout closes the connection.
 async fn write_loop<H, Resp: Message>(
     shared: Arc<ServerShared<H, Resp>>,
-    mut writer: BoxWriter,
-    mut rx: mpsc::Receiver<Frame<Resp>>,
-    streams: StreamSeqs,
-    closed: CancellationToken,
-) -> std::io::Result<()> {
+    mut writer: FrameWriter,
+    mut rx: mpsc::Receiver<Outgoing<Resp>>,
+    streams: Streams,
+    budget: Arc<ByteBudget>,
+    control: Arc<ConnControl>,
+) {
     let batch_size = shared.config.batch_send_size.max(1);
     let numbered = shared.codec.framing() == Framing::V07;
-    let mut batch: Vec<Frame<Resp>> = Vec::with_capacity(batch_size);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut chunks: Vec<Bytes> = Vec::with_capacity(4);
-    let stopped = closed.cancelled();
+    let bound = WriteBound::Stall(shared.config.write_timeout);
+    let mut batch: Vec<Outgoing<Resp>> = Vec::with_capacity(batch_size);
+    let stopped = control.token.cancelled();
     tokio::pin!(stopped);
     loop {
         let more = tokio::select! {
             biased;
-            () = &mut stopped => return Ok(()),
+            () = &mut stopped => break,
             more = morpc_backend::io::next_batch(&mut rx, &mut batch, batch_size) => more,
         };
         if !more {
+            let _ = writer.shutdown().await;
             break;
         }
         if numbered {
             number_stream_responses(&streams, &mut batch);
         }
         let messages = batch.len();
-        buf.reserve(64 * 1024);
-        for frame in batch.drain(..) {
+        let mut charged = 0;
+        for Outgoing { frame, charge } in batch.drain(..) {
+            charged += charge;
             if let (Some(filter), FrameBody::Message(m)) = (&shared.config.filter, &frame.body) {
                 if !filter(m) {
                     continue;
                 }
             }
-            match shared.codec.encode(&frame, &mut buf) {
-                Ok(Some(payload)) => {
-                    chunks.push(buf.split().freeze());
-                    chunks.push(payload);
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot encode response; dropped"),
+            if let Err(e) = writer.encode(&shared.codec, &frame) {
+                tracing::warn!(error = %e, "cannot encode response; dropped");
             }
         }
-        if !buf.is_empty() {
-            chunks.push(buf.split().freeze());
+        if writer.is_empty() {
+            budget.release(charged);
+            continue;
         }
         let written = tokio::select! {
             biased;
-            () = &mut stopped => return Ok(()),
-            r = morpc_backend::io::write_chunks(&mut writer, &mut chunks) => r,
+            () = &mut stopped => break,
+            r = writer.flush(bound) => r,
         };
-        let sent = chunks.iter().map(Bytes::len).sum();
-        chunks.clear();
-        if let Err(e) = written {
-            closed.cancel();
-            return Err(e);
+        budget.release(charged);
+        match written {
+            Ok(sent) => metrics::batch_written(messages, sent),
+            Err(e) => {
+                let reason = match e {
+                    WriteError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        CloseReason::WriteTimeout(shared.config.write_timeout)
+                    }
+                    WriteError::Io(e) => CloseReason::from(e),
+                    other => CloseReason::Io(Arc::new(std::io::Error::other(other.to_string()))),
+                };
+                tracing::debug!(%reason, "write failed");
+                control.close_with(reason);
+                break;
+            }
         }
-        metrics::batch_written(messages, sent);
     }
-    writer.shutdown().await
+    // What is still queued is dropped with the connection: give its bytes back.
+    rx.close();
+    while let Ok(o) = rx.try_recv() {
+        budget.release(o.charge);
+    }
 }
 
 /// Gives each response to a known stream id the stream's next sequence number.
-fn number_stream_responses<Resp: Message>(streams: &StreamSeqs, batch: &mut [Frame<Resp>]) {
+fn number_stream_responses<Resp: Message>(streams: &Streams, batch: &mut [Outgoing<Resp>]) {
     let mut streams = streams.lock();
     if streams.is_empty() {
         return;
     }
-    for frame in batch {
+    for Outgoing { frame, .. } in batch {
         if let FrameBody::Message(m) = &frame.body {
-            if let Some(seq) = streams.get_mut(&m.id()) {
-                *seq = seq.wrapping_add(1);
-                frame.stream_seq = Some(*seq);
+            if let Some(seq) = streams.next_seq(m.id()) {
+                frame.stream_seq = Some(seq);
             }
         }
     }

@@ -3,6 +3,7 @@
 use std::io;
 use std::sync::Arc;
 
+use morpc_backend::connection::{ReadError, ReadTimeout};
 use morpc_codec::CodecError;
 
 /// The error a handler returns: anything, boxed. Returning one closes the connection.
@@ -63,6 +64,30 @@ pub enum CloseReason {
     /// The server shut down or closed.
     #[error("server shut down")]
     Shutdown,
+    /// A read limit expired: no complete first frame, a frame stalled half-way, or the
+    /// connection was idle (see [`ServerConfig`](crate::ServerConfig)'s timeouts).
+    #[error("read timeout: {0}")]
+    ReadTimeout(ReadTimeout),
+    /// The peer accepted no bytes of its responses within the write timeout (it stopped
+    /// reading).
+    #[error("write timeout: the peer accepted no bytes for {0:?}")]
+    WriteTimeout(std::time::Duration),
+    /// Closed to admit a new connection at `max_connections`: it had never sent a
+    /// complete frame, or had been silent longest.
+    #[error("evicted at max_connections to admit a new connection")]
+    Evicted,
+}
+
+impl CloseReason {
+    /// The reason for a read side that stopped.
+    pub(crate) fn from_read(e: ReadError) -> Self {
+        match e {
+            ReadError::Closed => Self::PeerClosed,
+            ReadError::Io(e) => Self::Io(Arc::new(e)),
+            ReadError::Timeout(t) => Self::ReadTimeout(t),
+            other => Self::Io(Arc::new(io::Error::other(other.to_string()))),
+        }
+    }
 }
 
 impl From<io::Error> for CloseReason {

@@ -31,6 +31,9 @@ mod imp {
             CloseReason::HandlerPanicked(_) => "handler_panicked",
             CloseReason::SessionClosed => "session_closed",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::ReadTimeout(_) => "read_timeout",
+            CloseReason::WriteTimeout(_) => "write_timeout",
+            CloseReason::Evicted => "evicted",
         };
         metrics::counter!("morpc_server_connections_total", "event" => "closed").increment(1);
         metrics::counter!("morpc_server_connections_closed_total", "reason" => kind).increment(1);

@@ -1,11 +1,13 @@
 //! `RpcServer`: the accept loop, connection tracking and shutdown.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use morpc_backend::Address;
-use morpc_codec::{Codec, Message};
+use morpc_codec::Message;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::{ServerShared, serve};
 use crate::listener::Listener;
+use crate::session::ConnControl;
 use crate::{CloseReason, Handler, ServerConfig, ServerError};
 
 /// A running morpc server: accepts TCP or Unix connections and serves each with a reader
@@ -86,11 +89,9 @@ impl RpcServer {
             }),
         });
         let shared = Arc::new(ServerShared {
-            codec: Codec::new(config.codec.clone()),
-            handler,
-            config,
             shutdown: control.shutdown.clone(),
             closed: control.closed.clone(),
+            ..ServerShared::new(handler, config)
         });
         tracing::info!(address = %local_addr, "morpc server listening");
         control
@@ -158,20 +159,93 @@ where
     H: Handler<Req, Resp>,
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
-    let shared = Arc::new(ServerShared {
-        codec: Codec::new(config.codec.clone()),
-        handler,
-        config,
-        shutdown: CancellationToken::new(),
-        closed: CancellationToken::new(),
-    });
+    let shared = Arc::new(ServerShared::new(handler, config));
     let (reader, writer) = tokio::io::split(io);
     let closed = shared.closed.clone();
+    let control = ConnControl::new(&closed);
     let _stop = closed.drop_guard();
-    serve(shared, Box::pin(reader), Box::pin(writer), "io".to_owned()).await
+    serve(
+        shared,
+        Box::pin(reader),
+        Box::pin(writer),
+        "io".to_owned(),
+        control,
+    )
+    .await
 }
 
-/// Accepts connections until shutdown, at most `max_connections` at once.
+/// The connections being served, for choosing one to evict at `max_connections`.
+#[derive(Default)]
+struct Connections {
+    /// Connection number → its control.
+    live: Mutex<HashMap<u64, Arc<ConnControl>>>,
+    /// The next connection number.
+    next: AtomicU64,
+}
+
+impl Connections {
+    /// Registers a connection; it is forgotten when the returned guard drops.
+    fn register(self: &Arc<Self>, control: Arc<ConnControl>) -> Registered {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.live.lock().insert(key, control);
+        Registered {
+            connections: self.clone(),
+            key,
+        }
+    }
+
+    /// Closes the connection the server can best do without (see [`choose_victim`]).
+    /// Returns whether there was one.
+    fn evict_one(&self) -> bool {
+        let victim = {
+            let live = self.live.lock();
+            let key = choose_victim(
+                live.iter()
+                    .filter(|(_, c)| !c.token.is_cancelled())
+                    .map(|(key, c)| (*key, c.accepted(), c.last_frame())),
+            );
+            key.and_then(|key| live.get(&key).cloned())
+        };
+        match victim {
+            Some(control) => {
+                control.close_with(CloseReason::Evicted);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Removes a connection from [`Connections`] when dropped.
+struct Registered {
+    /// The registry.
+    connections: Arc<Connections>,
+    /// The connection's number.
+    key: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connections.live.lock().remove(&self.key);
+    }
+}
+
+/// The connection to close to admit a new one: the one waiting longest that never sent
+/// a complete frame (a peer that connects and sends nothing loses first), else the one
+/// whose last frame is oldest. Items are `(key, accepted, last complete frame)`.
+fn choose_victim(
+    connections: impl Iterator<Item = (u64, Instant, Option<Instant>)>,
+) -> Option<u64> {
+    connections
+        .min_by_key(|(_, accepted, last_frame)| match last_frame {
+            None => (0, *accepted),
+            Some(at) => (1, *at),
+        })
+        .map(|(key, _, _)| key)
+}
+
+/// Accepts connections until shutdown, at most `max_connections` at once: a connection
+/// that arrives at the limit is admitted by evicting another (see [`choose_victim`]).
 async fn accept_loop<Req, Resp, H>(
     listener: Listener,
     shared: Arc<ServerShared<H, Resp>>,
@@ -182,12 +256,8 @@ async fn accept_loop<Req, Resp, H>(
     H: Handler<Req, Resp>,
 {
     let slots = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+    let connections = Arc::new(Connections::default());
     loop {
-        let permit = tokio::select! {
-            biased;
-            () = shared.shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
-        };
         let accepted = tokio::select! {
             biased;
             () = shared.shutdown.cancelled() => return,
@@ -202,21 +272,52 @@ async fn accept_loop<Req, Resp, H>(
                 continue;
             }
         };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // At the limit: close one connection and take its slot as soon as its
+                // task has ended (at once: closing cancels everything it waits on).
+                // Without one to close (all still in their TLS handshake, which the
+                // first-frame timeout bounds), the new connection waits for a slot.
+                if connections.evict_one() {
+                    tracing::info!(%remote, "max_connections reached; evicted the connection silent longest");
+                }
+                tokio::select! {
+                    biased;
+                    () = shared.shutdown.cancelled() => return,
+                    p = slots.clone().acquire_owned() => p.expect("never closed"),
+                }
+            }
+        };
         let shared = shared.clone();
+        let connections = connections.clone();
         tasks.spawn(async move {
             let _permit = permit;
+            let control = ConnControl::new(&shared.closed);
             // The TLS handshake runs here, not in the accept loop: a slow peer delays
-            // only its own connection.
-            let (reader, writer) = match stream.into_halves(shared.config.tls_settings()).await {
+            // only its own connection, for at most the first-frame timeout.
+            let handshake = stream.into_halves(shared.config.tls_settings());
+            let halves = match shared.config.first_frame_timeout {
+                Some(limit) => match tokio::time::timeout(limit, handshake).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake not done within the first-frame timeout; connection closed");
+                        return;
+                    }
+                },
+                None => handshake.await,
+            };
+            let (reader, writer) = match halves {
                 Ok(halves) => halves,
                 Err(e) => {
                     tracing::warn!(%remote, error = %e, "TLS handshake failed; connection closed");
                     return;
                 }
             };
+            let _registered = connections.register(control.clone());
             tracing::debug!(%remote, "connection accepted");
             crate::metrics::connection_accepted();
-            let reason = serve(shared, reader, writer, remote.clone()).await;
+            let reason = serve(shared, reader, writer, remote.clone(), control).await;
             crate::metrics::connection_closed(&reason);
             match &reason {
                 CloseReason::PeerClosed | CloseReason::Shutdown | CloseReason::SessionClosed => {
@@ -225,5 +326,27 @@ async fn accept_loop<Req, Resp, H>(
                 _ => tracing::warn!(%remote, %reason, "connection closed"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_victim_is_the_oldest_connection_that_never_sent_a_frame() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let conns = [
+            (1, t0, Some(t0 + s)),
+            (2, t0 + s, None),
+            (3, t0 + 2 * s, None),
+            (4, t0, Some(t0 + 5 * s)),
+        ];
+        assert_eq!(choose_victim(conns.into_iter()), Some(2));
+        // Every connection sent frames: the one silent longest.
+        let conns = [(1, t0, Some(t0 + 3 * s)), (4, t0, Some(t0 + s))];
+        assert_eq!(choose_victim(conns.into_iter()), Some(4));
+        assert_eq!(choose_victim(std::iter::empty()), None);
     }
 }

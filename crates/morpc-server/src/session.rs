@@ -1,25 +1,197 @@
 //! `ClientSession`: a handler's way back to the client.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use morpc_backend::connection::ByteBudget;
 use morpc_codec::{Frame, Message};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
-use crate::ServerError;
+use crate::{CloseReason, ServerError};
+
+/// What the server knows of one connection, shared by its tasks, its sessions and the
+/// accept loop (which may evict it at `max_connections`).
+#[derive(Debug)]
+pub(crate) struct ConnControl {
+    /// Cancelled when the connection closes.
+    pub(crate) token: CancellationToken,
+    /// Why it was closed, by whoever closed it first.
+    cause: Mutex<Option<CloseReason>>,
+    /// When it was accepted.
+    accepted: Instant,
+    /// Nanoseconds after `accepted` of the last complete frame from the peer
+    /// (`u64::MAX`: none yet).
+    last_frame: AtomicU64,
+}
+
+impl ConnControl {
+    /// The control of a connection accepted now, closed with `parent`.
+    pub(crate) fn new(parent: &CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            token: parent.child_token(),
+            cause: Mutex::new(None),
+            accepted: morpc_backend::connection::now(),
+            last_frame: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    /// Closes the connection for `reason` (the first reason given wins).
+    pub(crate) fn close_with(&self, reason: CloseReason) {
+        self.cause.lock().get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    /// Why the connection was closed, if it was through `close_with`.
+    pub(crate) fn cause(&self) -> Option<CloseReason> {
+        self.cause.lock().clone()
+    }
+
+    /// Records a complete frame from the peer received at `at`.
+    #[inline]
+    pub(crate) fn note_frame(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.accepted).as_nanos() as u64;
+        self.last_frame
+            .store(nanos.min(u64::MAX - 1), Ordering::Relaxed);
+    }
+
+    /// When the connection was accepted.
+    pub(crate) fn accepted(&self) -> Instant {
+        self.accepted
+    }
+
+    /// When the peer last sent a complete frame, if it ever did.
+    pub(crate) fn last_frame(&self) -> Option<Instant> {
+        match self.last_frame.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            nanos => Some(self.accepted + Duration::from_nanos(nanos)),
+        }
+    }
+}
+
+/// A frame in a connection's response queue, with the bytes it charged to the
+/// connection's write budget (given back once written).
+pub(crate) struct Outgoing<Resp> {
+    /// The frame.
+    pub(crate) frame: Frame<Resp>,
+    /// Its charge to the write budget.
+    pub(crate) charge: usize,
+}
+
+/// Bytes a frame holds while queued: its body and payload, and room for its header.
+pub(crate) fn queued_size<Resp: Message>(frame: &Frame<Resp>) -> usize {
+    const HEADER: usize = 64;
+    match &frame.body {
+        morpc_codec::FrameBody::Message(m) => {
+            HEADER + m.encoded_len() + m.payload().map_or(0, Bytes::len)
+        }
+        _ => HEADER,
+    }
+}
 
 /// What every session of one connection shares.
 pub(crate) struct SessionShared<Resp> {
     /// The connection's bounded response queue, drained by its writer task.
-    pub(crate) tx: mpsc::Sender<Frame<Resp>>,
+    pub(crate) tx: mpsc::Sender<Outgoing<Resp>>,
     /// The peer's address, for logs and handlers.
     pub(crate) remote: String,
-    /// Cancelled when the connection closes.
-    pub(crate) closed: CancellationToken,
-    /// Write timeout of requests without a deadline.
-    pub(crate) default_write_timeout: std::time::Duration,
+    /// The connection's close signal and cause.
+    pub(crate) control: Arc<ConnControl>,
+    /// Longest wait for queue room.
+    pub(crate) write_timeout: Duration,
+    /// Bytes queued for writing, against the connection's and the server's budget.
+    pub(crate) budget: Arc<ByteBudget>,
+}
+
+impl<Resp: Message> SessionShared<Resp> {
+    /// Queues `frame` if the queue and the budget have room now; otherwise gives it back.
+    #[inline]
+    fn try_queue(&self, frame: Frame<Resp>) -> Result<(), (ServerError, Option<Frame<Resp>>)> {
+        let Some(charge) = self.budget.try_take(queued_size(&frame)) else {
+            return Err((ServerError::QueueFull, Some(frame)));
+        };
+        match self.tx.try_send(Outgoing { frame, charge }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(o)) => {
+                self.budget.release(o.charge);
+                Err((ServerError::SessionClosed, None))
+            }
+            Err(TrySendError::Full(o)) => {
+                self.budget.release(o.charge);
+                Err((ServerError::QueueFull, Some(o.frame)))
+            }
+        }
+    }
+
+    /// Queues `frame`, waiting for queue room and budget until `deadline` (but never
+    /// longer than the write timeout).
+    ///
+    /// # Errors
+    /// `Busy` when there was no room in time, `SessionClosed` when the connection closed.
+    pub(crate) async fn queue(
+        &self,
+        frame: Frame<Resp>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ServerError> {
+        // Boxed: the wait is rare, and inlined it would make this future (part of every
+        // handler's) several hundred bytes larger, moved around for every request.
+        let wait = match self.try_queue(frame) {
+            Ok(()) => return Ok(()),
+            Err((_, None)) => return Err(ServerError::SessionClosed),
+            Err((_, Some(frame))) => Box::pin(self.wait_to_queue(frame, deadline)),
+        };
+        wait.await
+    }
+
+    /// Waits for budget and queue room until `deadline`, at most the write timeout.
+    async fn wait_to_queue(
+        &self,
+        frame: Frame<Resp>,
+        deadline: Option<Instant>,
+    ) -> Result<(), ServerError> {
+        let limit = morpc_backend::connection::now() + self.write_timeout;
+        let deadline = deadline.map_or(limit, |d| d.min(limit));
+        let queued = async {
+            let charge = self.budget.take(queued_size(&frame)).await;
+            // Given back if the wait is cancelled or the connection is gone.
+            let guard = ChargeGuard {
+                budget: &self.budget,
+                charge,
+            };
+            let sent = self.tx.send(Outgoing { frame, charge }).await;
+            std::mem::forget(guard);
+            match sent {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    self.budget.release(e.0.charge);
+                    Err(ServerError::SessionClosed)
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.control.token.cancelled() => Err(ServerError::SessionClosed),
+            r = tokio::time::timeout_at(deadline.into(), queued) => r.unwrap_or(Err(ServerError::Busy)),
+        }
+    }
+}
+
+/// Gives a charge back to its budget when dropped (a cancelled wait).
+struct ChargeGuard<'a> {
+    /// The budget charged.
+    budget: &'a ByteBudget,
+    /// The charge.
+    charge: usize,
+}
+
+impl Drop for ChargeGuard<'_> {
+    fn drop(&mut self) {
+        self.budget.release(self.charge);
+    }
 }
 
 /// The connection a request came from, as its handler sees it: write one response, or
@@ -48,7 +220,7 @@ impl<Resp> std::fmt::Debug for ClientSession<Resp> {
         f.debug_struct("ClientSession")
             .field("remote", &self.shared.remote)
             .field("deadline", &self.deadline)
-            .field("closed", &self.shared.closed.is_cancelled())
+            .field("closed", &self.shared.control.token.is_cancelled())
             .finish()
     }
 }
@@ -58,65 +230,40 @@ impl<Resp: Message> ClientSession<Resp> {
         Self { shared, deadline }
     }
 
-    /// Queues `response` for writing, waiting for queue space until the request's
-    /// deadline (or the server's default write timeout when it had none).
+    /// Queues `response` for writing, waiting for room in the connection's queue and
+    /// write budget until the request's deadline, and never longer than the server's
+    /// write timeout.
     ///
     /// # Errors
-    /// [`ServerError::Busy`] when the queue stayed full until then;
+    /// [`ServerError::Busy`] when there was no room until then;
     /// [`ServerError::SessionClosed`] when the connection is gone.
     pub async fn write(&self, response: Resp) -> Result<(), ServerError> {
-        // Boxed: the wait is rare, and inlined it would make this future (part of every
-        // handler's) about 900 bytes, moved around for every request. Only the box lives
-        // across the await.
-        let wait = match self.shared.tx.try_send(Frame::message(response)) {
-            Ok(()) => return Ok(()),
-            Err(TrySendError::Closed(_)) => return Err(ServerError::SessionClosed),
-            Err(TrySendError::Full(frame)) => Box::pin(self.wait_to_write(frame)),
-        };
-        wait.await
-    }
-
-    /// Waits for queue space until the request's deadline (or the default write timeout).
-    async fn wait_to_write(&self, frame: Frame<Resp>) -> Result<(), ServerError> {
-        let deadline = self
-            .deadline
-            .unwrap_or_else(|| Instant::now() + self.shared.default_write_timeout);
-        let send = self.shared.tx.send(frame);
-        tokio::select! {
-            biased;
-            () = self.shared.closed.cancelled() => Err(ServerError::SessionClosed),
-            r = tokio::time::timeout_at(deadline.into(), send) => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(ServerError::SessionClosed),
-                Err(_) => Err(ServerError::Busy),
-            },
-        }
+        self.shared
+            .queue(Frame::message(response), self.deadline)
+            .await
     }
 
     /// Queues `response` only if there is room now; never waits.
     ///
     /// # Errors
-    /// [`ServerError::QueueFull`] or [`ServerError::SessionClosed`].
+    /// [`ServerError::QueueFull`] (queue or write budget full) or
+    /// [`ServerError::SessionClosed`].
     pub fn write_oneway(&self, response: Resp) -> Result<(), ServerError> {
         self.shared
-            .tx
-            .try_send(Frame::message(response))
-            .map_err(|e| match e {
-                TrySendError::Full(_) => ServerError::QueueFull,
-                TrySendError::Closed(_) => ServerError::SessionClosed,
-            })
+            .try_queue(Frame::message(response))
+            .map_err(|(e, _)| e)
     }
 }
 
 impl<Resp> ClientSession<Resp> {
     /// Closes the connection: queued responses are dropped and the peer sees it close.
     pub fn close(&self) {
-        self.shared.closed.cancel();
+        self.shared.control.close_with(CloseReason::SessionClosed);
     }
 
     /// Whether the connection is closed.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
+        self.shared.control.token.is_cancelled()
     }
 
     /// The peer's address (`ip:port`, or the socket path for Unix peers).

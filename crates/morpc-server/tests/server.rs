@@ -437,26 +437,6 @@ async fn unix_socket_server_removes_stale_files_and_cleans_up() {
     assert!(!path.exists(), "socket file removed on shutdown");
 }
 
-#[tokio::test]
-async fn max_connections_defers_extra_connections() {
-    let server = echo_server(ServerConfig::new().max_connections(1)).await;
-    let first = client(&server).await;
-    first.request(msg("1"), SendOptions::new()).await.unwrap();
-    let second = client(&server).await;
-    let err = second
-        .request(msg("2"), SendOptions::timeout(Duration::from_millis(200)))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, BackendError::Timeout), "{err:?}");
-    first.close();
-    let resp = within(
-        "served after a slot frees",
-        second.request(msg("2"), SendOptions::timeout(LONG)),
-    )
-    .await;
-    assert_eq!(resp.unwrap().body, "2");
-}
-
 /// Sends `frame` raw over a new connection and waits for the server to close it.
 async fn server_closes_after(addr: &Address, frame: &[u8]) -> bool {
     let Address::Tcp(addr) = addr else {
