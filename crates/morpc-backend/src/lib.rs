@@ -26,6 +26,7 @@
 mod address;
 mod backend;
 mod config;
+mod conn_state;
 pub mod connection;
 mod error;
 mod factory;

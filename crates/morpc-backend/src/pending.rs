@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -264,6 +265,52 @@ pub(crate) fn fail<Resp>(pending: Pending<Resp>, err: BackendError) {
             let _ = tx.send(Err(err));
         }
         Pending::Stream(slot) => slot.end.set(err),
+    }
+}
+
+/// What is left to do with a message after the table lock: what could be done under it
+/// (a stream message that fits its buffer) is done.
+pub(crate) enum Delivery<Resp> {
+    /// Handed to its stream, or dropped because the stream's receiver is gone.
+    Done,
+    /// Complete this request with the message.
+    Request(ResponseSender<Resp>, Resp),
+    /// The stream's buffer is full: wait for room (backpressure).
+    StreamFull(tokio::sync::mpsc::Sender<Resp>, Arc<StreamEnd>, Resp),
+    /// The stream saw a sequence gap and was removed.
+    Gap(Pending<Resp>, BackendError),
+    /// Nobody waits for this id.
+    Unknown,
+}
+
+impl<Resp> PendingTable<Resp> {
+    /// Decides under one lock what to do with `msg` for `id` carrying `seq`: a request is
+    /// removed, a stream's sequence is checked and advanced and the message handed to it
+    /// if its buffer has room (a non-blocking `try_send`, so no sender clone per message).
+    pub(crate) fn deliver(&self, id: u64, seq: Option<u32>, msg: Resp) -> Delivery<Resp> {
+        self.with_shard(id, |map| match map.get_mut(&id) {
+            None | Some(Pending::Ping(_)) => Delivery::Unknown,
+            Some(Pending::Request(_)) => match map.remove(&id) {
+                Some(Pending::Request(tx)) => Delivery::Request(tx, msg),
+                _ => Delivery::Unknown,
+            },
+            Some(Pending::Stream(slot)) => match seq {
+                Some(received) if received != slot.next_seq => {
+                    let expected = slot.next_seq;
+                    let pending = map.remove(&id).expect("entry just seen");
+                    Delivery::Gap(pending, BackendError::SequenceGap { expected, received })
+                }
+                _ => {
+                    slot.next_seq = slot.next_seq.wrapping_add(1);
+                    match slot.tx.try_send(msg) {
+                        Ok(()) | Err(TrySendError::Closed(_)) => Delivery::Done,
+                        Err(TrySendError::Full(msg)) => {
+                            Delivery::StreamFull(slot.tx.clone(), slot.end.clone(), msg)
+                        }
+                    }
+                }
+            },
+        })
     }
 }
 

@@ -7,15 +7,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
 use morpc_codec::{Frame, FrameBody, Message};
-use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc::error::TrySendError;
 
 use crate::address::BoxReader;
 use crate::backend::{ItemKind, Shared, WriteItem};
-use crate::pending::Pending;
-use crate::writer::ConnState;
+use crate::conn_state::ConnState;
+use crate::connection::{FrameReader, ReadLimits};
+use crate::pending::{Delivery, Pending};
 use crate::{BackendError, SendOptions};
 
 /// Reads until the connection breaks or is stopped; a failure breaks the connection,
@@ -33,44 +31,45 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
 /// The loop proper; returns why the connection broke, or `None` when stopped.
 async fn read_loop<Req: Message, Resp: Message>(
     shared: &Arc<Shared<Req, Resp>>,
-    mut reader: BoxReader,
+    reader: BoxReader,
     conn: &ConnState,
 ) -> Option<String> {
-    let min_free = shared.config.read_buffer_size.max(1024);
-    let mut buf = BytesMut::with_capacity(min_free);
+    // The heartbeat's silence limit is one of the core's read limits.
     let heartbeat = shared.config.read_timeout;
+    let limits = ReadLimits {
+        silence: heartbeat,
+        ..ReadLimits::default()
+    };
+    let mut reader = FrameReader::new(
+        reader,
+        shared.codec.clone(),
+        shared.config.read_buffer_size,
+        limits,
+    );
     let mut ping_every = heartbeat.map(|d| {
         let period = (d / 5).max(std::time::Duration::from_millis(1));
         tokio::time::interval_at(tokio::time::Instant::now() + period, period)
     });
-    let mut last_read = Instant::now();
     let (stopped, closed) = (conn.token.cancelled(), shared.closed.cancelled());
     tokio::pin!(stopped, closed);
     loop {
-        crate::io::make_room(&mut buf, min_free);
-        let silence_limit = heartbeat.map(|d| last_read + d);
-        let n = tokio::select! {
+        let read = tokio::select! {
             biased;
             () = &mut stopped => return None,
             () = &mut closed => return None,
-            () = sleep_until_opt(silence_limit) => {
-                return Some("no traffic within the read timeout".to_owned());
-            }
             _ = tick_opt(&mut ping_every) => {
                 send_heartbeat(shared);
                 continue;
             }
-            r = reader.read_buf(&mut buf) => r,
+            r = reader.read() => r,
         };
-        match n {
-            Ok(0) => return Some("closed by peer".to_owned()),
+        match read {
             Ok(n) => crate::metrics::bytes_read(n),
-            Err(e) => return Some(format!("read failed: {e}")),
+            Err(e) => return Some(e.to_string()),
         }
-        last_read = Instant::now();
-        shared.touch(last_read);
+        shared.touch(reader.last_read());
         loop {
-            match shared.codec.decode::<Resp>(&mut buf) {
+            match reader.next_frame::<Resp>() {
                 Ok(Some(frame)) => {
                     crate::metrics::message_received();
                     if let Some(stalled) = dispatch(shared, frame) {
@@ -99,25 +98,6 @@ fn send_heartbeat<Req: Message, Resp: Message>(shared: &Shared<Req, Resp>) {
         SendOptions::new(),
     );
     shared.try_enqueue(item);
-}
-
-/// What is left to do with a message after the table lock: what could be done under it
-/// (a stream message that fits its buffer) is done.
-enum Delivery<Resp> {
-    /// Handed to its stream, or dropped because the stream's receiver is gone.
-    Done,
-    /// Complete this request with the message.
-    Request(crate::pending::ResponseSender<Resp>, Resp),
-    /// The stream's buffer is full: wait for room (backpressure).
-    StreamFull(
-        tokio::sync::mpsc::Sender<Resp>,
-        Arc<crate::pending::StreamEnd>,
-        Resp,
-    ),
-    /// The stream saw a sequence gap and was removed.
-    Gap(Pending<Resp>, BackendError),
-    /// Nobody waits for this id.
-    Unknown,
 }
 
 /// The reader's wait for room in a stalled stream's buffer (boxed: rare, and it would
@@ -178,14 +158,6 @@ async fn wait_for_stream<Req, Resp>(
     }
 }
 
-/// Sleeps until `at`, or forever without it.
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Ticks the interval, or never without it.
 async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
     match interval {
@@ -193,36 +165,5 @@ async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
             i.tick().await;
         }
         None => std::future::pending().await,
-    }
-}
-
-impl<Resp> crate::pending::PendingTable<Resp> {
-    /// Decides under one lock what to do with `msg` for `id` carrying `seq`: a request is
-    /// removed, a stream's sequence is checked and advanced and the message handed to it
-    /// if its buffer has room (a non-blocking `try_send`, so no sender clone per message).
-    fn deliver(&self, id: u64, seq: Option<u32>, msg: Resp) -> Delivery<Resp> {
-        self.with_shard(id, |map| match map.get_mut(&id) {
-            None | Some(Pending::Ping(_)) => Delivery::Unknown,
-            Some(Pending::Request(_)) => match map.remove(&id) {
-                Some(Pending::Request(tx)) => Delivery::Request(tx, msg),
-                _ => Delivery::Unknown,
-            },
-            Some(Pending::Stream(slot)) => match seq {
-                Some(received) if received != slot.next_seq => {
-                    let expected = slot.next_seq;
-                    let pending = map.remove(&id).expect("entry just seen");
-                    Delivery::Gap(pending, BackendError::SequenceGap { expected, received })
-                }
-                _ => {
-                    slot.next_seq = slot.next_seq.wrapping_add(1);
-                    match slot.tx.try_send(msg) {
-                        Ok(()) | Err(TrySendError::Closed(_)) => Delivery::Done,
-                        Err(TrySendError::Full(msg)) => {
-                            Delivery::StreamFull(slot.tx.clone(), slot.end.clone(), msg)
-                        }
-                    }
-                }
-            },
-        })
     }
 }

@@ -3,56 +3,26 @@
 //! flush per batch.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
 use morpc_codec::{Frame, FrameBody, FrameHeaders, Message};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::address::{BoxReader, BoxWriter};
 use crate::backend::{ItemKind, ONE_WAY_DEADLINE, PING_DEADLINE_CAP, Shared, WriteItem};
+use crate::conn_state::ConnState;
+use crate::connection::{FrameWriter, WriteBound};
 use crate::pending::fail;
 use crate::{BackendError, metrics, reader};
-
-/// The state of one established connection, shared by the writer and its reader.
-pub(crate) struct ConnState {
-    /// Cancelled once the connection is broken; stops its reader.
-    pub(crate) token: CancellationToken,
-    /// Set by whoever breaks the connection first.
-    broken: AtomicBool,
-}
-
-impl ConnState {
-    /// Breaks the connection once: logs `cause`, fails everything pending with
-    /// `BackendClosed` (in-flight requests fail now; nothing is re-sent) and stops the
-    /// reader.
-    pub(crate) fn break_with<Req, Resp>(
-        &self,
-        shared: &Shared<Req, Resp>,
-        cause: &dyn std::fmt::Display,
-    ) {
-        if !self.broken.swap(true, Ordering::AcqRel) {
-            tracing::debug!(address = %shared.address, cause = %cause, "connection broken");
-            shared.pending.fail_all(&BackendError::BackendClosed);
-            self.token.cancel();
-        }
-    }
-
-    /// Whether the connection was broken.
-    fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Acquire)
-    }
-}
 
 /// An established connection: the write half, owned by the writer task, and the reader
 /// task reading the other half.
 pub(crate) struct Connection {
-    /// Where batches are written.
-    writer: BoxWriter,
+    /// Where batches are encoded and written.
+    writer: FrameWriter,
     /// Broken flag and reader stop signal.
     state: Arc<ConnState>,
     /// The reader task; aborted when the connection is dropped.
@@ -72,7 +42,7 @@ impl Connection {
         });
         let reader = tokio::spawn(reader::run(shared.clone(), read_half, state.clone()));
         Self {
-            writer,
+            writer: FrameWriter::new(writer),
             state,
             reader,
         }
@@ -98,14 +68,6 @@ struct Reconnect {
     last_error: Option<BackendError>,
 }
 
-/// The encoded batch: buffer segments and payloads in wire order.
-struct Output {
-    /// Headers and bodies of the batch, split into `chunks` at each payload.
-    buf: BytesMut,
-    /// What to write, in order.
-    chunks: Vec<Bytes>,
-}
-
 /// The writer task of one backend. Runs until the backend closes or becomes unusable.
 pub(crate) async fn run<Req: Message, Resp: Message>(
     shared: Arc<Shared<Req, Resp>>,
@@ -114,10 +76,6 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
 ) {
     let batch_size = shared.config.batch_send_size.max(1);
     let mut batch: Vec<WriteItem<Req>> = Vec::with_capacity(batch_size);
-    let mut out = Output {
-        buf: BytesMut::with_capacity(64 * 1024),
-        chunks: Vec::with_capacity(4),
-    };
     let mut reconnect = Reconnect {
         failing_since: None,
         next_attempt: Instant::now(),
@@ -155,26 +113,18 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
         let now = Instant::now();
         prepare(&shared, &mut batch, now);
         let messages = batch.len();
-        let Some(earliest) = encode(&shared, &mut batch, &mut out, now) else {
+        let Some(earliest) = encode(&shared, &mut batch, &mut c.writer, now) else {
             continue;
         };
-        let bytes: usize = out.chunks.iter().map(Bytes::len).sum();
-        let written = tokio::time::timeout_at(
-            earliest.into(),
-            crate::io::write_chunks(&mut c.writer, &mut out.chunks, None),
-        )
-        .await;
-        out.chunks.clear();
-        match written {
-            Ok(Ok(())) => {
+        match c.writer.flush(WriteBound::Deadline(earliest)).await {
+            Ok(bytes) => {
                 shared.touch(now);
                 // The clock is read again only when metrics are compiled in.
                 if metrics::ENABLED {
                     metrics::batch_written(messages, bytes, rx.len(), now.elapsed());
                 }
             }
-            Ok(Err(e)) => c.state.break_with(&shared, &e),
-            Err(_) => c.state.break_with(&shared, &"write deadline exceeded"),
+            Err(e) => c.state.break_with(&shared, &e),
         }
     }
 
@@ -291,11 +241,9 @@ fn fail_items<Req, Resp>(
 fn encode<Req: Message, Resp>(
     shared: &Shared<Req, Resp>,
     batch: &mut Vec<WriteItem<Req>>,
-    out: &mut Output,
+    out: &mut FrameWriter,
     now: Instant,
 ) -> Option<Instant> {
-    // The previous batch's chunks are gone, so this reclaims the same allocation.
-    out.buf.reserve(64 * 1024);
     let mut earliest: Option<Instant> = None;
     for item in batch.drain(..) {
         let left = item.deadline.saturating_duration_since(now);
@@ -314,22 +262,13 @@ fn encode<Req: Message, Resp>(
             headers,
             stream_seq: item.stream_seq,
         };
-        match shared.codec.encode(&frame, &mut out.buf) {
-            Ok(payload) => {
-                if let Some(payload) = payload {
-                    out.chunks.push(out.buf.split().freeze());
-                    out.chunks.push(payload);
-                }
-                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
-            }
+        match out.encode(&shared.codec, &frame) {
+            Ok(()) => earliest = Some(earliest.map_or(deadline, |e| e.min(deadline))),
             Err(e) => {
                 tracing::warn!(address = %shared.address, id, error = %e, "cannot encode message");
                 resolve(shared, kind, id, e.into());
             }
         }
     }
-    if !out.buf.is_empty() {
-        out.chunks.push(out.buf.split().freeze());
-    }
-    earliest.filter(|_| !out.chunks.is_empty())
+    earliest.filter(|_| !out.is_empty())
 }

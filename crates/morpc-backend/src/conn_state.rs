@@ -1,0 +1,39 @@
+//! The state of one established connection that its writer and reader share: whether
+//! it is broken, and the signal that stops its reader.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::BackendError;
+use crate::backend::Shared;
+
+/// The state of one established connection, shared by the writer and its reader.
+pub(crate) struct ConnState {
+    /// Cancelled once the connection is broken; stops its reader.
+    pub(crate) token: CancellationToken,
+    /// Set by whoever breaks the connection first.
+    pub(crate) broken: AtomicBool,
+}
+
+impl ConnState {
+    /// Breaks the connection once: logs `cause`, fails everything pending with
+    /// `BackendClosed` (in-flight requests fail now; nothing is re-sent) and stops the
+    /// reader.
+    pub(crate) fn break_with<Req, Resp>(
+        &self,
+        shared: &Shared<Req, Resp>,
+        cause: &dyn std::fmt::Display,
+    ) {
+        if !self.broken.swap(true, Ordering::AcqRel) {
+            tracing::debug!(address = %shared.address, cause = %cause, "connection broken");
+            shared.pending.fail_all(&BackendError::BackendClosed);
+            self.token.cancel();
+        }
+    }
+
+    /// Whether the connection was broken.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+}
