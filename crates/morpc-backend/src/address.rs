@@ -4,7 +4,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -22,16 +21,6 @@ pub enum Address {
     Tcp(String),
     /// A Unix domain socket path (written `unix:///path`).
     Unix(PathBuf),
-}
-
-impl Address {
-    /// Dials the address within `timeout`, with `TCP_NODELAY` on TCP (no TLS).
-    ///
-    /// # Errors
-    /// [`BackendError::Connect`] with the cause (`TimedOut` when `timeout` elapsed).
-    pub async fn connect(&self, timeout: Duration) -> Result<(BoxReader, BoxWriter), BackendError> {
-        crate::transport::dial(self, timeout, None).await
-    }
 }
 
 impl FromStr for Address {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 
 use crate::BackendError;
-use crate::backend::Shared;
+use crate::shared::Shared;
 
 /// The state of one established connection, shared by the writer and its reader.
 pub(crate) struct ConnState {

@@ -10,8 +10,8 @@ use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use crate::BackendError;
-use crate::backend::Canceller;
 use crate::pending::PendingTable;
+use crate::shared::Canceller;
 
 /// Resolves to the response carrying the request's id, or to a typed error: the deadline
 /// passed ([`BackendError::Timeout`]), the connection broke, the backend closed. It

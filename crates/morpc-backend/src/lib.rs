@@ -2,8 +2,10 @@
 //! writes, a reader task that completes response futures and feeds streams, request ids
 //! from a per-connection counter, busy detection, reconnect and heartbeat.
 //!
-//! The layer above, `morpc-client`, pools backends per address; below, [`morpc_codec`]
-//! (re-exported as [`codec`]) knows the bytes.
+//! [`Pool`] keeps the backends of one address (selection, growth bookkeeping, stream
+//! locks, idle closing); the layer above, `morpc-client`, keeps a pool per address with
+//! its retries and circuit breaker. [`connection`] is the connection core the server
+//! shares. Below, [`morpc_codec`] (re-exported as [`codec`]) knows the bytes.
 //!
 //! ```no_run
 //! use morpc_backend::{Backend, BackendConfig, SendOptions};
@@ -35,7 +37,9 @@ mod ids;
 pub mod io;
 mod metrics;
 mod pending;
+mod pool;
 mod reader;
+mod shared;
 mod stream;
 mod transport;
 mod writer;
@@ -50,6 +54,7 @@ pub use factory::{BackendFactory, RemoteBackendFactory};
 pub use future::ResponseFuture;
 pub use ids::{IdBuildHasher, IdHasher};
 pub use morpc_codec as codec;
+pub use pool::{Pick, Pool};
 /// The rustls crate, for building TLS configurations (feature `rustls-ring`).
 #[cfg(feature = "rustls-ring")]
 pub use rustls;

@@ -11,6 +11,9 @@
 //! | `morpc_client_round_trip_seconds` | histogram | |
 //! | `morpc_client_requests_total` | counter | `outcome` = ok, timeout, busy, closed, error |
 //! | `morpc_client_connects_total` | counter | `outcome` = ok, error |
+//! | `morpc_client_backends` | gauge | `address` (backends in the address's pool) |
+//! | `morpc_client_backend_creations_total` | counter | `outcome` = ok, error |
+//! | `morpc_client_busy_total` | counter | (a pick found every usable backend busy) |
 
 #[cfg(feature = "metrics")]
 mod imp {
@@ -53,6 +56,21 @@ mod imp {
             metrics::histogram!("morpc_client_round_trip_seconds").record(took.as_secs_f64());
         }
     }
+
+    pub(crate) fn backends(address: &crate::Address, count: usize) {
+        metrics::gauge!("morpc_client_backends", "address" => address.to_string())
+            .set(count as f64);
+    }
+
+    pub(crate) fn backend_created(ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        metrics::counter!("morpc_client_backend_creations_total", "outcome" => outcome)
+            .increment(1);
+    }
+
+    pub(crate) fn all_busy() {
+        metrics::counter!("morpc_client_busy_total").increment(1);
+    }
 }
 
 #[cfg(not(feature = "metrics"))]
@@ -77,6 +95,12 @@ mod imp {
     pub(crate) fn connected(_ok: bool, _took: Duration) {}
     #[inline(always)]
     pub(crate) fn request_done(_result: Result<(), &BackendError>, _took: Duration) {}
+    #[inline(always)]
+    pub(crate) fn backends(_address: &crate::Address, _count: usize) {}
+    #[inline(always)]
+    pub(crate) fn backend_created(_ok: bool) {}
+    #[inline(always)]
+    pub(crate) fn all_busy() {}
 }
 
 pub(crate) use imp::*;

@@ -10,10 +10,10 @@ use std::time::Instant;
 use morpc_codec::{Frame, FrameBody, Message};
 
 use crate::address::BoxReader;
-use crate::backend::{ItemKind, Shared, WriteItem};
 use crate::conn_state::ConnState;
 use crate::connection::{FrameReader, ReadLimits};
 use crate::pending::{Delivery, Pending};
+use crate::shared::{ItemKind, Shared, WriteItem};
 use crate::{BackendError, SendOptions};
 
 /// Reads until the connection breaks or is stopped; a failure breaks the connection,
@@ -89,7 +89,7 @@ async fn read_loop<Req: Message, Resp: Message>(
 /// Queues a heartbeat ping if there is room; a full queue means traffic is flowing anyway.
 fn send_heartbeat<Req: Message, Resp: Message>(shared: &Shared<Req, Resp>) {
     let id = shared.next_id();
-    let deadline = Instant::now() + crate::backend::PING_DEADLINE_CAP;
+    let deadline = Instant::now() + crate::shared::PING_DEADLINE_CAP;
     let item = WriteItem::new(
         FrameBody::Ping(id),
         id,

@@ -7,8 +7,8 @@ use std::task::{Context, Poll};
 use morpc_codec::{Framing, Message};
 use tokio::sync::mpsc;
 
-use crate::backend::{Enqueue, ItemKind, Shared, WriteItem};
 use crate::pending::StreamEnd;
+use crate::shared::{Enqueue, ItemKind, Shared, WriteItem};
 use crate::{BackendError, SendOptions};
 
 /// A bidirectional stream over one backend connection.

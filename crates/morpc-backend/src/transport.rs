@@ -8,6 +8,16 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::{Address, BackendError, BoxReader, BoxWriter};
 
+impl Address {
+    /// Dials the address within `timeout`, with `TCP_NODELAY` on TCP (no TLS).
+    ///
+    /// # Errors
+    /// [`BackendError::Connect`] with the cause (`TimedOut` when `timeout` elapsed).
+    pub async fn connect(&self, timeout: Duration) -> Result<(BoxReader, BoxWriter), BackendError> {
+        dial(self, timeout, None).await
+    }
+}
+
 /// How a backend secures its connections.
 #[cfg(feature = "rustls-ring")]
 #[derive(Clone)]

@@ -12,10 +12,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::address::{BoxReader, BoxWriter};
-use crate::backend::{ItemKind, ONE_WAY_DEADLINE, PING_DEADLINE_CAP, Shared, WriteItem};
 use crate::conn_state::ConnState;
 use crate::connection::{FrameWriter, WriteBound};
 use crate::pending::fail;
+use crate::shared::{ItemKind, ONE_WAY_DEADLINE, PING_DEADLINE_CAP, Shared, WriteItem};
 use crate::{BackendError, metrics, reader};
 
 /// An established connection: the write half, owned by the writer task, and the reader

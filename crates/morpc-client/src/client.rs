@@ -1,15 +1,12 @@
-//! `RpcClient`: pools of backends per address, selection, growth, retries and cleanup.
+//! `RpcClient`: an address table of pools, backend selection and growth, retries.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use morpc_backend::{
-    Address, Backend, BackendConfig, BackendError, BackendFactory, BackendStream,
-    RemoteBackendFactory, ResponseFuture, SendOptions, SendRejected,
+    Address, Backend, BackendConfig, BackendError, BackendFactory, RemoteBackendFactory,
+    SendOptions, SendRejected,
 };
 use morpc_codec::Message;
 use parking_lot::Mutex;
@@ -18,17 +15,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::breaker::{Breaker, BreakerState};
-use crate::pool::{Pool, SharedPool};
-use crate::{ClientConfig, ClientError};
+use crate::response::Outcome;
+use crate::target::Target;
+use crate::{ClientConfig, ClientError, ClientResponse, ClientStream};
 
 /// State shared by the client handle, its background tasks and its futures.
-struct Inner<Req, Resp> {
+pub(crate) struct Inner<Req, Resp> {
     /// The configuration.
-    config: ClientConfig,
+    pub(crate) config: ClientConfig,
     /// Creates backends.
     factory: Arc<dyn BackendFactory<Req, Resp>>,
-    /// Address → pool.
-    pools: Mutex<HashMap<Address, SharedPool<Req, Resp>>>,
+    /// Address → its pool and breaker.
+    pub(crate) targets: Mutex<HashMap<Address, Arc<Target<Req, Resp>>>>,
     /// Bounds concurrent creations (`create_queue_size`).
     creations: Arc<Semaphore>,
     /// Cancelled by `close()`.
@@ -60,7 +58,7 @@ impl<Req, Resp> std::fmt::Debug for RpcClient<Req, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpcClient")
             .field("config", &self.handle.inner.config)
-            .field("addresses", &self.handle.inner.pools.lock().len())
+            .field("addresses", &self.handle.inner.targets.lock().len())
             .field("closed", &self.handle.inner.closed.is_cancelled())
             .finish()
     }
@@ -81,9 +79,9 @@ impl<Req, Resp> Drop for Handle<Req, Resp> {
 impl<Req, Resp> Inner<Req, Resp> {
     fn close(&self) {
         self.closed.cancel();
-        let pools: Vec<_> = self.pools.lock().drain().map(|(_, p)| p).collect();
-        for pool in pools {
-            pool.close_all();
+        let targets: Vec<_> = self.targets.lock().drain().map(|(_, t)| t).collect();
+        for target in targets {
+            target.pool.close_all();
         }
     }
 }
@@ -106,11 +104,14 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             creations: Arc::new(Semaphore::new(config.create_queue_size.max(1))),
             config,
             factory,
-            pools: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
             closed: CancellationToken::new(),
         });
         if !inner.config.max_idle.is_zero() {
-            tokio::spawn(idle_cleanup(Arc::downgrade(&inner), inner.closed.clone()));
+            tokio::spawn(crate::idle::idle_cleanup(
+                Arc::downgrade(&inner),
+                inner.closed.clone(),
+            ));
         }
         let client = Self {
             handle: Arc::new(Handle { inner }),
@@ -130,25 +131,25 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
                 tracing::warn!(%address, "invalid initial backend address");
                 continue;
             };
-            let pool = self.pool(&address);
+            let target = self.target(&address);
             let count = count.min(self.inner().config.max_backends_per_host.max(1));
             for _ in 0..count {
                 match self.inner().factory.create(&address).await {
-                    Ok(backend) => pool.add(backend),
+                    Ok(backend) => target.pool.add(backend),
                     Err(e) => tracing::warn!(%address, error = %e, "cannot create initial backend"),
                 }
             }
         }
     }
 
-    /// The pool of `address`, created empty on first use.
-    fn pool(&self, address: &Address) -> SharedPool<Req, Resp> {
+    /// The pool and breaker of `address`, created empty on first use.
+    fn target(&self, address: &Address) -> Arc<Target<Req, Resp>> {
         let inner = self.inner();
-        let mut pools = inner.pools.lock();
-        pools
+        let mut targets = inner.targets.lock();
+        targets
             .entry(address.clone())
             .or_insert_with(|| {
-                Arc::new(Pool::new(
+                Arc::new(Target::new(
                     address.clone(),
                     inner
                         .config
@@ -168,14 +169,14 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         }
     }
 
-    /// Starts creating one backend for `pool` in the background.
-    fn spawn_creation(&self, pool: SharedPool<Req, Resp>) {
+    /// Starts creating one backend for `target` in the background.
+    fn spawn_creation(&self, target: Arc<Target<Req, Resp>>) {
         let inner = self.inner().clone();
-        let span = tracing::debug_span!("morpc.create_backend", address = %pool.address);
+        let span = tracing::debug_span!("morpc.create_backend", address = %target.pool.address());
         tokio::spawn(
             async move {
                 let result = match inner.creations.clone().acquire_owned().await {
-                    Ok(_permit) => inner.factory.create(&pool.address).await,
+                    Ok(_permit) => inner.factory.create(target.pool.address()).await,
                     Err(_) => Err(BackendError::BackendClosed),
                 };
                 if inner.closed.is_cancelled() {
@@ -183,7 +184,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
                         backend.close();
                     }
                 }
-                pool.creation_done(result);
+                target.pool.creation_done(result);
             }
             .instrument(span),
         );
@@ -192,18 +193,19 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// Finds a backend for `address` by `deadline`, creating one when needed.
     async fn select(
         &self,
-        pool: &SharedPool<Req, Resp>,
+        target: &Arc<Target<Req, Resp>>,
         deadline: Instant,
     ) -> Result<Backend<Req, Resp>, ClientError> {
         let config = &self.inner().config;
+        let pool = &target.pool;
         loop {
             self.check_open()?;
-            let changed = pool.changed.notified();
+            let changed = pool.changed().notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let pick = pool.pick(config.max_backends_per_host.max(1), config.auto_create);
             if pick.create {
-                self.spawn_creation(pool.clone());
+                self.spawn_creation(target.clone());
             }
             if let Some(backend) = pick.backend {
                 return Ok(backend);
@@ -211,7 +213,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             if !pick.creating {
                 return Err(match pool.recent_failure() {
                     Some(e) => e.into(),
-                    None => ClientError::NoAvailableBackend(pool.address.clone()),
+                    None => ClientError::NoAvailableBackend(pool.address().clone()),
                 });
             }
             tokio::select! {
@@ -219,7 +221,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
                 () = self.inner().closed.cancelled() => return Err(ClientError::ClientClosed),
                 () = &mut changed => {}
                 () = tokio::time::sleep_until(deadline.into()) => {
-                    return Err(ClientError::NoAvailableBackend(pool.address.clone()));
+                    return Err(ClientError::NoAvailableBackend(pool.address().clone()));
                 }
             }
         }
@@ -234,8 +236,8 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     ) -> Result<Backend<Req, Resp>, ClientError> {
         let address = Self::address(address)?;
         self.check_open()?;
-        let pool = self.pool(&address);
-        self.select(&pool, deadline).await
+        let target = self.target(&address);
+        self.select(&target, deadline).await
     }
 
     /// Parses `address`.
@@ -290,26 +292,23 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         let config = &self.inner().config;
         let deadline = opts.resolve_deadline(config.default_timeout);
         let opts = opts.with_deadline(deadline);
-        let pool = self.pool(address);
-        if let Some(breaker) = &pool.breaker {
+        let target = self.target(address);
+        if let Some(breaker) = &target.breaker {
             if !breaker.allow() {
                 return Err(ClientError::CircuitOpen(address.clone()));
             }
         }
         let outcome = Outcome {
-            breaker: pool.breaker.clone(),
+            breaker: target.breaker.clone(),
             closed: self.inner().closed.clone(),
         };
         let mut attempt = 0;
         loop {
-            let error = match self.select(&pool, deadline).await {
+            let error = match self.select(&target, deadline).await {
                 Ok(backend) => match backend.send_or_return(msg, opts.clone()).await {
                     Ok(future) => {
                         tracing::Span::current().record("id", future.id());
-                        return Ok(ClientResponse {
-                            future,
-                            outcome: Some(outcome),
-                        });
+                        return Ok(ClientResponse::new(future, outcome));
                     }
                     Err(SendRejected { error, message }) => {
                         msg = message;
@@ -406,26 +405,26 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         async {
             self.check_open()?;
             let deadline = Instant::now() + self.inner().config.default_timeout;
-            let pool = self.pool(&address);
+            let target = self.target(&address);
             loop {
-                let backend = self.select(&pool, deadline).await?;
-                if lock && !pool.lock_backend(&backend) {
+                let backend = self.select(&target, deadline).await?;
+                if lock && !target.pool.lock_backend(&backend) {
                     continue;
                 }
                 let stream = match backend.new_stream(buffer) {
                     Ok(stream) => stream,
                     Err(e) => {
                         if lock {
-                            pool.unlock_backend(&backend);
+                            target.pool.unlock_backend(&backend);
                         }
                         return Err(e.into());
                     }
                 };
                 tracing::Span::current().record("id", stream.id());
-                return Ok(ClientStream {
+                return Ok(ClientStream::new(
                     stream,
-                    lock: lock.then(|| (pool.clone(), backend)),
-                });
+                    lock.then(|| (target.clone(), backend)),
+                ));
             }
         }
         .instrument(span)
@@ -446,9 +445,9 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         let Ok(address) = Self::address(address) else {
             return;
         };
-        let removed = self.inner().pools.lock().remove(&address);
-        if let Some(pool) = removed {
-            pool.close_all();
+        let removed = self.inner().targets.lock().remove(&address);
+        if let Some(target) = removed {
+            target.pool.close_all();
         }
     }
 
@@ -457,15 +456,15 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         let Ok(address) = Self::address(address) else {
             return 0;
         };
-        let pool = self.inner().pools.lock().get(&address).cloned();
-        pool.map_or(0, |p| p.len())
+        let target = self.inner().targets.lock().get(&address).cloned();
+        target.map_or(0, |t| t.pool.len())
     }
 
     /// The circuit state of `address`, when the breaker is enabled and the address known.
     pub fn breaker_state(&self, address: &str) -> Option<BreakerState> {
         let address = Self::address(address).ok()?;
-        let pool = self.inner().pools.lock().get(&address).cloned()?;
-        pool.breaker.as_ref().map(|b| b.state())
+        let target = self.inner().targets.lock().get(&address).cloned()?;
+        target.breaker.as_ref().map(|b| b.state())
     }
 
     /// Closes the client: every backend closes, pending requests fail with
@@ -473,215 +472,5 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// blocks.
     pub fn close(&self) {
         self.inner().close();
-    }
-}
-
-/// Records a request's outcome in its address's breaker and maps errors of a closed
-/// client to `ClientClosed`.
-struct Outcome {
-    /// The address's breaker, if enabled.
-    breaker: Option<Arc<Breaker>>,
-    /// The client's close signal.
-    closed: CancellationToken,
-}
-
-impl Outcome {
-    fn map_error(&self, error: ClientError) -> ClientError {
-        match error {
-            ClientError::Backend(BackendError::BackendClosed) if self.closed.is_cancelled() => {
-                ClientError::ClientClosed
-            }
-            other => other,
-        }
-    }
-
-    /// Feeds the breaker: `None` is a success; connection failures and timeouts count as
-    /// failures; other errors (the request's own fault) count as neither.
-    fn record(&self, error: Option<&ClientError>) {
-        let Some(breaker) = &self.breaker else { return };
-        match error {
-            None => breaker.record(true),
-            Some(ClientError::Backend(e))
-                if e.is_connection_error() || matches!(e, BackendError::Timeout) =>
-            {
-                breaker.record(false)
-            }
-            Some(ClientError::NoAvailableBackend(_)) => breaker.record(false),
-            Some(_) => breaker.abandon(),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response of a request sent through an [`RpcClient`]; resolves exactly once.
-    /// Dropping it cancels the request (its slot is freed at once).
-    #[must_use = "a response future does nothing unless awaited; dropping it cancels the request"]
-    pub struct ClientResponse<Resp> {
-        // The backend's future.
-        #[pin]
-        future: ResponseFuture<Resp>,
-        // Breaker bookkeeping; taken when the outcome is known.
-        outcome: Option<Outcome>,
-    }
-
-    impl<Resp> PinnedDrop for ClientResponse<Resp> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(Outcome { breaker: Some(breaker), .. }) = this.project().outcome.take() {
-                breaker.abandon();
-            }
-        }
-    }
-}
-
-impl<Resp> std::fmt::Debug for ClientResponse<Resp> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientResponse")
-            .field("future", &self.future)
-            .finish()
-    }
-}
-
-impl<Resp> ClientResponse<Resp> {
-    /// The request id on its connection.
-    pub fn id(&self) -> u64 {
-        self.future.id()
-    }
-}
-
-impl<Resp> Future for ClientResponse<Resp> {
-    type Output = Result<Resp, ClientError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.future.poll(cx));
-        let outcome = this.outcome.take().expect("polled after completion");
-        Poll::Ready(match result {
-            Ok(resp) => {
-                outcome.record(None);
-                Ok(resp)
-            }
-            Err(e) => {
-                let error = outcome.map_error(e.into());
-                outcome.record(Some(&error));
-                Err(error)
-            }
-        })
-    }
-}
-
-/// A stream opened through an [`RpcClient`]: a [`BackendStream`] that, when opened with
-/// `lock`, keeps its backend dedicated until it is closed or dropped.
-pub struct ClientStream<Req, Resp> {
-    /// The stream.
-    stream: BackendStream<Req, Resp>,
-    /// The pool and backend to unlock on close, for a locked stream.
-    lock: Option<(SharedPool<Req, Resp>, Backend<Req, Resp>)>,
-}
-
-impl<Req, Resp> std::fmt::Debug for ClientStream<Req, Resp> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientStream")
-            .field("stream", &self.stream)
-            .field("locked", &self.lock.is_some())
-            .finish()
-    }
-}
-
-impl<Req: Message, Resp: Message> ClientStream<Req, Resp> {
-    /// The stream id.
-    pub fn id(&self) -> u64 {
-        self.stream.id()
-    }
-
-    /// Sends a message on the stream (see [`BackendStream::send`]).
-    ///
-    /// # Errors
-    /// As [`BackendStream::send`].
-    pub async fn send(&mut self, msg: Req, opts: SendOptions) -> Result<(), ClientError> {
-        self.stream.send(msg, opts).await.map_err(Into::into)
-    }
-
-    /// Closes the stream and releases its backend lock.
-    pub fn close(&mut self) {
-        self.stream.close();
-        self.unlock();
-    }
-}
-
-impl<Req, Resp> ClientStream<Req, Resp> {
-    fn unlock(&mut self) {
-        if let Some((pool, backend)) = self.lock.take() {
-            pool.unlock_backend(&backend);
-        }
-    }
-}
-
-impl<Req, Resp> Drop for ClientStream<Req, Resp> {
-    fn drop(&mut self) {
-        self.unlock();
-    }
-}
-
-impl<Req, Resp> futures::Stream for ClientStream<Req, Resp> {
-    type Item = Result<Resp, ClientError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.stream)
-            .poll_next(cx)
-            .map(|item| item.map(|r| r.map_err(Into::into)))
-    }
-}
-
-/// Sends like [`ClientStream::send`] with default options (see `BackendStream`'s `Sink`).
-impl<Req: Message, Resp: Message> futures::Sink<Req> for ClientStream<Req, Resp> {
-    type Error = ClientError;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
-        Pin::new(&mut self.stream)
-            .poll_ready(cx)
-            .map_err(Into::into)
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, msg: Req) -> Result<(), ClientError> {
-        Pin::new(&mut self.stream)
-            .start_send(msg)
-            .map_err(Into::into)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
-        Pin::new(&mut self.stream)
-            .poll_flush(cx)
-            .map_err(Into::into)
-    }
-
-    /// Flushes a held message, closes the stream and releases its backend lock.
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
-        let closed = std::task::ready!(Pin::new(&mut self.stream).poll_close(cx));
-        self.unlock();
-        Poll::Ready(closed.map_err(Into::into))
-    }
-}
-
-/// Closes idle backends of every pool, once per `max_idle / 2`, until the client closes.
-async fn idle_cleanup<Req: Message, Resp: Message>(
-    inner: Weak<Inner<Req, Resp>>,
-    closed: CancellationToken,
-) {
-    let period = match inner.upgrade() {
-        Some(inner) => {
-            (inner.config.max_idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5))
-        }
-        None => return,
-    };
-    loop {
-        tokio::select! {
-            () = closed.cancelled() => return,
-            () = tokio::time::sleep(period) => {}
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        let pools: Vec<_> = inner.pools.lock().values().cloned().collect();
-        for pool in pools {
-            pool.close_idle(inner.config.max_idle);
-        }
     }
 }

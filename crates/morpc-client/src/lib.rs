@@ -23,18 +23,22 @@ mod breaker;
 mod client;
 mod config;
 mod error;
+mod idle;
 mod method;
-mod metrics;
-mod pool;
+mod response;
+mod stream;
+mod target;
 #[cfg(feature = "tower")]
 mod tower;
 
 pub use breaker::BreakerState;
-pub use client::{ClientResponse, ClientStream, RpcClient};
+pub use client::RpcClient;
 pub use config::{BreakerConfig, ClientConfig, RetryPolicy};
 pub use error::ClientError;
 pub use method::{MethodCallError, MethodClient};
 pub use morpc_backend as backend;
 pub use morpc_codec as codec;
+pub use response::ClientResponse;
+pub use stream::ClientStream;
 #[cfg(feature = "tower")]
 pub use tower::ClientService;

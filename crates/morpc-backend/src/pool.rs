@@ -1,61 +1,72 @@
-//! The backends of one address: selection, background growth, removal of dead ones.
+//! `Pool`: the backends of one address: selection, background-growth bookkeeping,
+//! stream locks, removal of dead and idle ones. The client (`morpc-client`) keeps one per
+//! address, with what is policy rather than connection (retries, the circuit breaker).
 //!
 //! The slot list is behind a short `parking_lot` lock that is never held across an
-//! `.await`: factory calls and connects run in spawned tasks that only take the lock to
-//! add their result.
+//! `.await`: factory calls and connects run in tasks of the caller that only take the
+//! lock to add their result ([`Pool::creation_done`]).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use morpc_backend::{Address, Backend, BackendError};
+use crate::{Address, Backend, BackendError};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::breaker::Breaker;
-
 /// One backend of the pool.
-pub(crate) struct Slot<Req, Resp> {
+struct Slot<Req, Resp> {
     /// The connection.
-    pub(crate) backend: Backend<Req, Resp>,
+    backend: Backend<Req, Resp>,
     /// Dedicated to a stream that asked for a lock.
-    pub(crate) locked: bool,
+    locked: bool,
 }
 
-/// The outcome of a selection.
-pub(crate) struct Pick<Req, Resp> {
+/// The outcome of [`Pool::pick`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Pick<Req, Resp> {
     /// A backend to use, if any.
-    pub(crate) backend: Option<Backend<Req, Resp>>,
-    /// Whether the caller should start creating one more backend.
-    pub(crate) create: bool,
-    /// Whether a creation is running (so waiting makes sense).
-    pub(crate) creating: bool,
+    pub backend: Option<Backend<Req, Resp>>,
+    /// Whether the caller should start creating one more backend (and report the result
+    /// with [`Pool::creation_done`]).
+    pub create: bool,
+    /// Whether a creation is running (so waiting on [`Pool::changed`] makes sense).
+    pub creating: bool,
 }
 
 /// How long after a failed creation new creations wait, so that sends fail fast with
 /// the cause instead of dialling a dead address in a loop.
 const CREATE_FAILURE_HOLDOFF: Duration = Duration::from_millis(100);
 
-/// The backends of one address.
-pub(crate) struct Pool<Req, Resp> {
+/// The backends of one address, picked round-robin.
+pub struct Pool<Req, Resp = Req> {
     /// The address.
-    pub(crate) address: Address,
+    address: Address,
     /// The backends, in round-robin order.
-    pub(crate) slots: Mutex<Vec<Slot<Req, Resp>>>,
+    slots: Mutex<Vec<Slot<Req, Resp>>>,
     /// Round-robin cursor.
     next: AtomicUsize,
     /// Creations in progress (changed under the `slots` lock).
     creating: AtomicUsize,
     /// Notified whenever a creation finishes.
-    pub(crate) changed: Notify,
+    changed: Notify,
     /// The last creation failure and when it happened.
     last_failure: Mutex<Option<(Instant, BackendError)>>,
-    /// The optional circuit breaker.
-    pub(crate) breaker: Option<Arc<Breaker>>,
+}
+
+impl<Req, Resp> std::fmt::Debug for Pool<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("address", &self.address)
+            .field("backends", &self.slots.lock().len())
+            .field("creating", &self.creating.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 impl<Req, Resp> Pool<Req, Resp> {
-    pub(crate) fn new(address: Address, breaker: Option<Arc<Breaker>>) -> Self {
+    /// An empty pool for `address`.
+    pub fn new(address: Address) -> Self {
         Self {
             address,
             slots: Mutex::new(Vec::new()),
@@ -63,15 +74,25 @@ impl<Req, Resp> Pool<Req, Resp> {
             creating: AtomicUsize::new(0),
             changed: Notify::new(),
             last_failure: Mutex::new(None),
-            breaker,
         }
+    }
+
+    /// The address.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Notified whenever a creation finishes or backends are added or closed: what a
+    /// caller waiting for a backend waits on (arm it before calling [`pick`](Pool::pick)).
+    pub fn changed(&self) -> &Notify {
+        &self.changed
     }
 
     /// Picks a backend round-robin, skipping closed (which are removed), locked and —
     /// where a non-busy one exists — busy ones. Asks for one more backend (within the
     /// limit, one creation at a time) when none is usable or the pick is busy, so the
     /// pool grows only while every usable backend is busy.
-    pub(crate) fn pick(&self, max: usize, auto_create: bool) -> Pick<Req, Resp> {
+    pub fn pick(&self, max: usize, auto_create: bool) -> Pick<Req, Resp> {
         let mut slots = self.slots.lock();
         slots.retain(|s| !s.backend.is_closed());
         let n = slots.len();
@@ -114,7 +135,7 @@ impl<Req, Resp> Pool<Req, Resp> {
     }
 
     /// The cause of the last creation failure, if it is recent.
-    pub(crate) fn recent_failure(&self) -> Option<BackendError> {
+    pub fn recent_failure(&self) -> Option<BackendError> {
         self.last_failure
             .lock()
             .as_ref()
@@ -123,7 +144,7 @@ impl<Req, Resp> Pool<Req, Resp> {
     }
 
     /// Records the outcome of a creation started by [`pick`](Pool::pick).
-    pub(crate) fn creation_done(&self, result: Result<Backend<Req, Resp>, BackendError>) {
+    pub fn creation_done(&self, result: Result<Backend<Req, Resp>, BackendError>) {
         {
             let mut slots = self.slots.lock();
             crate::metrics::backend_created(result.is_ok());
@@ -147,7 +168,7 @@ impl<Req, Resp> Pool<Req, Resp> {
     }
 
     /// Adds a backend created outside of `pick` (initial backends).
-    pub(crate) fn add(&self, backend: Backend<Req, Resp>) {
+    pub fn add(&self, backend: Backend<Req, Resp>) {
         let count = {
             let mut slots = self.slots.lock();
             slots.push(Slot {
@@ -161,7 +182,7 @@ impl<Req, Resp> Pool<Req, Resp> {
     }
 
     /// Locks `backend` for a stream; false if it is already locked or gone.
-    pub(crate) fn lock_backend(&self, backend: &Backend<Req, Resp>) -> bool {
+    pub fn lock_backend(&self, backend: &Backend<Req, Resp>) -> bool {
         let mut slots = self.slots.lock();
         match slots.iter_mut().find(|s| s.backend.ptr_eq(backend)) {
             Some(slot) if !slot.locked => {
@@ -173,7 +194,7 @@ impl<Req, Resp> Pool<Req, Resp> {
     }
 
     /// Unlocks `backend` after its stream closed.
-    pub(crate) fn unlock_backend(&self, backend: &Backend<Req, Resp>) {
+    pub fn unlock_backend(&self, backend: &Backend<Req, Resp>) {
         if let Some(slot) = self
             .slots
             .lock()
@@ -184,15 +205,20 @@ impl<Req, Resp> Pool<Req, Resp> {
         }
     }
 
+    /// Whether the pool has no live backend.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Number of live backends.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         let mut slots = self.slots.lock();
         slots.retain(|s| !s.backend.is_closed());
         slots.len()
     }
 
     /// Closes backends idle for `max_idle` with nothing pending and no stream lock.
-    pub(crate) fn close_idle(&self, max_idle: Duration) {
+    pub fn close_idle(&self, max_idle: Duration) {
         let now = Instant::now();
         let idle: Vec<Backend<Req, Resp>> = {
             let mut slots = self.slots.lock();
@@ -218,7 +244,7 @@ impl<Req, Resp> Pool<Req, Resp> {
     }
 
     /// Closes every backend.
-    pub(crate) fn close_all(&self) {
+    pub fn close_all(&self) {
         let slots: Vec<Slot<Req, Resp>> = std::mem::take(&mut *self.slots.lock());
         crate::metrics::backends(&self.address, 0);
         for slot in slots {
@@ -227,6 +253,3 @@ impl<Req, Resp> Pool<Req, Resp> {
         self.changed.notify_waiters();
     }
 }
-
-/// Keeps a pool alive for the spawned creation task.
-pub(crate) type SharedPool<Req, Resp> = Arc<Pool<Req, Resp>>;

@@ -1,0 +1,293 @@
+//! `Shared`: the state of one backend that its handle, its writer and reader tasks, its
+//! futures and streams share, and `WriteItem`, what its send queue holds. The backend's
+//! modules all build on this one; it depends on none of them.
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use morpc_codec::{Codec, FrameBody, Message, TraceContext};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+
+use crate::pending::PendingTable;
+use crate::{Address, BackendConfig, BackendError, SendOptions};
+
+/// Deadline header value of one-way messages, as Go sends them.
+pub(crate) const ONE_WAY_DEADLINE: Duration = Duration::from_secs(600);
+/// Longest deadline header a ping carries, as Go sends it.
+pub(crate) const PING_DEADLINE_CAP: Duration = Duration::from_secs(10);
+
+/// What a queued item is, which decides what happens when it cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ItemKind {
+    /// A request with a pending response future.
+    Request,
+    /// A `ping()` with a pending waiter.
+    Ping,
+    /// A one-way message: nobody waits.
+    OneWay,
+    /// A stream message: written even when late, since it is already sequenced.
+    Stream,
+    /// A heartbeat ping: nobody waits.
+    Heartbeat,
+    /// A cancel-extension frame for a dropped request: nobody waits.
+    Cancel,
+}
+
+impl ItemKind {
+    /// Whether a pending-table entry waits for this item's answer.
+    pub(crate) fn has_waiter(self) -> bool {
+        matches!(self, Self::Request | Self::Ping)
+    }
+}
+
+/// One frame waiting in the send queue. Kept small (it is moved into the queue, out of
+/// it, into the batch and into the encoder): the frame headers are built at encode time,
+/// and what callers rarely set travels boxed.
+pub(crate) struct WriteItem<Req> {
+    /// The message, ping or cancel.
+    pub(crate) body: FrameBody<Req>,
+    /// Request, ping or stream id.
+    pub(crate) id: u64,
+    /// When the caller stops caring; sent as the deadline header.
+    pub(crate) deadline: Instant,
+    /// Trace context and filter argument, when the caller set either.
+    pub(crate) extras: Option<Box<ItemExtras>>,
+    /// The stream sequence number (V07 stream messages).
+    pub(crate) stream_seq: Option<u32>,
+    /// What the item is.
+    pub(crate) kind: ItemKind,
+}
+
+/// The rarely set parts of a send's options.
+pub(crate) struct ItemExtras {
+    /// The span context for the V07 trace header.
+    trace: TraceContext,
+    /// Opaque argument for the write filter.
+    arg: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl<Req> WriteItem<Req> {
+    pub(crate) fn new(
+        body: FrameBody<Req>,
+        id: u64,
+        deadline: Instant,
+        kind: ItemKind,
+        opts: SendOptions,
+    ) -> Self {
+        let extras = (!opts.trace.is_empty() || opts.arg.is_some()).then(|| {
+            Box::new(ItemExtras {
+                trace: opts.trace,
+                arg: opts.arg,
+            })
+        });
+        Self {
+            body,
+            id,
+            deadline,
+            extras,
+            stream_seq: None,
+            kind,
+        }
+    }
+
+    /// The trace context to send (all zeros for none).
+    pub(crate) fn trace(&self) -> TraceContext {
+        self.extras.as_ref().map(|e| e.trace).unwrap_or_default()
+    }
+
+    /// The write filter's argument.
+    pub(crate) fn arg(&self) -> Option<&(dyn Any + Send + Sync)> {
+        self.extras.as_ref().and_then(|e| e.arg.as_deref())
+    }
+}
+
+/// Lifecycle of a backend.
+pub(crate) const OPEN: u8 = 0;
+pub(crate) const CLOSED: u8 = 1;
+pub(crate) const UNUSABLE: u8 = 2;
+
+/// State shared by the handle, the writer and reader tasks, futures and streams.
+pub(crate) struct Shared<Req, Resp> {
+    /// Where the backend connects.
+    pub(crate) address: Address,
+    /// Its configuration.
+    pub(crate) config: BackendConfig<Req>,
+    /// Encoder/decoder built from `config.codec`.
+    pub(crate) codec: Codec,
+    /// Requests, pings and streams waiting for frames.
+    pub(crate) pending: Arc<PendingTable<Resp>>,
+    /// The bounded send queue, drained by the writer task.
+    pub(crate) queue: mpsc::Sender<WriteItem<Req>>,
+    /// Source of request, stream and ping ids (from 1).
+    pub(crate) next_id: AtomicU64,
+    /// Cancelled when the backend is closed or unusable; stops both tasks.
+    pub(crate) closed: CancellationToken,
+    /// `OPEN`, `CLOSED` or `UNUSABLE`.
+    pub(crate) state: AtomicU8,
+    /// When the backend was created; the origin of `last_active`.
+    pub(crate) created: Instant,
+    /// Nanoseconds after `created` of the last send or receive.
+    pub(crate) last_active: AtomicU64,
+    /// Sends a cancel frame for a dropped request (cancel extension only).
+    pub(crate) canceller: Option<Canceller>,
+}
+
+/// Queues a cancel frame for a request id.
+pub(crate) type Canceller = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// The wait for room in a full send queue; a refused item comes back with the reason.
+pub(crate) type EnqueueWait<'a, Req> =
+    Pin<Box<dyn Future<Output = Result<(), (BackendError, WriteItem<Req>)>> + Send + 'a>>;
+
+/// What became of an item handed to the send queue.
+pub(crate) enum Enqueue<'a, Req> {
+    /// Queued.
+    Done,
+    /// Refused at once (closed or unusable backend), with the item.
+    Refused(BackendError, WriteItem<Req>),
+    /// The queue is full: await this for room until the item's deadline. Boxed because
+    /// it is rare, and inlined it would make every send future hundreds of bytes larger
+    /// (moved around for every message).
+    Wait(EnqueueWait<'a, Req>),
+}
+
+impl<Req, Resp> Shared<Req, Resp> {
+    /// The next id.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records activity at `now` (a clock reading the caller already has).
+    pub(crate) fn touch(&self, now: Instant) {
+        let nanos = now.saturating_duration_since(self.created).as_nanos() as u64;
+        self.last_active.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// The error a send gets from a backend that is no longer open.
+    pub(crate) fn closed_error(&self) -> BackendError {
+        match self.state.load(Ordering::Acquire) {
+            UNUSABLE => BackendError::Unusable,
+            _ => BackendError::BackendClosed,
+        }
+    }
+
+    /// Fails fast when the backend is closed or unusable.
+    pub(crate) fn check_open(&self) -> Result<(), BackendError> {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => Ok(()),
+            _ => Err(self.closed_error()),
+        }
+    }
+
+    /// Moves the backend to `state` (closed or unusable) once: stops the tasks and fails
+    /// everything pending with the matching error.
+    pub(crate) fn shut(&self, state: u8) {
+        if self
+            .state
+            .compare_exchange(OPEN, state, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.closed.cancel();
+            self.pending.fail_all(&self.closed_error());
+        }
+    }
+
+    /// Marks the backend unusable after it could not reconnect.
+    pub(crate) fn mark_unusable(&self) {
+        self.shut(UNUSABLE);
+    }
+
+    /// Number of queued items.
+    pub(crate) fn queue_len(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+impl<Req: Message, Resp: Message> Shared<Req, Resp> {
+    /// The queue item for message `msg` sent as `id` (written into it), with its deadline
+    /// resolved from `opts` (by default `default_timeout` from now).
+    pub(crate) fn message_item(
+        &self,
+        mut msg: Req,
+        id: u64,
+        kind: ItemKind,
+        opts: SendOptions,
+    ) -> WriteItem<Req> {
+        let deadline = opts.resolve_deadline(self.config.default_timeout);
+        msg.set_id(id);
+        WriteItem::new(FrameBody::Message(msg), id, deadline, kind, opts)
+    }
+
+    /// Queues `item`, waiting for space until its deadline.
+    pub(crate) async fn enqueue(&self, item: WriteItem<Req>) -> Result<(), BackendError> {
+        // The wait is the only thing alive across the await, keeping this future small.
+        let wait = match self.enqueue_or_wait(item) {
+            Enqueue::Done => return Ok(()),
+            Enqueue::Refused(error, _) => return Err(error),
+            Enqueue::Wait(wait) => wait,
+        };
+        wait.await.map_err(|(e, _)| e)
+    }
+
+    /// Queues `item` if there is room now; otherwise returns the wait for room until its
+    /// deadline.
+    #[inline]
+    pub(crate) fn enqueue_or_wait(&self, item: WriteItem<Req>) -> Enqueue<'_, Req> {
+        match self.try_enqueue_now(item) {
+            Ok(()) => Enqueue::Done,
+            Err((Some(error), item)) => Enqueue::Refused(error, item),
+            Err((None, item)) => Enqueue::Wait(Box::pin(self.wait_to_enqueue(item))),
+        }
+    }
+
+    /// Queues `item` if there is room now. On failure the item comes back with the
+    /// error, or with `None` when the queue is merely full.
+    #[inline]
+    // The item travels back by value on the (rare) failure path: boxing it would cost an
+    // allocation there and buy nothing on the hot path.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn try_enqueue_now(
+        &self,
+        item: WriteItem<Req>,
+    ) -> Result<(), (Option<BackendError>, WriteItem<Req>)> {
+        if let Err(e) = self.check_open() {
+            return Err((Some(e), item));
+        }
+        match self.queue.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(item)) => Err((Some(self.closed_error()), item)),
+            Err(TrySendError::Full(item)) => Err((None, item)),
+        }
+    }
+
+    /// Waits for queue space until the item's deadline (`Busy` after it), then queues it.
+    pub(crate) async fn wait_to_enqueue(
+        &self,
+        item: WriteItem<Req>,
+    ) -> Result<(), (BackendError, WriteItem<Req>)> {
+        match tokio::time::timeout_at(item.deadline.into(), self.queue.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(item);
+                Ok(())
+            }
+            Ok(Err(_)) => Err((self.closed_error(), item)),
+            Err(_) => Err((BackendError::Busy, item)),
+        }
+    }
+
+    /// A poll-based handle on the send queue (for `Sink` implementations).
+    pub(crate) fn poll_sender(&self) -> tokio_util::sync::PollSender<WriteItem<Req>> {
+        tokio_util::sync::PollSender::new(self.queue.clone())
+    }
+
+    /// Queues `item` only if there is room at once (heartbeats).
+    pub(crate) fn try_enqueue(&self, item: WriteItem<Req>) -> bool {
+        self.queue.try_send(item).is_ok()
+    }
+}

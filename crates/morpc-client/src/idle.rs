@@ -1,0 +1,33 @@
+//! The idle-cleanup task of an `RpcClient`: closes backends idle for `max_idle`.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use morpc_codec::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Inner;
+
+/// Closes idle backends of every pool, once per `max_idle / 2`, until the client closes.
+pub(crate) async fn idle_cleanup<Req: Message, Resp: Message>(
+    inner: Weak<Inner<Req, Resp>>,
+    closed: CancellationToken,
+) {
+    let period = match inner.upgrade() {
+        Some(inner) => {
+            (inner.config.max_idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5))
+        }
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let targets: Vec<_> = inner.targets.lock().values().cloned().collect();
+        for target in targets {
+            target.pool.close_idle(inner.config.max_idle);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `ClientResponse`: the future of one request sent through an `RpcClient`, and the
+//! bookkeeping that feeds its address's circuit breaker once the outcome is known.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use morpc_backend::{BackendError, ResponseFuture};
+use tokio_util::sync::CancellationToken;
+
+use crate::ClientError;
+use crate::breaker::Breaker;
+
+/// Records a request's outcome in its address's breaker and maps errors of a closed
+/// client to `ClientClosed`.
+pub(crate) struct Outcome {
+    /// The address's breaker, if enabled.
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    /// The client's close signal.
+    pub(crate) closed: CancellationToken,
+}
+
+impl Outcome {
+    pub(crate) fn map_error(&self, error: ClientError) -> ClientError {
+        match error {
+            ClientError::Backend(BackendError::BackendClosed) if self.closed.is_cancelled() => {
+                ClientError::ClientClosed
+            }
+            other => other,
+        }
+    }
+
+    /// Feeds the breaker: `None` is a success; connection failures and timeouts count as
+    /// failures; other errors (the request's own fault) count as neither.
+    pub(crate) fn record(&self, error: Option<&ClientError>) {
+        let Some(breaker) = &self.breaker else { return };
+        match error {
+            None => breaker.record(true),
+            Some(ClientError::Backend(e))
+                if e.is_connection_error() || matches!(e, BackendError::Timeout) =>
+            {
+                breaker.record(false)
+            }
+            Some(ClientError::NoAvailableBackend(_)) => breaker.record(false),
+            Some(_) => breaker.abandon(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response of a request sent through an [`RpcClient`](crate::RpcClient); resolves exactly once.
+    /// Dropping it cancels the request (its slot is freed at once).
+    #[must_use = "a response future does nothing unless awaited; dropping it cancels the request"]
+    pub struct ClientResponse<Resp> {
+        // The backend's future.
+        #[pin]
+        future: ResponseFuture<Resp>,
+        // Breaker bookkeeping; taken when the outcome is known.
+        outcome: Option<Outcome>,
+    }
+
+    impl<Resp> PinnedDrop for ClientResponse<Resp> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(Outcome { breaker: Some(breaker), .. }) = this.project().outcome.take() {
+                breaker.abandon();
+            }
+        }
+    }
+}
+
+impl<Resp> std::fmt::Debug for ClientResponse<Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientResponse")
+            .field("future", &self.future)
+            .finish()
+    }
+}
+
+impl<Resp> ClientResponse<Resp> {
+    /// The request id on its connection.
+    pub fn id(&self) -> u64 {
+        self.future.id()
+    }
+}
+
+impl<Resp> Future for ClientResponse<Resp> {
+    type Output = Result<Resp, ClientError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        let outcome = this.outcome.take().expect("polled after completion");
+        Poll::Ready(match result {
+            Ok(resp) => {
+                outcome.record(None);
+                Ok(resp)
+            }
+            Err(e) => {
+                let error = outcome.map_error(e.into());
+                outcome.record(Some(&error));
+                Err(error)
+            }
+        })
+    }
+}
+
+impl<Resp> ClientResponse<Resp> {
+    /// The response of `future`, recorded in `outcome`'s breaker when it resolves.
+    pub(crate) fn new(future: ResponseFuture<Resp>, outcome: Outcome) -> Self {
+        Self {
+            future,
+            outcome: Some(outcome),
+        }
+    }
+}
