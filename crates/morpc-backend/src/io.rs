@@ -1,9 +1,11 @@
-//! Socket-writing helpers shared by the client and server connection writers.
+//! Batching and socket-writing helpers shared by the client and server connection
+//! writers (and the benchmark's hand-written baseline): `next_batch`,
+//! `yield_to_ready_tasks`, `write_chunks`.
 
 use std::io::IoSlice;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -50,26 +52,6 @@ pub async fn yield_to_ready_tasks() {
         }
     })
     .await;
-}
-
-/// Makes room for the next read: at least `room` free bytes after the unread ones.
-///
-/// Called before every read, so the buffer stays compact: when no decoded message refers
-/// to it any more, `reserve` moves the unread tail to the front and the connection keeps
-/// reusing the same few pages; when messages still hold it (they are zero-copy slices of
-/// it), the reader continues in a fresh buffer and the old one is freed with its last
-/// message. Reading on until the buffer was nearly full instead touched every page of it
-/// on every connection (about 64 KiB more resident memory per connection and side).
-///
-/// A large frame arriving in pieces keeps free room of at least half the unread bytes,
-/// and the buffer then grows by [`DECODE_GROWTH`](morpc_codec::DECODE_GROWTH) times them
-/// (as the decoder does): big reads, a logarithmic number of copies, and memory within a
-/// constant factor of what arrived. A fixed step would copy the partial frame into a new
-/// buffer on every read while earlier messages hold the old one.
-pub fn make_room(buf: &mut BytesMut, room: usize) {
-    if buf.capacity() - buf.len() < room.max(buf.len() / 2) {
-        buf.reserve(room.max(morpc_codec::DECODE_GROWTH * buf.len()));
-    }
 }
 
 /// Most slices handed to one `write_vectored` call.
@@ -143,30 +125,6 @@ async fn bounded<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_large_frame_arriving_in_pieces_is_moved_a_logarithmic_number_of_times() {
-        const STEP: usize = 64 * 1024;
-        let mut buf = BytesMut::with_capacity(STEP);
-        // Each read also completes a small message that stays alive (held by its
-        // receiver), so the buffer is always shared when room is made.
-        let mut held = Vec::new();
-        let (mut moves, mut copied) = (0, 0);
-        for _ in 0..32 {
-            let before = buf.as_ptr();
-            make_room(&mut buf, STEP);
-            if buf.as_ptr() != before {
-                moves += 1;
-                copied += buf.len();
-            }
-            assert!(buf.capacity() - buf.len() >= STEP);
-            buf.extend_from_slice(&[7u8; STEP]);
-            held.push(buf.split_to(1).freeze());
-        }
-        let total = 32 * STEP;
-        assert!(moves <= 16, "{moves} moves");
-        assert!(copied <= 4 * total, "{copied} bytes copied for {total}");
-    }
 
     #[tokio::test]
     async fn writes_every_chunk_in_order_and_skips_empty_ones() {

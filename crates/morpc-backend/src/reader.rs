@@ -11,21 +11,28 @@ use morpc_codec::{Frame, FrameBody, Message};
 
 use crate::address::BoxReader;
 use crate::conn_state::ConnState;
-use crate::connection::{FrameReader, ReadLimits};
+use crate::connection::{FrameReader, ReadLimits, catch_panic};
 use crate::pending::{Delivery, Pending};
 use crate::shared::{ItemKind, Shared, WriteItem};
 use crate::{BackendError, SendOptions};
 
 /// Reads until the connection breaks or is stopped; a failure breaks the connection,
-/// which fails everything in flight.
+/// which fails everything in flight. A panic in user code (a `Message` or header
+/// decoder) breaks it too, with the panic as its cause; the writer reconnects.
 pub(crate) async fn run<Req: Message, Resp: Message>(
     shared: Arc<Shared<Req, Resp>>,
     reader: BoxReader,
     conn: Arc<ConnState>,
 ) {
-    if let Some(cause) = read_loop(&shared, reader, &conn).await {
-        conn.break_with(&shared, &cause);
-    }
+    let cause = match catch_panic("reader", read_loop(&shared, reader, &conn)).await {
+        Ok(None) => return,
+        Ok(Some(cause)) => cause,
+        Err(panic) => {
+            tracing::error!(address = %shared.address, %panic, "connection task panicked");
+            panic.to_string()
+        }
+    };
+    conn.break_with(&shared, &cause);
 }
 
 /// The loop proper; returns why the connection broke, or `None` when stopped.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::address::{BoxReader, BoxWriter};
 use crate::conn_state::ConnState;
-use crate::connection::{FrameWriter, WriteBound};
+use crate::connection::{FrameWriter, WriteBound, catch_panic};
 use crate::pending::fail;
 use crate::shared::{ItemKind, ONE_WAY_DEADLINE, PING_DEADLINE_CAP, Shared, WriteItem};
 use crate::{BackendError, metrics, reader};
@@ -69,7 +69,23 @@ struct Reconnect {
 }
 
 /// The writer task of one backend. Runs until the backend closes or becomes unusable.
+///
+/// A panic in user code (a `Message` encoder, a header codec, the write filter) makes
+/// the backend unusable: everything in flight fails at once with
+/// [`BackendError::Unusable`] and a client's pool replaces the backend.
 pub(crate) async fn run<Req: Message, Resp: Message>(
+    shared: Arc<Shared<Req, Resp>>,
+    rx: mpsc::Receiver<WriteItem<Req>>,
+    conn: Option<Connection>,
+) {
+    if let Err(panic) = catch_panic("writer", write_loop(shared.clone(), rx, conn)).await {
+        tracing::error!(address = %shared.address, %panic, "backend task panicked; backend unusable");
+        shared.mark_unusable();
+    }
+}
+
+/// The writer loop proper.
+async fn write_loop<Req: Message, Resp: Message>(
     shared: Arc<Shared<Req, Resp>>,
     mut rx: mpsc::Receiver<WriteItem<Req>>,
     mut conn: Option<Connection>,

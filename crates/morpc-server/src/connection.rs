@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use morpc_backend::connection::{
     ByteBudget, FrameReader, FrameWriter, ReadError, ReadLimits, SharedBudget, StreamNumbering,
-    WriteBound, WriteError,
+    WriteBound, WriteError, catch_panic, panic_message,
 };
 use morpc_backend::{BoxReader, BoxWriter, IdBuildHasher};
 use morpc_codec::{Codec, Frame, FrameBody, Framing, Message, flags};
@@ -105,14 +105,24 @@ where
     ));
     // The writer holds no sender: the queue closes (and a shutdown's flush ends) once
     // every session clone is gone.
-    let writer_task = tokio::spawn(write_loop(
-        shared.clone(),
-        FrameWriter::new(writer),
-        rx,
-        streams.clone(),
-        budget.clone(),
-        control.clone(),
-    ));
+    let writer_task = tokio::spawn({
+        let write = write_loop(
+            shared.clone(),
+            FrameWriter::new(writer),
+            rx,
+            streams.clone(),
+            budget.clone(),
+            control.clone(),
+        );
+        let control = control.clone();
+        async move {
+            // A panic in user code (a response's encoder, the filter) closes the
+            // connection with a typed reason instead of leaving it without a writer.
+            if let Err(panic) = catch_panic("writer", write).await {
+                control.close_with(CloseReason::TaskPanicked(panic.to_string().into()));
+            }
+        }
+    });
     let session = Arc::new(SessionShared {
         tx,
         remote,
@@ -126,7 +136,9 @@ where
         config.read_buffer_size,
         shared.read_limits(),
     );
-    let reason = read_loop(&shared, reader, &session, &streams).await;
+    let reason = catch_panic("reader", read_loop(&shared, reader, &session, &streams))
+        .await
+        .unwrap_or_else(|panic| CloseReason::TaskPanicked(panic.to_string().into()));
     drop(session);
     // A shutdown flushes: the writer ends once every session clone is gone and the queue
     // is written (the server's grace period bounds this). Anything else closes at once.
@@ -452,14 +464,9 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerRun<F> {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(Ok(()))) => Ok(()),
             Ok(Poll::Ready(Err(e))) => Err(CloseReason::HandlerFailed(e.to_string().into())),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic".to_owned());
-                Err(CloseReason::HandlerPanicked(what.into()))
-            }
+            Err(panic) => Err(CloseReason::HandlerPanicked(
+                panic_message(panic.as_ref()).into(),
+            )),
         };
         if let Some(started) = this.started {
             metrics::handler_done(&outcome, started.elapsed());

@@ -72,6 +72,10 @@ pub enum CloseReason {
     /// reading).
     #[error("write timeout: the peer accepted no bytes for {0:?}")]
     WriteTimeout(std::time::Duration),
+    /// One of the connection's own tasks (its reader or writer) panicked in user code:
+    /// a request's decoder, a response's encoder, a header codec or the filter.
+    #[error("connection task panicked: {0}")]
+    TaskPanicked(Arc<str>),
     /// Closed to admit a new connection at `max_connections`: it had never sent a
     /// complete frame, or had been silent longest.
     #[error("evicted at max_connections to admit a new connection")]

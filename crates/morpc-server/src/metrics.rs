@@ -34,6 +34,7 @@ mod imp {
             CloseReason::ReadTimeout(_) => "read_timeout",
             CloseReason::WriteTimeout(_) => "write_timeout",
             CloseReason::Evicted => "evicted",
+            CloseReason::TaskPanicked(_) => "task_panicked",
         };
         metrics::counter!("morpc_server_connections_total", "event" => "closed").increment(1);
         metrics::counter!("morpc_server_connections_closed_total", "reason" => kind).increment(1);

@@ -312,3 +312,19 @@ async fn at_max_connections_a_new_client_evicts_a_connection_that_sent_nothing()
         .unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_connection_writer_closes_the_connection_with_its_cause() {
+    let codec = Codec::new(CodecConfig::default());
+    let filter: morpc_server::ResponseFilter<RawMessage> = std::sync::Arc::new(|m: &RawMessage| {
+        assert!(m.body != "boom", "filter bug");
+        true
+    });
+    let (mut peer, served) = serve_echo(echo_config().filter(filter), 1 << 16);
+    peer.write_all(&encode(&codec, &Frame::message(RawMessage::new("boom"))))
+        .await
+        .unwrap();
+    let (reason, lived) = within("closed", served).await.unwrap();
+    assert!(matches!(reason, CloseReason::TaskPanicked(_)), "{reason}");
+    assert!(lived < SECOND, "{lived:?}");
+}

@@ -275,6 +275,37 @@ mod tests {
         assert_eq!(frames, 1);
     }
 
+    #[test]
+    fn a_large_frame_arriving_in_pieces_is_moved_a_logarithmic_number_of_times() {
+        const STEP: usize = 64 * 1024;
+        let (_peer, io) = tokio::io::duplex(16);
+        let mut r = reader(io, ReadLimits::default());
+        let wire = frame_bytes(r.codec(), 32 * STEP);
+        let (mut moves, mut copied, mut at) = (0, 0, 0);
+        while at < wire.len() {
+            let before = r.buf.as_ptr();
+            r.make_room();
+            if r.buf.as_ptr() != before {
+                moves += 1;
+                copied += r.buf.len();
+            }
+            // A read of what fits, at most a step.
+            let n = (r.buf.capacity() - r.buf.len())
+                .min(STEP)
+                .min(wire.len() - at);
+            assert!(n > 0, "no room made");
+            r.buf.extend_from_slice(&wire[at..at + n]);
+            at += n;
+        }
+        assert!(r.next_frame::<RawMessage>().unwrap().is_some());
+        assert!(moves <= 8, "{moves} moves");
+        assert!(
+            copied <= 2 * wire.len(),
+            "{copied} bytes copied for {}",
+            wire.len()
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_trips_the_first_frame_timeout() {
         let (_peer, io) = tokio::io::duplex(1024);
