@@ -248,11 +248,14 @@ where
                 _ => continue,
             };
             let id = message.id();
-            if !cancelled_ahead.is_empty() && cancelled_ahead.remove(&id) {
-                continue;
-            }
-            if backlog.is_empty() {
-                cancelled_ahead.clear();
+            if !cancelled_ahead.is_empty() {
+                if cancelled_ahead.remove(&id) {
+                    continue;
+                }
+                // Cancels of requests no longer waiting (answered, or never seen).
+                if backlog.is_empty() {
+                    cancelled_ahead.clear();
+                }
             }
             sequence += 1;
             metrics::request_received();

@@ -1,5 +1,7 @@
 //! `ClientSession`: a handler's way back to the client.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -137,14 +139,29 @@ impl<Resp: Message> SessionShared<Resp> {
         frame: Frame<Resp>,
         deadline: Option<Instant>,
     ) -> Result<(), ServerError> {
-        // Boxed: the wait is rare, and inlined it would make this future (part of every
-        // handler's) several hundred bytes larger, moved around for every request.
-        let wait = match self.try_queue(frame) {
-            Ok(()) => return Ok(()),
-            Err((_, None)) => return Err(ServerError::SessionClosed),
-            Err((_, Some(frame))) => Box::pin(self.wait_to_queue(frame, deadline)),
-        };
-        wait.await
+        match self.queue_or_wait(frame, deadline) {
+            Ok(()) => Ok(()),
+            Err(Queue::Closed) => Err(ServerError::SessionClosed),
+            Err(Queue::Wait(wait)) => wait.await,
+        }
+    }
+
+    /// Queues `frame` if there is room now; otherwise returns the (boxed) wait for room.
+    /// Boxed because it is rare, and inlined it would make every handler's write future
+    /// several hundred bytes larger, moved around for every request.
+    #[inline]
+    fn queue_or_wait(
+        &self,
+        frame: Frame<Resp>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Queue<'_>> {
+        match self.try_queue(frame) {
+            Ok(()) => Ok(()),
+            Err((_, None)) => Err(Queue::Closed),
+            Err((_, Some(frame))) => {
+                Err(Queue::Wait(Box::pin(self.wait_to_queue(frame, deadline))))
+            }
+        }
     }
 
     /// Waits for budget and queue room until `deadline`, at most the write timeout.
@@ -178,6 +195,14 @@ impl<Resp: Message> SessionShared<Resp> {
             r = tokio::time::timeout_at(deadline.into(), queued) => r.unwrap_or(Err(ServerError::Busy)),
         }
     }
+}
+
+/// Why a frame was not queued at once.
+enum Queue<'a> {
+    /// The connection is gone.
+    Closed,
+    /// The queue or the budget is full: await this for room.
+    Wait(Pin<Box<dyn Future<Output = Result<(), ServerError>> + Send + 'a>>),
 }
 
 /// Gives a charge back to its budget when dropped (a cancelled wait).
@@ -238,9 +263,16 @@ impl<Resp: Message> ClientSession<Resp> {
     /// [`ServerError::Busy`] when there was no room until then;
     /// [`ServerError::SessionClosed`] when the connection is gone.
     pub async fn write(&self, response: Resp) -> Result<(), ServerError> {
-        self.shared
-            .queue(Frame::message(response), self.deadline)
-            .await
+        // Only the boxed wait lives across the await, keeping this future small.
+        let wait = match self
+            .shared
+            .queue_or_wait(Frame::message(response), self.deadline)
+        {
+            Ok(()) => return Ok(()),
+            Err(Queue::Closed) => return Err(ServerError::SessionClosed),
+            Err(Queue::Wait(wait)) => wait,
+        };
+        wait.await
     }
 
     /// Queues `response` only if there is room now; never waits.

@@ -182,44 +182,30 @@ impl FrameReader {
         &self.codec
     }
 
-    /// Makes room for the next read.
+    /// Makes room for the next read: at least `min_free` bytes, or half the unread ones
+    /// when more (a large frame is read in large reads).
     ///
-    /// Without a partial frame, at least `min_free` bytes: when no split frame refers to
-    /// the buffer any more, `reserve` moves the unread tail to the front and the
+    /// Called before every read, so the buffer stays compact: when no split frame refers
+    /// to the buffer any more, `reserve` moves the unread tail to the front and the
     /// connection keeps reusing the same few pages; when frames still hold it (they are
     /// zero-copy slices), reading continues in a fresh buffer and the old one is freed
-    /// with its last frame.
+    /// with its last frame. A large frame arriving in pieces grows the buffer by
+    /// [`DECODE_GROWTH`] times the bytes it holds: few large reads, a logarithmic number
+    /// of copies, memory within a constant factor of what arrived (never what the peer
+    /// claims).
     ///
-    /// With a partial frame, reads continue into the room there is until it runs low
-    /// (so a connection holding half a frame costs what an idle one does), and the buffer
-    /// then grows by up to [`DECODE_GROWTH`] times the bytes it holds, never past the
-    /// frame's end: few large reads, a logarithmic number of copies, memory within a
-    /// constant factor of what arrived (never what the peer claims). Growing copies only
-    /// the unread bytes into a fresh allocation (a `realloc` would copy, and make
-    /// resident, the whole old capacity).
+    /// The beginning of a frame that still fits reads into the room there is: a
+    /// connection holding half a frame costs what an idle one does (growing a buffer with
+    /// a few bytes in it would copy, and make resident, its whole capacity).
     fn make_room(&mut self) {
         let len = self.buf.len();
         let free = self.buf.capacity() - len;
-        let total = self
-            .codec
-            .frame_total_len(&self.buf)
-            .ok()
-            .flatten()
-            .filter(|total| *total > len);
-        match total {
-            None => {
-                if free < self.min_free {
-                    self.buf.reserve(self.min_free);
-                }
-            }
-            Some(total) => {
-                let want = (total - len).min(self.min_free.max(DECODE_GROWTH * len));
-                if free < want.min(self.min_free / 4) {
-                    let mut grown = BytesMut::with_capacity(len + want.max(self.min_free));
-                    grown.extend_from_slice(&self.buf);
-                    self.buf = grown;
-                }
-            }
+        let starting_frame = len < self.min_free / 2 && free >= self.min_free / 2 && {
+            let total = self.codec.frame_total_len(&self.buf).ok().flatten();
+            total.is_some_and(|total| total > len)
+        };
+        if !starting_frame && free < self.min_free.max(len / 2) {
+            self.buf.reserve(self.min_free.max(DECODE_GROWTH * len));
         }
     }
 }
