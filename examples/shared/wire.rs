@@ -10,7 +10,7 @@ pub(crate) enum Wire {
     V07,
 }
 
-/// `--framing v05|v07 [--checksum]`.
+/// `--framing v05|v07 [--checksum] [--compression]`.
 #[derive(Debug, Args)]
 pub(crate) struct WireArgs {
     /// Wire framing.
@@ -19,6 +19,9 @@ pub(crate) struct WireArgs {
     /// Send V07 frames with an xxHash64 checksum (received checksums are always verified).
     #[arg(long)]
     pub(crate) checksum: bool,
+    /// LZ4-compress V07 frames, and accept compressed ones.
+    #[arg(long)]
+    pub(crate) compression: bool,
 }
 
 impl WireArgs {
@@ -26,7 +29,9 @@ impl WireArgs {
     pub(crate) fn codec(&self) -> CodecConfig {
         match self.framing {
             Wire::V05 => CodecConfig::new(Framing::V05),
-            Wire::V07 => CodecConfig::new(Framing::V07).checksum(self.checksum),
+            Wire::V07 => CodecConfig::new(Framing::V07)
+                .checksum(self.checksum)
+                .compression(self.compression),
         }
     }
 }
