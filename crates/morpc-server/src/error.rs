@@ -27,8 +27,9 @@ pub enum ServerError {
     /// The connection of this session is closed (or the server shut down).
     #[error("session closed")]
     SessionClosed,
-    /// The session's queue stayed full until the write's deadline.
-    #[error("session queue full until the deadline")]
+    /// The session's queue (or its write budget) stayed full until the request's
+    /// deadline or the server's write timeout, whichever came first.
+    #[error("session queue full until the request deadline or the write timeout")]
     Busy,
     /// The session's queue is full and the write was one-way (it does not wait).
     #[error("session queue full")]

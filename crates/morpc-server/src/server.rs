@@ -280,7 +280,7 @@ async fn accept_loop<Req, Resp, H>(
                 // Without one to close (all still in their TLS handshake, which the
                 // first-frame timeout bounds), the new connection waits for a slot.
                 if connections.evict_one() {
-                    tracing::info!(%remote, "max_connections reached; evicted the connection silent longest");
+                    tracing::debug!(%remote, "max_connections reached; evicted the connection silent longest");
                 }
                 tokio::select! {
                     biased;
@@ -320,7 +320,14 @@ async fn accept_loop<Req, Resp, H>(
             let reason = serve(shared, reader, writer, remote.clone(), control).await;
             crate::metrics::connection_closed(&reason);
             match &reason {
-                CloseReason::PeerClosed | CloseReason::Shutdown | CloseReason::SessionClosed => {
+                // Expected closes, and the bounds a misbehaving peer trips (logged at
+                // debug: a flood of silent connections must not become a flood of log
+                // lines; the metrics count them by reason).
+                CloseReason::PeerClosed
+                | CloseReason::Shutdown
+                | CloseReason::SessionClosed
+                | CloseReason::ReadTimeout(_)
+                | CloseReason::Evicted => {
                     tracing::debug!(%remote, %reason, "connection closed");
                 }
                 _ => tracing::warn!(%remote, %reason, "connection closed"),

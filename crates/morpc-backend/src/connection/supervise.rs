@@ -19,18 +19,25 @@ pub struct TaskPanic {
     pub message: String,
 }
 
-/// Runs `task`, returning its output, or the panic it ended with.
+/// Runs `future` (the task named `task`), returning its output, or the panic it ended
+/// with.
+///
+/// A plain function returning the wrapped future, not an `async fn`: an `async fn` would
+/// keep `future` twice in its state (the argument and the running copy), doubling the
+/// size of a connection's task.
 ///
 /// # Errors
-/// [`TaskPanic`] when `task` panicked.
-pub async fn catch_panic<F: Future>(task: &'static str, future: F) -> Result<F::Output, TaskPanic> {
-    AssertUnwindSafe(future)
-        .catch_unwind()
-        .await
-        .map_err(|payload| TaskPanic {
+/// [`TaskPanic`] when `future` panicked.
+pub fn catch_panic<F: Future>(
+    task: &'static str,
+    future: F,
+) -> impl Future<Output = Result<F::Output, TaskPanic>> {
+    AssertUnwindSafe(future).catch_unwind().map(move |result| {
+        result.map_err(|payload| TaskPanic {
             task,
             message: panic_message(payload.as_ref()),
         })
+    })
 }
 
 /// The message of a panic payload (`&str` or `String`, as `panic!` makes them).
