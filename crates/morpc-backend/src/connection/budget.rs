@@ -3,36 +3,124 @@
 //! is unbounded when a message can be 100 MiB (Envoy's overload manager does the same).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
+
+/// A count of bytes against a limit, and the waiters for room in it.
+///
+/// Plain atomics rather than a semaphore: taking is one compare-and-swap and giving back
+/// one atomic subtraction on the hot path (a semaphore's release takes its waiter list's
+/// mutex every time).
+#[derive(Debug)]
+struct Counter {
+    /// Bytes charged.
+    used: AtomicUsize,
+    /// The limit.
+    limit: usize,
+    /// Tasks waiting for room (so a release without waiters notifies nobody).
+    waiters: AtomicUsize,
+    /// Notified when bytes are given back while someone waits.
+    released: Notify,
+}
+
+impl Counter {
+    fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit: limit.max(1),
+            waiters: AtomicUsize::new(0),
+            released: Notify::new(),
+        }
+    }
+
+    /// Charges `charge` (at most the limit) if it fits.
+    #[inline]
+    fn try_take(&self, charge: usize) -> bool {
+        // A compare-and-swap, not an add undone on failure: a transient over-count could
+        // fail another taker that then waits for a release that never comes.
+        let mut used = self.used.load(SeqCst);
+        loop {
+            if used + charge > self.limit {
+                return false;
+            }
+            match self
+                .used
+                .compare_exchange_weak(used, used + charge, SeqCst, SeqCst)
+            {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Gives `charge` back.
+    #[inline]
+    fn release(&self, charge: usize) {
+        self.used.fetch_sub(charge, SeqCst);
+        if self.waiters.load(SeqCst) > 0 {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Waits until `charge` fits, and charges it.
+    async fn take(&self, charge: usize) {
+        loop {
+            if self.try_take(charge) {
+                return;
+            }
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let _waiting = Waiting::new(&self.waiters);
+            // Room given back between the failed attempt and `enable` is seen here.
+            if self.try_take(charge) {
+                return;
+            }
+            released.await;
+        }
+    }
+}
+
+/// Counts a waiter while alive.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiters: &'a AtomicUsize) -> Self {
+        waiters.fetch_add(1, SeqCst);
+        Self(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
 
 /// A budget shared by many connections (a server's total).
 #[derive(Debug)]
 pub struct SharedBudget {
-    /// One permit a byte.
-    permits: Semaphore,
-    /// The total.
-    limit: usize,
+    /// Bytes charged by every connection.
+    counter: Counter,
 }
 
 impl SharedBudget {
     /// A shared budget of `limit` bytes.
     pub fn new(limit: usize) -> Arc<Self> {
-        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Self {
-            permits: Semaphore::new(limit),
-            limit,
+            counter: Counter::new(limit),
         })
     }
 
     /// Bytes currently charged.
     pub fn used(&self) -> usize {
-        self.limit - self.permits.available_permits()
+        self.counter.used.load(SeqCst)
     }
 
     /// The total.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.counter.limit
     }
 }
 
@@ -45,10 +133,8 @@ impl SharedBudget {
 /// shared budget whatever it still holds.
 #[derive(Debug)]
 pub struct ByteBudget {
-    /// One permit a byte.
-    own: Semaphore,
-    /// This connection's limit.
-    limit: usize,
+    /// This connection's bytes.
+    own: Counter,
     /// The total it also draws from.
     shared: Option<Arc<SharedBudget>>,
 }
@@ -56,22 +142,20 @@ pub struct ByteBudget {
 impl ByteBudget {
     /// A budget of `limit` bytes, drawing also from `shared`.
     pub fn new(limit: usize, shared: Option<Arc<SharedBudget>>) -> Self {
-        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         Self {
-            own: Semaphore::new(limit),
-            limit,
+            own: Counter::new(limit),
             shared,
         }
     }
 
     /// What charging `bytes` takes from each budget.
     #[inline]
-    fn charge(&self, bytes: usize) -> u32 {
-        let mut charge = bytes.min(self.limit);
-        if let Some(shared) = &self.shared {
-            charge = charge.min(shared.limit);
+    fn charge(&self, bytes: usize) -> usize {
+        let charge = bytes.min(self.own.limit);
+        match &self.shared {
+            Some(shared) => charge.min(shared.counter.limit),
+            None => charge,
         }
-        charge.min(u32::MAX as usize) as u32
     }
 
     /// Charges `bytes` if both budgets have room now; returns the charge to
@@ -82,32 +166,36 @@ impl ByteBudget {
         if charge == 0 {
             return Some(0);
         }
-        let own = self.own.try_acquire_many(charge).ok()?;
-        if let Some(shared) = &self.shared {
-            shared.permits.try_acquire_many(charge).ok()?.forget();
+        if !self.own.try_take(charge) {
+            return None;
         }
-        own.forget();
-        Some(charge as usize)
+        if let Some(shared) = &self.shared {
+            if !shared.counter.try_take(charge) {
+                self.own.release(charge);
+                return None;
+            }
+        }
+        Some(charge)
     }
 
-    /// Charges `bytes`, waiting (first-come, first-served) until both budgets have room.
-    /// The caller bounds the wait; cancelling it charges nothing.
+    /// Charges `bytes`, waiting until both budgets have room. The caller bounds the
+    /// wait; cancelling it charges nothing.
     pub async fn take(&self, bytes: usize) -> usize {
         let charge = self.charge(bytes);
         if charge == 0 {
             return 0;
         }
-        let own = self.own.acquire_many(charge).await.expect("never closed");
+        self.own.take(charge).await;
+        // Given back if the wait for the total is cancelled.
+        let own = Charged {
+            counter: &self.own,
+            charge,
+        };
         if let Some(shared) = &self.shared {
-            shared
-                .permits
-                .acquire_many(charge)
-                .await
-                .expect("never closed")
-                .forget();
+            shared.counter.take(charge).await;
         }
-        own.forget();
-        charge as usize
+        std::mem::forget(own);
+        charge
     }
 
     /// Gives back a charge returned by `try_take` or `take`.
@@ -116,20 +204,34 @@ impl ByteBudget {
         if charge == 0 {
             return;
         }
-        self.own.add_permits(charge);
+        self.own.release(charge);
         if let Some(shared) = &self.shared {
-            shared.permits.add_permits(charge);
+            shared.counter.release(charge);
         }
     }
 
     /// Bytes currently charged to this connection.
     pub fn used(&self) -> usize {
-        self.limit - self.own.available_permits()
+        self.own.used.load(SeqCst)
     }
 
     /// This connection's limit.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.own.limit
+    }
+}
+
+/// Gives a charge back to its counter when dropped.
+struct Charged<'a> {
+    /// The counter charged.
+    counter: &'a Counter,
+    /// The charge.
+    charge: usize,
+}
+
+impl Drop for Charged<'_> {
+    fn drop(&mut self) {
+        self.counter.release(self.charge);
     }
 }
 
@@ -140,7 +242,7 @@ impl Drop for ByteBudget {
         if let Some(shared) = &self.shared {
             let held = self.used();
             if held > 0 {
-                shared.permits.add_permits(held);
+                shared.counter.release(held);
             }
         }
     }
@@ -184,6 +286,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_wait_for_the_total_proceeds_when_another_connection_releases() {
+        let total = SharedBudget::new(10);
+        let a = Arc::new(ByteBudget::new(10, Some(total.clone())));
+        let b = ByteBudget::new(10, Some(total.clone()));
+        b.try_take(10).unwrap();
+        let waiter = tokio::spawn({
+            let a = a.clone();
+            async move { a.take(4).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        b.release(10);
+        assert_eq!(waiter.await.unwrap(), 4);
+        assert_eq!((a.used(), total.used()), (4, 4));
+    }
+
+    #[tokio::test]
     async fn a_waiting_charge_proceeds_when_bytes_are_released() {
         let a = Arc::new(ByteBudget::new(10, None));
         a.try_take(10).unwrap();
@@ -195,5 +314,31 @@ mod tests {
         assert!(!waiter.is_finished());
         a.release(10);
         assert_eq!(waiter.await.unwrap(), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn contending_connections_never_lose_a_wakeup_or_a_byte() {
+        let total = SharedBudget::new(64);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let budget = Arc::new(ByteBudget::new(32, Some(total.clone())));
+                tokio::spawn(async move {
+                    for i in 0..2_000usize {
+                        let charge = budget.take(1 + i % 31).await;
+                        tokio::task::yield_now().await;
+                        budget.release(charge);
+                    }
+                    budget.used()
+                })
+            })
+            .collect();
+        for task in tasks {
+            let left = tokio::time::timeout(std::time::Duration::from_secs(60), task)
+                .await
+                .expect("a waiter was never woken")
+                .unwrap();
+            assert_eq!(left, 0);
+        }
+        assert_eq!(total.used(), 0);
     }
 }
