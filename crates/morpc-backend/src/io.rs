@@ -106,19 +106,25 @@ pub async fn write_chunks<W: AsyncWrite + Unpin + ?Sized>(
 }
 
 /// Runs `io`, failing with `TimedOut` if it is not done within `stall` (when given).
+/// The timer is armed only if `io` cannot finish at once (most writes complete on their
+/// first poll).
 async fn bounded<T>(
     stall: Option<std::time::Duration>,
     io: impl std::future::Future<Output = std::io::Result<T>>,
 ) -> std::io::Result<T> {
-    match stall {
-        None => io.await,
-        Some(stall) => match tokio::time::timeout(stall, io).await {
-            Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("peer accepted no bytes for {stall:?}"),
-            )),
-        },
+    let Some(stall) = stall else {
+        return io.await;
+    };
+    let mut io = std::pin::pin!(io);
+    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(io.as_mut().poll(cx))).await {
+        return done;
+    }
+    match tokio::time::timeout(stall, io).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("peer accepted no bytes for {stall:?}"),
+        )),
     }
 }
 

@@ -208,6 +208,7 @@ where
         // Deadlines are rebuilt against when the frames were read: one clock read per
         // read, not per frame.
         let read_at = reader.last_read();
+        let mut framed = false;
         loop {
             let (frame, received): (Frame<Req>, Instant) = match backlog.pop_front() {
                 Some((waiting, at)) => match waiting {
@@ -222,7 +223,11 @@ where
                 },
                 None => match reader.next_frame() {
                     Ok(Some(frame)) => {
-                        control.note_frame(read_at);
+                        if !framed {
+                            // Once per read that completed a frame, not per frame.
+                            control.note_frame(read_at);
+                            framed = true;
+                        }
                         (frame, read_at)
                     }
                     Ok(None) => break,

@@ -157,12 +157,21 @@ impl FrameReader {
 
     /// Records whether the buffer now holds the beginning of a frame, and moves the
     /// timer earlier if that brought a limit closer.
+    #[inline]
     fn note_partial(&mut self) {
-        self.timer.set_partial(!self.buf.is_empty());
-        if let (Some(sleep), Some(at)) = (self.sleep.as_mut(), self.timer.poll_timeout()) {
-            let at = tokio::time::Instant::from(at);
-            if at < sleep.deadline() {
-                sleep.as_mut().reset(at);
+        let partial = !self.buf.is_empty();
+        // Only a frame that begins can bring a limit earlier; while the state stays, the
+        // partial-frame limit only moves later (with each byte).
+        if partial == self.timer.is_partial() {
+            return;
+        }
+        self.timer.set_partial(partial);
+        if let Some(sleep) = self.sleep.as_mut() {
+            if let Some(at) = self.timer.poll_timeout() {
+                let at = tokio::time::Instant::from(at);
+                if at < sleep.deadline() {
+                    sleep.as_mut().reset(at);
+                }
             }
         }
     }

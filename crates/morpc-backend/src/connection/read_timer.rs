@@ -107,6 +107,12 @@ impl ReadTimer {
         self.partial = partial;
     }
 
+    /// Whether the buffer was last said to hold the beginning of a frame.
+    #[inline]
+    pub fn is_partial(&self) -> bool {
+        self.partial
+    }
+
     /// The shortest limit set: how often a timer with nothing to wait for rechecks.
     pub fn shortest_limit(&self) -> Option<std::time::Duration> {
         let l = &self.limits;
