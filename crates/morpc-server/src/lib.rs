@@ -26,8 +26,10 @@ mod handler;
 mod listener;
 mod method;
 mod metrics;
+mod reader;
 mod server;
 mod session;
+mod writer;
 
 pub use config::{ResponseFilter, ServerConfig};
 pub use error::{CloseReason, HandlerError, ServerError};

@@ -1,0 +1,106 @@
+//! The write side of one server connection: a task that takes responses from the
+//! session queue in batches, numbers stream responses, encodes each batch into a
+//! `FrameWriter` and writes it, closing a peer that accepts no bytes for the write
+//! timeout; written bytes go back to the write budget.
+
+use std::sync::Arc;
+
+use morpc_backend::connection::{ByteBudget, FrameWriter, WriteBound, WriteError};
+use morpc_codec::{FrameBody, Framing, Message};
+use tokio::sync::mpsc;
+
+use crate::CloseReason;
+use crate::connection::{ServerShared, Streams};
+use crate::metrics;
+use crate::session::{ConnControl, Outgoing};
+
+/// Writes queued responses in batches until every session is gone (then flushes and
+/// shuts the socket down) or the connection is closed. A peer that accepts no bytes for
+/// the write timeout closes the connection.
+pub(crate) async fn write_loop<H, Resp: Message>(
+    shared: Arc<ServerShared<H, Resp>>,
+    mut writer: FrameWriter,
+    mut rx: mpsc::Receiver<Outgoing<Resp>>,
+    streams: Streams,
+    budget: Arc<ByteBudget>,
+    control: Arc<ConnControl>,
+) {
+    let batch_size = shared.config.batch_send_size.max(1);
+    let numbered = shared.codec.framing() == Framing::V07;
+    let bound = WriteBound::Stall(shared.config.write_timeout);
+    let mut batch: Vec<Outgoing<Resp>> = Vec::with_capacity(batch_size);
+    let stopped = control.token.cancelled();
+    tokio::pin!(stopped);
+    loop {
+        let more = tokio::select! {
+            biased;
+            () = &mut stopped => break,
+            more = morpc_backend::io::next_batch(&mut rx, &mut batch, batch_size) => more,
+        };
+        if !more {
+            let _ = writer.shutdown().await;
+            break;
+        }
+        if numbered {
+            number_stream_responses(&streams, &mut batch);
+        }
+        let messages = batch.len();
+        let mut charged = 0;
+        for Outgoing { frame, charge } in batch.drain(..) {
+            charged += charge;
+            if let (Some(filter), FrameBody::Message(m)) = (&shared.config.filter, &frame.body) {
+                if !filter(m) {
+                    continue;
+                }
+            }
+            if let Err(e) = writer.encode(&shared.codec, &frame) {
+                tracing::warn!(error = %e, "cannot encode response; dropped");
+            }
+        }
+        if writer.is_empty() {
+            budget.release(charged);
+            continue;
+        }
+        let written = tokio::select! {
+            biased;
+            () = &mut stopped => break,
+            r = writer.flush(bound) => r,
+        };
+        budget.release(charged);
+        match written {
+            Ok(sent) => metrics::batch_written(messages, sent),
+            Err(e) => {
+                let reason = match e {
+                    WriteError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        CloseReason::WriteTimeout(shared.config.write_timeout)
+                    }
+                    WriteError::Io(e) => CloseReason::from(e),
+                    other => CloseReason::Io(Arc::new(std::io::Error::other(other.to_string()))),
+                };
+                tracing::debug!(%reason, "write failed");
+                control.close_with(reason);
+                break;
+            }
+        }
+    }
+    // What is still queued is dropped with the connection: give its bytes back.
+    rx.close();
+    while let Ok(o) = rx.try_recv() {
+        budget.release(o.charge);
+    }
+}
+
+/// Gives each response to a known stream id the stream's next sequence number.
+fn number_stream_responses<Resp: Message>(streams: &Streams, batch: &mut [Outgoing<Resp>]) {
+    let mut streams = streams.lock();
+    if streams.is_empty() {
+        return;
+    }
+    for Outgoing { frame, .. } in batch {
+        if let FrameBody::Message(m) = &frame.body {
+            if let Some(seq) = streams.next_seq(m.id()) {
+                frame.stream_seq = Some(seq);
+            }
+        }
+    }
+}
