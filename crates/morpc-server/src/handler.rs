@@ -96,7 +96,7 @@ where
 /// Starts the handler for one request. The returned future resolves to `Ok` or to the
 /// connection's close reason for a handler error or panic.
 pub(crate) fn run_handler<Req, Resp, H>(
-    shared: &crate::connection::ServerShared<H, Resp>,
+    shared: &crate::shared::ServerShared<H, Resp>,
     request: Request<Req>,
     session: ClientSession<Resp>,
 ) -> HandlerRun<impl Future<Output = Result<(), HandlerError>> + Send>

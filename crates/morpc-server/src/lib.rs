@@ -29,6 +29,7 @@ mod metrics;
 mod reader;
 mod server;
 mod session;
+mod shared;
 mod writer;
 
 pub use config::{ResponseFilter, ServerConfig};

@@ -17,10 +17,10 @@ use morpc_codec::{Codec, CodecError, Frame, FrameBody, Message, flags};
 use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::connection::{ServerShared, Streams};
 use crate::handler::run_handler;
 use crate::metrics;
 use crate::session::{ConnControl, SessionShared};
+use crate::shared::{ServerShared, Streams};
 use crate::{ClientSession, CloseReason, Handler, Request, ServerError};
 
 /// Most frames read ahead while an in-order handler runs (besides the byte budget).

@@ -13,9 +13,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{ServerShared, serve};
+use crate::connection::serve;
 use crate::listener::Listener;
 use crate::session::ConnControl;
+use crate::shared::ServerShared;
 use crate::{CloseReason, Handler, ServerConfig, ServerError};
 
 /// A running morpc server: accepts TCP or Unix connections and serves each with a reader

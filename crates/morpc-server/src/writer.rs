@@ -10,9 +10,9 @@ use morpc_codec::{FrameBody, Framing, Message};
 use tokio::sync::mpsc;
 
 use crate::CloseReason;
-use crate::connection::{ServerShared, Streams};
 use crate::metrics;
 use crate::session::{ConnControl, Outgoing};
+use crate::shared::{ServerShared, Streams};
 
 /// Writes queued responses in batches until every session is gone (then flushes and
 /// shuts the socket down) or the connection is closed. A peer that accepts no bytes for
