@@ -10,6 +10,7 @@ use morpc_codec::{Codec, CodecError, FrameBody, Framing, Message};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::ByteBudget;
 use crate::pending::{Pending, PendingTable, StreamEnd, StreamSlot};
 use crate::shared::{
     CLOSED, Canceller, ItemKind, ONE_WAY_DEADLINE, OPEN, Shared, UNUSABLE, WriteItem,
@@ -75,6 +76,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     ) -> Result<Self, BackendError> {
         let (queue, rx) = mpsc::channel(config.buffer_size.max(1));
         let cancel_extension = config.codec.is_cancel_extension();
+        let stream_budget = ByteBudget::new(config.max_stream_buffered_bytes, None);
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared<Req, Resp>>| Shared {
             codec: Codec::new(config.codec.clone()),
             address,
@@ -86,6 +88,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             state: AtomicU8::new(OPEN),
             created: Instant::now(),
             last_active: AtomicU64::new(0),
+            stream_budget,
             canceller: cancel_extension.then(|| {
                 let weak = weak.clone();
                 Arc::new(move |id: u64| {

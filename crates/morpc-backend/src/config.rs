@@ -98,6 +98,8 @@ pub struct BackendConfig<Req> {
     /// How long the reader waits for a stalled stream consumer before ending the stream.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) stream_stall_timeout: Duration,
+    /// Bytes of stream messages received and not yet taken by their consumers.
+    pub(crate) max_stream_buffered_bytes: usize,
     /// Initial (and minimum free) size of the read buffer.
     pub(crate) read_buffer_size: usize,
     /// Frame layout, checksum, compression, limits and headers.
@@ -123,6 +125,7 @@ impl<Req> Clone for BackendConfig<Req> {
             read_timeout: self.read_timeout,
             reconnect: self.reconnect.clone(),
             stream_stall_timeout: self.stream_stall_timeout,
+            max_stream_buffered_bytes: self.max_stream_buffered_bytes,
             read_buffer_size: self.read_buffer_size,
             codec: self.codec.clone(),
             filter: self.filter.clone(),
@@ -144,6 +147,7 @@ impl<Req> fmt::Debug for BackendConfig<Req> {
             .field("read_timeout", &self.read_timeout)
             .field("reconnect", &self.reconnect)
             .field("stream_stall_timeout", &self.stream_stall_timeout)
+            .field("max_stream_buffered_bytes", &self.max_stream_buffered_bytes)
             .field("read_buffer_size", &self.read_buffer_size)
             .field("codec", &self.codec)
             .field("filter", &self.filter.as_ref().map(|_| "<fn>"))
@@ -158,7 +162,8 @@ pub const DEFAULT_BATCH_SEND_SIZE: usize = 64;
 impl<Req> Default for BackendConfig<Req> {
     /// `buffer_size` 1024, `busy_size` 768, `batch_send_size` 64, `connect_timeout` 10 s,
     /// lazy connect, `default_timeout` 10 s, no heartbeat, reconnect window 30 s, stream
-    /// stall timeout 1 s, 64 KiB read buffer, the default V07 codec, no filter.
+    /// stall timeout 1 s, 64 MiB of buffered stream messages, 64 KiB read buffer, the
+    /// default V07 codec, no filter.
     fn default() -> Self {
         Self {
             buffer_size: 1024,
@@ -170,6 +175,7 @@ impl<Req> Default for BackendConfig<Req> {
             read_timeout: None,
             reconnect: ReconnectPolicy::default(),
             stream_stall_timeout: Duration::from_secs(1),
+            max_stream_buffered_bytes: 64 << 20,
             read_buffer_size: 64 * 1024,
             codec: CodecConfig::default(),
             filter: None,
@@ -234,8 +240,21 @@ impl<Req> BackendConfig<Req> {
         self
     }
 
-    /// How long the reader waits on a stalled stream consumer before ending that stream
-    /// with [`StreamOverflow`](crate::BackendError::StreamOverflow).
+    /// Bytes of stream messages this connection holds received but not yet taken by
+    /// their streams' consumers (body and payload; at least 1; default 64 MiB). Each
+    /// stream's buffer is bounded in messages by its `receive_buffer`; this bounds all of
+    /// them in bytes, so a peer pushing large messages to a consumer that does not keep
+    /// up costs at most this much (plus one message): the reader waits for room, then
+    /// ends the stalled stream after `stream_stall_timeout`. One message larger than the
+    /// budget passes alone.
+    pub fn max_stream_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.max_stream_buffered_bytes = bytes.max(1);
+        self
+    }
+
+    /// How long the reader waits for room in a stream's full buffer (in messages or in
+    /// bytes) before ending that stream with
+    /// [`StreamOverflow`](crate::BackendError::StreamOverflow).
     pub fn stream_stall_timeout(mut self, d: Duration) -> Self {
         self.stream_stall_timeout = d;
         self

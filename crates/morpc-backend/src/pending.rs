@@ -22,6 +22,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::BackendError;
+use crate::connection::ByteBudget;
 use crate::ids::IdBuildHasher;
 
 /// Completes one request.
@@ -37,10 +38,14 @@ pub(crate) enum Pending<Resp> {
     Stream(StreamSlot<Resp>),
 }
 
+/// A stream message in its stream's buffer, with its charge to the connection's stream
+/// budget (given back when the consumer takes it).
+pub(crate) type StreamItem<Resp> = (Resp, usize);
+
 /// The reader's side of an open stream.
 pub(crate) struct StreamSlot<Resp> {
     /// Delivers messages to the stream's receiver.
-    pub(crate) tx: mpsc::Sender<Resp>,
+    pub(crate) tx: mpsc::Sender<StreamItem<Resp>>,
     /// Why the stream ended, read by the receiver once its channel closes.
     pub(crate) end: Arc<StreamEnd>,
     /// The sequence number the next V07 stream frame must carry.
@@ -275,8 +280,9 @@ pub(crate) enum Delivery<Resp> {
     Done,
     /// Complete this request with the message.
     Request(ResponseSender<Resp>, Resp),
-    /// The stream's buffer is full: wait for room (backpressure).
-    StreamFull(tokio::sync::mpsc::Sender<Resp>, Arc<StreamEnd>, Resp),
+    /// The stream's buffer, or the connection's stream budget, is full: wait for room
+    /// (backpressure) for the message of this many bytes.
+    StreamFull(mpsc::Sender<StreamItem<Resp>>, Arc<StreamEnd>, Resp, usize),
     /// The stream saw a sequence gap and was removed.
     Gap(Pending<Resp>, BackendError),
     /// Nobody waits for this id.
@@ -286,8 +292,16 @@ pub(crate) enum Delivery<Resp> {
 impl<Resp> PendingTable<Resp> {
     /// Decides under one lock what to do with `msg` for `id` carrying `seq`: a request is
     /// removed, a stream's sequence is checked and advanced and the message handed to it
-    /// if its buffer has room (a non-blocking `try_send`, so no sender clone per message).
-    pub(crate) fn deliver(&self, id: u64, seq: Option<u32>, msg: Resp) -> Delivery<Resp> {
+    /// if its buffer and the stream `budget` have room for its `size` (a non-blocking
+    /// `try_send`, so no sender clone per message).
+    pub(crate) fn deliver(
+        &self,
+        id: u64,
+        seq: Option<u32>,
+        msg: Resp,
+        size: impl FnOnce(&Resp) -> usize,
+        budget: &ByteBudget,
+    ) -> Delivery<Resp> {
         self.with_shard(id, |map| match map.get_mut(&id) {
             None | Some(Pending::Ping(_)) => Delivery::Unknown,
             Some(Pending::Request(_)) => match map.remove(&id) {
@@ -302,10 +316,19 @@ impl<Resp> PendingTable<Resp> {
                 }
                 _ => {
                     slot.next_seq = slot.next_seq.wrapping_add(1);
-                    match slot.tx.try_send(msg) {
-                        Ok(()) | Err(TrySendError::Closed(_)) => Delivery::Done,
-                        Err(TrySendError::Full(msg)) => {
-                            Delivery::StreamFull(slot.tx.clone(), slot.end.clone(), msg)
+                    let bytes = size(&msg);
+                    let Some(charge) = budget.try_take(bytes) else {
+                        return Delivery::StreamFull(slot.tx.clone(), slot.end.clone(), msg, bytes);
+                    };
+                    match slot.tx.try_send((msg, charge)) {
+                        Ok(()) => Delivery::Done,
+                        Err(TrySendError::Closed((_, charge))) => {
+                            budget.release(charge);
+                            Delivery::Done
+                        }
+                        Err(TrySendError::Full((msg, charge))) => {
+                            budget.release(charge);
+                            Delivery::StreamFull(slot.tx.clone(), slot.end.clone(), msg, bytes)
                         }
                     }
                 }

@@ -12,7 +12,7 @@ use morpc_codec::{Frame, FrameBody, Message};
 use crate::address::BoxReader;
 use crate::conn_state::ConnState;
 use crate::connection::{FrameReader, ReadLimits, catch_panic};
-use crate::pending::{Delivery, Pending};
+use crate::pending::{Delivery, Pending, StreamItem};
 use crate::shared::{ItemKind, Shared, WriteItem};
 use crate::{BackendError, SendOptions};
 
@@ -131,13 +131,19 @@ fn dispatch<'a, Req: Message, Resp: Message>(
         _ => return None,
     };
     let id = msg.id();
-    match shared.pending.deliver(id, frame.stream_seq, msg) {
+    match shared.pending.deliver(
+        id,
+        frame.stream_seq,
+        msg,
+        stream_size,
+        &shared.stream_budget,
+    ) {
         Delivery::Done => {}
         Delivery::Request(tx, msg) => {
             let _ = tx.send(Ok(msg));
         }
-        Delivery::StreamFull(tx, end, msg) => {
-            return Some(Box::pin(wait_for_stream(shared, id, tx, end, msg)));
+        Delivery::StreamFull(tx, end, msg, bytes) => {
+            return Some(Box::pin(wait_for_stream(shared, id, tx, end, msg, bytes)));
         }
         Delivery::Gap(pending, err) => crate::pending::fail(pending, err),
         Delivery::Unknown => {
@@ -147,18 +153,31 @@ fn dispatch<'a, Req: Message, Resp: Message>(
     None
 }
 
-/// Hands `msg` to a stream whose buffer is full: the reader waits (holding no lock) up to
-/// `stream_stall_timeout`, then ends the stream with `StreamOverflow` so the connection
-/// goes on.
+/// Bytes a stream message holds while buffered: its body and payload.
+fn stream_size<M: Message>(msg: &M) -> usize {
+    msg.encoded_len() + msg.payload().map_or(0, bytes::Bytes::len)
+}
+
+/// Hands `msg` (of `bytes`) to a stream whose buffer, or the connection's stream budget,
+/// is full: the reader waits (holding no lock) up to `stream_stall_timeout`, then ends
+/// the stream with `StreamOverflow` so the connection goes on.
 async fn wait_for_stream<Req, Resp>(
     shared: &Shared<Req, Resp>,
     id: u64,
-    tx: tokio::sync::mpsc::Sender<Resp>,
+    tx: tokio::sync::mpsc::Sender<StreamItem<Resp>>,
     end: Arc<crate::pending::StreamEnd>,
     msg: Resp,
+    bytes: usize,
 ) {
     let stall = shared.config.stream_stall_timeout;
-    if tokio::time::timeout(stall, tx.send(msg)).await.is_err() {
+    let deliver = async {
+        // Given back if the wait times out or the stream is gone.
+        let held = shared.stream_budget.take_held(bytes).await;
+        if tx.send((msg, held.charge())).await.is_ok() {
+            held.keep();
+        }
+    };
+    if tokio::time::timeout(stall, deliver).await.is_err() {
         tracing::warn!(address = %shared.address, id, "stream consumer stalled; ending the stream");
         end.set(BackendError::StreamOverflow);
         shared.pending.remove(id);

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::ByteBudget;
 use crate::pending::PendingTable;
 use crate::{Address, BackendConfig, BackendError, SendOptions};
 
@@ -136,6 +137,8 @@ pub(crate) struct Shared<Req, Resp> {
     pub(crate) last_active: AtomicU64,
     /// Sends a cancel frame for a dropped request (cancel extension only).
     pub(crate) canceller: Option<Canceller>,
+    /// Bytes of stream messages received and not yet taken by their consumers.
+    pub(crate) stream_budget: ByteBudget,
 }
 
 /// Queues a cancel frame for a request id.

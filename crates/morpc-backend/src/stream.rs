@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use morpc_codec::{Framing, Message};
 use tokio::sync::mpsc;
 
-use crate::pending::StreamEnd;
+use crate::pending::{StreamEnd, StreamItem};
 use crate::shared::{Enqueue, ItemKind, Shared, WriteItem};
 use crate::{BackendError, SendOptions};
 
@@ -28,8 +28,8 @@ pub struct BackendStream<Req, Resp> {
     shared: Arc<Shared<Req, Resp>>,
     /// The sequence number of the next sent message (V07).
     next_seq: u32,
-    /// Messages delivered by the reader.
-    rx: mpsc::Receiver<Resp>,
+    /// Messages delivered by the reader, each with its charge to the stream budget.
+    rx: mpsc::Receiver<StreamItem<Resp>>,
     /// Why the stream ended, once it has.
     end: Arc<StreamEnd>,
     /// Set once the terminal item (error or `None`) was produced.
@@ -59,7 +59,7 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
     pub(crate) fn new(
         id: u64,
         shared: Arc<Shared<Req, Resp>>,
-        rx: mpsc::Receiver<Resp>,
+        rx: mpsc::Receiver<StreamItem<Resp>>,
         end: Arc<StreamEnd>,
     ) -> Self {
         Self {
@@ -157,6 +157,11 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
 impl<Req, Resp> Drop for BackendStream<Req, Resp> {
     fn drop(&mut self) {
         self.shared.pending.remove(self.id);
+        // Messages nobody will take give their bytes back to the connection's budget.
+        self.rx.close();
+        while let Ok((_, charge)) = self.rx.try_recv() {
+            self.shared.stream_budget.release(charge);
+        }
     }
 }
 
@@ -168,7 +173,10 @@ impl<Req, Resp> futures::Stream for BackendStream<Req, Resp> {
             return Poll::Ready(None);
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(msg)) => Poll::Ready(Some(Ok(msg))),
+            Poll::Ready(Some((msg, charge))) => {
+                self.shared.stream_budget.release(charge);
+                Poll::Ready(Some(Ok(msg)))
+            }
             Poll::Ready(None) => {
                 self.finished = true;
                 Poll::Ready(self.end.take().map(Err))

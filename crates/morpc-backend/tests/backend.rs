@@ -696,6 +696,41 @@ async fn stalled_stream_consumer_cannot_block_the_connection() {
     assert!(items.len() < 1000);
 }
 
+#[tokio::test]
+async fn stream_buffers_are_bounded_in_bytes_not_only_in_messages() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer
+        .backend(
+            config()
+                .max_stream_buffered_bytes(1 << 20)
+                .stream_stall_timeout(Duration::from_millis(200)),
+        )
+        .await;
+    // Room for 1 000 messages, but 100 of 256 KiB pushed at a consumer that waits.
+    let mut stream = backend.new_stream(1000).unwrap();
+    let big = RawMessage::with_payload("push:100", vec![7u8; 256 * 1024]);
+    stream.send(big, SendOptions::new()).await.unwrap();
+    // The reader waits for the budget, then ends the stream; the connection goes on.
+    let resp = within(
+        "a request past the stalled stream",
+        backend.request(msg("after"), SendOptions::timeout(LONG)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.body, "after");
+    let mut items = Vec::new();
+    while let Some(item) = within("stream end", stream.next()).await {
+        items.push(item);
+    }
+    assert!(
+        matches!(items.last(), Some(Err(BackendError::StreamOverflow))),
+        "{:?}",
+        items.last().map(|i| i.as_ref().map(|m| m.body.clone()))
+    );
+    // At most the budget (4 such messages) plus the one that waited for it.
+    assert!(items.len() <= 6, "{} messages were buffered", items.len() - 1);
+}
+
 /// How a stream whose reader is blocked on its full buffer is let go.
 enum LetGo {
     Drop,

@@ -173,20 +173,16 @@ impl<Resp: Message> SessionShared<Resp> {
         let limit = morpc_backend::connection::now() + self.write_timeout;
         let deadline = deadline.map_or(limit, |d| d.min(limit));
         let queued = async {
-            let charge = self.budget.take(queued_size(&frame)).await;
             // Given back if the wait is cancelled or the connection is gone.
-            let guard = ChargeGuard {
-                budget: &self.budget,
-                charge,
-            };
-            let sent = self.tx.send(Outgoing { frame, charge }).await;
-            std::mem::forget(guard);
-            match sent {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    self.budget.release(e.0.charge);
-                    Err(ServerError::SessionClosed)
+            let held = self.budget.take_held(queued_size(&frame)).await;
+            let charge = held.charge();
+            match self.tx.send(Outgoing { frame, charge }).await {
+                // The queued frame holds the charge now; the writer gives it back.
+                Ok(()) => {
+                    held.keep();
+                    Ok(())
                 }
+                Err(_) => Err(ServerError::SessionClosed),
             }
         };
         tokio::select! {
@@ -203,20 +199,6 @@ enum Queue<'a> {
     Closed,
     /// The queue or the budget is full: await this for room.
     Wait(Pin<Box<dyn Future<Output = Result<(), ServerError>> + Send + 'a>>),
-}
-
-/// Gives a charge back to its budget when dropped (a cancelled wait).
-struct ChargeGuard<'a> {
-    /// The budget charged.
-    budget: &'a ByteBudget,
-    /// The charge.
-    charge: usize,
-}
-
-impl Drop for ChargeGuard<'_> {
-    fn drop(&mut self) {
-        self.budget.release(self.charge);
-    }
 }
 
 /// The connection a request came from, as its handler sees it: write one response, or

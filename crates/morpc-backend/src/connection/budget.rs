@@ -198,6 +198,17 @@ impl ByteBudget {
         charge
     }
 
+    /// As [`take`](ByteBudget::take), but the charge comes back as a guard that gives
+    /// it back when dropped, until [`Held::keep`] hands it on (to the item that now
+    /// holds the bytes).
+    pub async fn take_held(&self, bytes: usize) -> Held<'_> {
+        let charge = self.take(bytes).await;
+        Held {
+            budget: self,
+            charge,
+        }
+    }
+
     /// Gives back a charge returned by `try_take` or `take`.
     #[inline]
     pub fn release(&self, charge: usize) {
@@ -218,6 +229,36 @@ impl ByteBudget {
     /// This connection's limit.
     pub fn limit(&self) -> usize {
         self.own.limit
+    }
+}
+
+/// A charge to a [`ByteBudget`], given back when dropped unless kept.
+#[derive(Debug)]
+#[must_use = "dropping the guard gives the charge back at once"]
+pub struct Held<'a> {
+    /// The budget charged.
+    budget: &'a ByteBudget,
+    /// The charge.
+    charge: usize,
+}
+
+impl Held<'_> {
+    /// The charge held.
+    pub fn charge(&self) -> usize {
+        self.charge
+    }
+
+    /// Keeps the charge (someone else gives it back later) and returns it.
+    pub fn keep(self) -> usize {
+        let charge = self.charge;
+        std::mem::forget(self);
+        charge
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.budget.release(self.charge);
     }
 }
 
