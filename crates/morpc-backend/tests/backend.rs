@@ -728,7 +728,11 @@ async fn stream_buffers_are_bounded_in_bytes_not_only_in_messages() {
         items.last().map(|i| i.as_ref().map(|m| m.body.clone()))
     );
     // At most the budget (4 such messages) plus the one that waited for it.
-    assert!(items.len() <= 6, "{} messages were buffered", items.len() - 1);
+    assert!(
+        items.len() <= 6,
+        "{} messages were buffered",
+        items.len() - 1
+    );
 }
 
 /// How a stream whose reader is blocked on its full buffer is let go.
