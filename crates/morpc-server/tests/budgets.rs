@@ -107,6 +107,26 @@ async fn half_a_frame_is_closed_at_the_partial_frame_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn half_a_frame_is_closed_without_a_first_frame_timeout_too() {
+    let codec = Codec::new(CodecConfig::default());
+    let config = echo_config()
+        .first_frame_timeout(None)
+        .partial_frame_timeout(Some(3 * SECOND));
+    let (mut peer, served) = serve_echo(config, 1 << 16);
+    let big = request(&codec, 1, 1 << 20, None, SECOND);
+    peer.write_all(&big[..100]).await.unwrap();
+    let (reason, lived) = within("closed", served).await.unwrap();
+    assert!(
+        matches!(
+            reason,
+            CloseReason::ReadTimeout(ReadTimeout::PartialFrame(_))
+        ),
+        "{reason}"
+    );
+    assert!(lived < 4 * SECOND, "{lived:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_quiet_connection_is_closed_at_the_idle_timeout_and_pings_keep_it_open() {
     let codec = Codec::new(CodecConfig::default());
     let (mut peer, served) = serve_echo(echo_config().idle_timeout(Some(10 * SECOND)), 1 << 16);

@@ -3,7 +3,7 @@
 //! with one lazily reset timer (no timer work per read).
 
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use morpc_codec::{Codec, CodecError, DECODE_GROWTH, Frame, Message};
@@ -63,9 +63,11 @@ impl FrameReader {
     pub fn new(io: BoxReader, codec: Codec, read_buffer_size: usize, limits: ReadLimits) -> Self {
         let now = super::now();
         let timer = ReadTimer::new(limits, now);
+        // Armed whenever a limit is set, even if none applies yet (a partial-frame limit
+        // applies only once a frame begins).
         let sleep = timer
-            .poll_timeout()
-            .map(|at| Box::pin(tokio::time::sleep_until(at.into())));
+            .is_enabled()
+            .then(|| Box::pin(tokio::time::sleep_until(timer.next_check(now).into())));
         let min_free = read_buffer_size.max(1024);
         Self {
             io,
@@ -105,12 +107,8 @@ impl FrameReader {
                         if let Some(cause) = timer.handle_timeout(now) {
                             return Err(cause.into());
                         }
-                        // Nothing expired yet: wake at the next expiry, or recheck after
-                        // the shortest limit when none applies now.
-                        let next = timer.poll_timeout().unwrap_or_else(|| {
-                            now + timer.shortest_limit().unwrap_or(Duration::from_secs(1))
-                        });
-                        sleep.as_mut().reset(next.into());
+                        // Nothing expired yet.
+                        sleep.as_mut().reset(timer.next_check(now).into());
                     }
                 }
             },
@@ -221,6 +219,8 @@ impl FrameReader {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use bytes::BufMut;
     use morpc_codec::{CodecConfig, FrameHeaders, RawMessage};
@@ -317,6 +317,30 @@ mod tests {
         );
         let waited = started.elapsed();
         assert!(waited >= Duration::from_secs(10) && waited < Duration::from_millis(10_010));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_frame_limit_alone_is_enforced() {
+        // No limit applies when the reader starts (no first-frame limit, nothing
+        // buffered): the timer must still exist for the one that applies later.
+        let (mut peer, io) = tokio::io::duplex(1 << 16);
+        let limits = ReadLimits {
+            partial_frame: Some(Duration::from_secs(5)),
+            ..ReadLimits::default()
+        };
+        let mut r = reader(io, limits);
+        let wire = frame_bytes(r.codec(), 1000);
+        peer.write_all(&wire[..10]).await.unwrap();
+        r.read().await.unwrap();
+        assert!(r.next_frame::<RawMessage>().unwrap().is_none());
+        let err = tokio::time::timeout(Duration::from_secs(60), r.read())
+            .await
+            .expect("the partial-frame limit was never checked")
+            .unwrap_err();
+        assert!(
+            matches!(err, ReadError::Timeout(ReadTimeout::PartialFrame(_))),
+            "{err}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -113,13 +113,18 @@ impl ReadTimer {
         self.partial
     }
 
-    /// The shortest limit set: how often a timer with nothing to wait for rechecks.
-    pub fn shortest_limit(&self) -> Option<std::time::Duration> {
-        let l = &self.limits;
-        [l.first_frame, l.partial_frame, l.idle, l.silence]
-            .into_iter()
-            .flatten()
-            .min()
+    /// When a timer should next look at the limits, seen at `now`: the earliest expiry,
+    /// or, while no limit applies, after the shortest limit set (a limit that begins to
+    /// apply later, such as the partial-frame one, never expires sooner than that).
+    pub fn next_check(&self, now: Instant) -> Instant {
+        self.poll_timeout().unwrap_or_else(|| {
+            let l = &self.limits;
+            let shortest = [l.first_frame, l.partial_frame, l.idle, l.silence]
+                .into_iter()
+                .flatten()
+                .min();
+            now + shortest.unwrap_or(Duration::from_secs(1))
+        })
     }
 
     /// The earliest instant at which a limit may expire, if any can.
