@@ -11,7 +11,7 @@ use morpc_codec::{Frame, FrameBody, Message};
 
 use crate::address::BoxReader;
 use crate::conn_state::ConnState;
-use crate::connection::{FrameReader, ReadLimits, catch_panic};
+use crate::connection::{FrameReader, ReadLimits, catch_panic, message_bytes};
 use crate::pending::{Delivery, Pending, StreamItem};
 use crate::shared::{ItemKind, Shared, WriteItem};
 use crate::{BackendError, SendOptions};
@@ -135,7 +135,7 @@ fn dispatch<'a, Req: Message, Resp: Message>(
         id,
         frame.stream_seq,
         msg,
-        stream_size,
+        message_bytes,
         &shared.stream_budget,
     ) {
         Delivery::Done => {}
@@ -151,11 +151,6 @@ fn dispatch<'a, Req: Message, Resp: Message>(
         }
     }
     None
-}
-
-/// Bytes a stream message holds while buffered: its body and payload.
-fn stream_size<M: Message>(msg: &M) -> usize {
-    msg.encoded_len() + msg.payload().map_or(0, bytes::Bytes::len)
 }
 
 /// Hands `msg` (of `bytes`) to a stream whose buffer, or the connection's stream budget,

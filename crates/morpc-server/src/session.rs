@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use morpc_backend::connection::ByteBudget;
+use morpc_backend::connection::{ByteBudget, message_bytes};
 use morpc_codec::{Frame, Message};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -84,13 +83,12 @@ pub(crate) struct Outgoing<Resp> {
     pub(crate) charge: usize,
 }
 
-/// Bytes a frame holds while queued: its body and payload, and room for its header.
+/// Bytes a frame holds while queued: its message's body and payload, and room for its
+/// header.
 pub(crate) fn queued_size<Resp: Message>(frame: &Frame<Resp>) -> usize {
     const HEADER: usize = 64;
     match &frame.body {
-        morpc_codec::FrameBody::Message(m) => {
-            HEADER + m.encoded_len() + m.payload().map_or(0, Bytes::len)
-        }
+        morpc_codec::FrameBody::Message(m) => HEADER + message_bytes(m),
         _ => HEADER,
     }
 }
@@ -110,21 +108,23 @@ pub(crate) struct SessionShared<Resp> {
 }
 
 impl<Resp: Message> SessionShared<Resp> {
-    /// Queues `frame` if the queue and the budget have room now; otherwise gives it back.
+    /// Queues `frame` if the queue and the budget have room now. Otherwise gives the
+    /// frame back when there is no room (`Some`), or drops it when the connection is gone
+    /// (`None`).
     #[inline]
-    fn try_queue(&self, frame: Frame<Resp>) -> Result<(), (ServerError, Option<Frame<Resp>>)> {
+    fn try_queue(&self, frame: Frame<Resp>) -> Result<(), Option<Frame<Resp>>> {
         let Some(charge) = self.budget.try_take(queued_size(&frame)) else {
-            return Err((ServerError::QueueFull, Some(frame)));
+            return Err(Some(frame));
         };
         match self.tx.try_send(Outgoing { frame, charge }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(o)) => {
                 self.budget.release(o.charge);
-                Err((ServerError::SessionClosed, None))
+                Err(None)
             }
             Err(TrySendError::Full(o)) => {
                 self.budget.release(o.charge);
-                Err((ServerError::QueueFull, Some(o.frame)))
+                Err(Some(o.frame))
             }
         }
     }
@@ -157,10 +157,8 @@ impl<Resp: Message> SessionShared<Resp> {
     ) -> Result<(), Queue<'_>> {
         match self.try_queue(frame) {
             Ok(()) => Ok(()),
-            Err((_, None)) => Err(Queue::Closed),
-            Err((_, Some(frame))) => {
-                Err(Queue::Wait(Box::pin(self.wait_to_queue(frame, deadline))))
-            }
+            Err(None) => Err(Queue::Closed),
+            Err(Some(frame)) => Err(Queue::Wait(Box::pin(self.wait_to_queue(frame, deadline)))),
         }
     }
 
@@ -265,7 +263,10 @@ impl<Resp: Message> ClientSession<Resp> {
     pub fn write_oneway(&self, response: Resp) -> Result<(), ServerError> {
         self.shared
             .try_queue(Frame::message(response))
-            .map_err(|(e, _)| e)
+            .map_err(|frame| match frame {
+                Some(_) => ServerError::QueueFull,
+                None => ServerError::SessionClosed,
+            })
     }
 }
 

@@ -63,10 +63,11 @@ pub(crate) async fn write_loop<H, Resp: Message>(
         }
         let written = tokio::select! {
             biased;
-            () = &mut stopped => break,
-            r = writer.flush(bound) => r,
+            () = &mut stopped => None,
+            r = writer.flush(bound) => Some(r),
         };
         budget.release(charged);
+        let Some(written) = written else { break };
         match written {
             Ok(sent) => metrics::batch_written(messages, sent),
             Err(e) => {

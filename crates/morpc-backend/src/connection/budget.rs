@@ -7,6 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use tokio::sync::Notify;
 
+/// Bytes a message holds in memory, as budgets count it: its body and its payload.
+#[inline]
+pub fn message_bytes<M: morpc_codec::Message>(msg: &M) -> usize {
+    msg.encoded_len() + msg.payload().map_or(0, bytes::Bytes::len)
+}
+
 /// A count of bytes against a limit, and the waiters for room in it.
 ///
 /// Plain atomics rather than a semaphore: taking is one compare-and-swap and giving back

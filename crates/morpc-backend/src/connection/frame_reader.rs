@@ -43,8 +43,6 @@ pub struct FrameReader {
     /// Wakes the reader when a limit may have expired; never later than the earliest
     /// expiry (only moved when that comes earlier, so reads cost no timer work).
     sleep: Option<Pin<Box<Sleep>>>,
-    /// When the last read returned.
-    last_read: Instant,
 }
 
 impl std::fmt::Debug for FrameReader {
@@ -76,7 +74,6 @@ impl FrameReader {
             codec,
             timer,
             sleep,
-            last_read: now,
         }
     }
 
@@ -117,8 +114,7 @@ impl FrameReader {
         if n == 0 {
             return Err(ReadError::Closed);
         }
-        self.last_read = super::now();
-        self.timer.on_bytes(self.last_read);
+        self.timer.on_bytes(super::now());
         Ok(n)
     }
 
@@ -131,7 +127,7 @@ impl FrameReader {
     pub fn next_raw(&mut self) -> Result<Option<Bytes>, CodecError> {
         match self.codec.split_frame(&mut self.buf)? {
             Some(frame) => {
-                self.timer.on_frame(self.last_read);
+                self.timer.on_frame(self.timer.last_byte());
                 Ok(Some(frame))
             }
             None => {
@@ -176,7 +172,7 @@ impl FrameReader {
 
     /// When the last read returned (the time frames it completed were received).
     pub fn last_read(&self) -> Instant {
-        self.last_read
+        self.timer.last_byte()
     }
 
     /// Bytes received and not yet split into frames.

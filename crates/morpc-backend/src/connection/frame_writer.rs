@@ -25,8 +25,6 @@ pub enum WriteError {
 /// How long writing one batch may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteBound {
-    /// No bound.
-    None,
     /// Every write must make progress within this (a peer that stops reading is closed
     /// after it, whatever deadline its frames carried).
     Stall(Duration),
@@ -103,12 +101,11 @@ impl FrameWriter {
     /// # Errors
     /// [`WriteError::Io`] (a stall is `TimedOut`), [`WriteError::Deadline`].
     pub async fn flush(&mut self, bound: WriteBound) -> Result<usize, WriteError> {
+        let bytes = self.pending_bytes();
         if !self.buf.is_empty() {
             self.chunks.push(self.buf.split().freeze());
         }
-        let bytes = self.chunks.iter().map(Bytes::len).sum();
         let (stall, deadline) = match bound {
-            WriteBound::None => (None, None),
             WriteBound::Stall(stall) => (Some(stall), None),
             WriteBound::Deadline(at) => (None, Some(at)),
         };

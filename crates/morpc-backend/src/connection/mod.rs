@@ -15,7 +15,7 @@ mod read_timer;
 mod stream_numbering;
 mod supervise;
 
-pub use budget::{ByteBudget, Held, SharedBudget};
+pub use budget::{ByteBudget, Held, SharedBudget, message_bytes};
 pub use frame_reader::{FrameReader, ReadError};
 pub use frame_writer::{FrameWriter, WriteBound, WriteError};
 pub use read_timer::{ReadLimits, ReadTimeout, ReadTimer};

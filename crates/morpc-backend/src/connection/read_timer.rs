@@ -107,6 +107,12 @@ impl ReadTimer {
         self.partial = partial;
     }
 
+    /// When a byte last arrived (the start if none did).
+    #[inline]
+    pub fn last_byte(&self) -> Instant {
+        self.last_byte
+    }
+
     /// Whether the buffer was last said to hold the beginning of a frame.
     #[inline]
     pub fn is_partial(&self) -> bool {
