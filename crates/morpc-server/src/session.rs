@@ -2,13 +2,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use morpc_backend::connection::{ByteBudget, message_bytes};
 use morpc_codec::{Frame, Message};
-use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +21,7 @@ pub(crate) struct ConnControl {
     /// Cancelled when the connection closes.
     pub(crate) token: CancellationToken,
     /// Why it was closed, by whoever closed it first.
-    cause: Mutex<Option<CloseReason>>,
+    cause: OnceLock<CloseReason>,
     /// When it was accepted.
     accepted: Instant,
     /// Nanoseconds after `accepted` of the last complete frame from the peer
@@ -35,7 +34,7 @@ impl ConnControl {
     pub(crate) fn new(parent: &CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             token: parent.child_token(),
-            cause: Mutex::new(None),
+            cause: OnceLock::new(),
             accepted: morpc_backend::connection::now(),
             last_frame: AtomicU64::new(u64::MAX),
         })
@@ -43,13 +42,14 @@ impl ConnControl {
 
     /// Closes the connection for `reason` (the first reason given wins).
     pub(crate) fn close_with(&self, reason: CloseReason) {
-        self.cause.lock().get_or_insert(reason);
+        // The first reason given stays.
+        let _ = self.cause.set(reason);
         self.token.cancel();
     }
 
     /// Why the connection was closed, if it was through `close_with`.
     pub(crate) fn cause(&self) -> Option<CloseReason> {
-        self.cause.lock().clone()
+        self.cause.get().cloned()
     }
 
     /// Records a complete frame from the peer received at `at`.
