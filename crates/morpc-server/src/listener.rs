@@ -83,22 +83,29 @@ pub(crate) enum Accepted {
     Unix(UnixStream),
 }
 
-/// Longest a TLS handshake may take.
+/// Longest a TLS handshake may take when the first-frame timeout is disabled.
 #[cfg(feature = "rustls-ring")]
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Accepted {
-    /// The connection's halves, after the TLS handshake when `tls` is set.
-    pub(crate) async fn into_halves(self, tls: Tls<'_>) -> io::Result<(BoxReader, BoxWriter)> {
+    /// The connection's halves, after the TLS handshake when `tls` is set. The handshake
+    /// is part of the connection's first frame: it must finish within `first_frame`
+    /// (or within 10 s when that timeout is disabled).
+    pub(crate) async fn into_halves(
+        self,
+        tls: Tls<'_>,
+        first_frame: Option<std::time::Duration>,
+    ) -> io::Result<(BoxReader, BoxWriter)> {
         #[cfg(feature = "rustls-ring")]
         if let Some(acceptor) = tls {
+            let limit = first_frame.unwrap_or(HANDSHAKE_TIMEOUT);
             return match self {
-                Self::Tcp(s) => secure(acceptor, s).await,
-                Self::Unix(s) => secure(acceptor, s).await,
+                Self::Tcp(s) => secure(acceptor, s, limit).await,
+                Self::Unix(s) => secure(acceptor, s, limit).await,
             };
         }
         #[cfg(not(feature = "rustls-ring"))]
-        let _ = tls;
+        let _ = (tls, first_frame);
         Ok(match self {
             Self::Tcp(s) => {
                 let (r, w) = s.into_split();
@@ -112,16 +119,17 @@ impl Accepted {
     }
 }
 
-/// Runs the TLS handshake (bounded by `HANDSHAKE_TIMEOUT`) and splits the secured stream.
+/// Runs the TLS handshake (bounded by `limit`) and splits the secured stream.
 #[cfg(feature = "rustls-ring")]
 async fn secure<S>(
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: S,
+    limit: std::time::Duration,
 ) -> io::Result<(BoxReader, BoxWriter)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let secured = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+    let secured = tokio::time::timeout(limit, acceptor.accept(stream))
         .await
         .unwrap_or_else(|_| {
             Err(io::Error::new(

@@ -297,17 +297,12 @@ async fn accept_loop<Req, Resp, H>(
             let control = ConnControl::new(&shared.closed);
             // The TLS handshake runs here, not in the accept loop: a slow peer delays
             // only its own connection, for at most the first-frame timeout.
-            let handshake = stream.into_halves(shared.config.tls_settings());
-            let halves = match shared.config.first_frame_timeout {
-                Some(limit) => match tokio::time::timeout(limit, handshake).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::debug!(%remote, "TLS handshake not done within the first-frame timeout; connection closed");
-                        return;
-                    }
-                },
-                None => handshake.await,
-            };
+            let halves = stream
+                .into_halves(
+                    shared.config.tls_settings(),
+                    shared.config.first_frame_timeout,
+                )
+                .await;
             let (reader, writer) = match halves {
                 Ok(halves) => halves,
                 Err(e) => {

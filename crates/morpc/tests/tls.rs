@@ -125,3 +125,25 @@ async fn a_certificate_for_another_name_is_refused() {
         other => panic!("expected a connect error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_peer_that_never_finishes_its_tls_handshake_is_closed_at_the_first_frame_timeout() {
+    use tokio::io::AsyncReadExt;
+    let pki = pki();
+    let config = ServerConfig::new()
+        .tls(pki.server.clone())
+        .first_frame_timeout(Some(Duration::from_millis(300)));
+    let (_server, addr) = echo_server(config).await;
+    // Connects and says nothing: no ClientHello, so the handshake never starts.
+    let mut silent = tokio::net::TcpStream::connect(addr.as_str()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let read = within("the handshake is cut off", silent.read(&mut byte)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The first-frame timeout, not the 10 s handshake bound used when it is disabled.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
