@@ -33,8 +33,8 @@ pub struct ServerConfig<Resp> {
         serde(with = "humantime_serde", alias = "default_write_timeout")
     )]
     pub(crate) write_timeout: Duration,
-    /// A connection must send a complete first frame (and finish its TLS handshake)
-    /// within this.
+    /// A connection must send a complete first frame within this (and, with TLS, finish
+    /// its handshake within this before).
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) first_frame_timeout: Option<Duration>,
     /// A frame that has begun must progress (a byte) within this.
@@ -216,10 +216,11 @@ impl<Resp> ServerConfig<Resp> {
         self.write_timeout(d)
     }
 
-    /// A new connection must complete its TLS handshake and send a complete first frame
-    /// within this, or it is closed
-    /// ([`CloseReason::ReadTimeout`](crate::CloseReason::ReadTimeout)); `None` waits
-    /// forever. Default 10 s.
+    /// A new connection must send a complete first frame within this, or it is closed
+    /// ([`CloseReason::ReadTimeout`](crate::CloseReason::ReadTimeout)); with TLS, the
+    /// handshake before it must finish within this too (a failed or late handshake is
+    /// logged and the connection dropped before it is served). `None` waits forever for
+    /// the first frame; the handshake is then still bounded by 10 s. Default 10 s.
     pub fn first_frame_timeout(mut self, d: Option<Duration>) -> Self {
         self.first_frame_timeout = d;
         self
