@@ -80,17 +80,18 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_first_frame_timeout() 
     assert!(lived >= 5 * SECOND && lived < 6 * SECOND, "{lived:?}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn half_a_frame_is_closed_at_the_partial_frame_timeout() {
+/// Sends 100 bytes of a 1 MiB request (after the `whole` requests) and asserts the
+/// server closes the connection at its 3 s partial-frame timeout; returns the peer.
+async fn assert_half_frame_closed(config: ServerConfig<RawMessage>, whole: u64) -> DuplexStream {
     let codec = Codec::new(CodecConfig::default());
-    let (mut peer, served) = serve_echo(
-        echo_config().partial_frame_timeout(Some(3 * SECOND)),
-        1 << 16,
-    );
-    let whole = request(&codec, 1, 16, None, SECOND);
-    peer.write_all(&whole).await.unwrap();
+    let (mut peer, served) = serve_echo(config.partial_frame_timeout(Some(3 * SECOND)), 1 << 16);
+    for id in 1..=whole {
+        peer.write_all(&request(&codec, id, 16, None, SECOND))
+            .await
+            .unwrap();
+    }
     // Half of a 1 MiB frame's first bytes, then nothing.
-    let big = request(&codec, 2, 1 << 20, None, SECOND);
+    let big = request(&codec, whole + 1, 1 << 20, None, SECOND);
     peer.write_all(&big[..100]).await.unwrap();
     let (reason, lived) = within("closed", served).await.unwrap();
     assert!(
@@ -101,6 +102,12 @@ async fn half_a_frame_is_closed_at_the_partial_frame_timeout() {
         "{reason}"
     );
     assert!(lived < 4 * SECOND, "{lived:?}");
+    peer
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_a_frame_is_closed_at_the_partial_frame_timeout() {
+    let mut peer = assert_half_frame_closed(echo_config(), 1).await;
     // The complete request was answered before.
     let mut got = vec![0u8; 4];
     peer.read_exact(&mut got).await.unwrap();
@@ -108,22 +115,7 @@ async fn half_a_frame_is_closed_at_the_partial_frame_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn half_a_frame_is_closed_without_a_first_frame_timeout_too() {
-    let codec = Codec::new(CodecConfig::default());
-    let config = echo_config()
-        .first_frame_timeout(None)
-        .partial_frame_timeout(Some(3 * SECOND));
-    let (mut peer, served) = serve_echo(config, 1 << 16);
-    let big = request(&codec, 1, 1 << 20, None, SECOND);
-    peer.write_all(&big[..100]).await.unwrap();
-    let (reason, lived) = within("closed", served).await.unwrap();
-    assert!(
-        matches!(
-            reason,
-            CloseReason::ReadTimeout(ReadTimeout::PartialFrame(_))
-        ),
-        "{reason}"
-    );
-    assert!(lived < 4 * SECOND, "{lived:?}");
+    assert_half_frame_closed(echo_config().first_frame_timeout(None), 0).await;
 }
 
 #[tokio::test(start_paused = true)]
