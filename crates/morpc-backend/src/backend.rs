@@ -77,6 +77,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         let (queue, rx) = mpsc::channel(config.buffer_size.max(1));
         let cancel_extension = config.codec.is_cancel_extension();
         let stream_budget = ByteBudget::new(config.max_stream_buffered_bytes, None);
+        let queue_budget = ByteBudget::new(config.max_queued_write_bytes, None);
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared<Req, Resp>>| Shared {
             codec: Codec::new(config.codec.clone()),
             address,
@@ -89,6 +90,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             created: Instant::now(),
             last_active: AtomicU64::new(0),
             stream_budget,
+            queue_budget,
             canceller: cancel_extension.then(|| {
                 let weak = weak.clone();
                 Arc::new(move |id: u64| {
@@ -337,9 +339,17 @@ impl<Req, Resp> Backend<Req, Resp> {
         Arc::ptr_eq(&self.handle, &other.handle)
     }
 
-    /// Whether the send queue holds at least `busy_size` messages.
+    /// Whether the send queue holds at least `busy_size` messages, or at least ¾ of
+    /// `max_queued_write_bytes` (a pool then prefers, or adds, another backend).
     pub fn busy(&self) -> bool {
-        self.shared().queue_len() >= self.shared().config.busy_size()
+        let shared = self.shared();
+        shared.queue_len() >= shared.config.busy_size()
+            || shared.queue_budget.used() >= shared.queue_budget.limit() / 4 * 3
+    }
+
+    /// Bytes of messages queued or being written (bounded by `max_queued_write_bytes`).
+    pub fn queued_bytes(&self) -> usize {
+        self.shared().queue_budget.used()
     }
 
     /// Number of messages waiting in the send queue.

@@ -78,6 +78,8 @@ pub(crate) fn jitter() -> f64 {
 pub struct BackendConfig<Req> {
     /// Capacity of the send queue.
     pub(crate) buffer_size: usize,
+    /// Bytes of queued messages (body and payload) not yet written.
+    pub(crate) max_queued_write_bytes: usize,
     /// Queue length from which `busy()` is true; `None` means ¾ of `buffer_size`.
     pub(crate) busy_size: Option<usize>,
     /// Most queued messages encoded into one buffer and written with one vectored write.
@@ -117,6 +119,7 @@ impl<Req> Clone for BackendConfig<Req> {
     fn clone(&self) -> Self {
         Self {
             buffer_size: self.buffer_size,
+            max_queued_write_bytes: self.max_queued_write_bytes,
             busy_size: self.busy_size,
             batch_send_size: self.batch_send_size,
             connect_timeout: self.connect_timeout,
@@ -139,6 +142,7 @@ impl<Req> fmt::Debug for BackendConfig<Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BackendConfig")
             .field("buffer_size", &self.buffer_size)
+            .field("max_queued_write_bytes", &self.max_queued_write_bytes)
             .field("busy_size", &self.busy_size())
             .field("batch_send_size", &self.batch_send_size)
             .field("connect_timeout", &self.connect_timeout)
@@ -160,13 +164,14 @@ impl<Req> fmt::Debug for BackendConfig<Req> {
 pub const DEFAULT_BATCH_SEND_SIZE: usize = 64;
 
 impl<Req> Default for BackendConfig<Req> {
-    /// `buffer_size` 1024, `busy_size` 768, `batch_send_size` 64, `connect_timeout` 10 s,
+    /// `buffer_size` 1024, 64 MiB of queued writes, `busy_size` 768, `batch_send_size` 64, `connect_timeout` 10 s,
     /// lazy connect, `default_timeout` 10 s, no heartbeat, reconnect window 30 s, stream
     /// stall timeout 1 s, 64 MiB of buffered stream messages, 64 KiB read buffer, the
     /// default V07 codec, no filter.
     fn default() -> Self {
         Self {
             buffer_size: 1024,
+            max_queued_write_bytes: 64 << 20,
             busy_size: None,
             batch_send_size: DEFAULT_BATCH_SEND_SIZE,
             connect_timeout: Duration::from_secs(10),
@@ -237,6 +242,17 @@ impl<Req> BackendConfig<Req> {
     /// Reconnect backoff and window.
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.reconnect = policy;
+        self
+    }
+
+    /// Bytes of messages (body and payload) this backend holds queued or being written
+    /// (at least 1; default 64 MiB). The send queue is bounded in messages by
+    /// `buffer_size`; this bounds it in bytes, so a peer that reads slowly costs the
+    /// sender at most this much: a send waits for room within its deadline, then fails
+    /// with [`Busy`](crate::BackendError::Busy). A message's bytes count from when it is
+    /// queued until its batch is written. One message larger than the budget passes alone.
+    pub fn max_queued_write_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_write_bytes = bytes.max(1);
         self
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::ByteBudget;
+use crate::connection::{ByteBudget, message_bytes};
 use crate::pending::PendingTable;
 use crate::{Address, BackendConfig, BackendError, SendOptions};
 
@@ -63,6 +63,9 @@ pub(crate) struct WriteItem<Req> {
     pub(crate) stream_seq: Option<u32>,
     /// What the item is.
     pub(crate) kind: ItemKind,
+    /// Its bytes (body and payload of a message; 0 otherwise) until it is queued, then
+    /// its charge to the send queue's byte budget, given back once it is written.
+    pub(crate) charge: usize,
 }
 
 /// The rarely set parts of a send's options.
@@ -94,6 +97,7 @@ impl<Req> WriteItem<Req> {
             extras,
             stream_seq: None,
             kind,
+            charge: 0,
         }
     }
 
@@ -139,6 +143,8 @@ pub(crate) struct Shared<Req, Resp> {
     pub(crate) canceller: Option<Canceller>,
     /// Bytes of stream messages received and not yet taken by their consumers.
     pub(crate) stream_budget: ByteBudget,
+    /// Bytes of queued messages not yet written (`max_queued_write_bytes`).
+    pub(crate) queue_budget: ByteBudget,
 }
 
 /// Queues a cancel frame for a request id.
@@ -206,6 +212,12 @@ impl<Req, Resp> Shared<Req, Resp> {
         self.shut(UNUSABLE);
     }
 
+    /// Gives back the charges of items that left the queue and were written (or
+    /// dropped).
+    pub(crate) fn written(&self, charge: usize) {
+        self.queue_budget.release(charge);
+    }
+
     /// Number of queued items.
     pub(crate) fn queue_len(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
@@ -224,7 +236,10 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
     ) -> WriteItem<Req> {
         let deadline = opts.resolve_deadline(self.config.default_timeout);
         msg.set_id(id);
-        WriteItem::new(FrameBody::Message(msg), id, deadline, kind, opts)
+        let bytes = message_bytes(&msg);
+        let mut item = WriteItem::new(FrameBody::Message(msg), id, deadline, kind, opts);
+        item.charge = bytes;
+        item
     }
 
     /// Queues `item`, waiting for space until its deadline.
@@ -257,36 +272,57 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
     #[allow(clippy::result_large_err)]
     pub(crate) fn try_enqueue_now(
         &self,
-        item: WriteItem<Req>,
+        mut item: WriteItem<Req>,
     ) -> Result<(), (Option<BackendError>, WriteItem<Req>)> {
         if let Err(e) = self.check_open() {
             return Err((Some(e), item));
         }
+        let Some(charge) = self.queue_budget.try_take(item.charge) else {
+            return Err((None, item));
+        };
+        item.charge = charge;
         match self.queue.try_send(item) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Closed(item)) => Err((Some(self.closed_error()), item)),
-            Err(TrySendError::Full(item)) => Err((None, item)),
+            Err(TrySendError::Closed(item)) => {
+                Err((Some(self.closed_error()), self.uncharge(item)))
+            }
+            Err(TrySendError::Full(item)) => Err((None, self.uncharge(item))),
         }
     }
 
-    /// Waits for queue space until the item's deadline (`Busy` after it), then queues it.
+    /// Gives back the charge of an item that was not queued after all (the item keeps
+    /// the clamped charge as the bytes it takes next time).
+    fn uncharge(&self, item: WriteItem<Req>) -> WriteItem<Req> {
+        self.queue_budget.release(item.charge);
+        item
+    }
+
+    /// Waits for room in the byte budget and in the queue until the item's deadline
+    /// (`Busy` after it), or until the backend closes, then queues it.
     pub(crate) async fn wait_to_enqueue(
         &self,
-        item: WriteItem<Req>,
+        mut item: WriteItem<Req>,
     ) -> Result<(), (BackendError, WriteItem<Req>)> {
-        match tokio::time::timeout_at(item.deadline.into(), self.queue.reserve()).await {
-            Ok(Ok(permit)) => {
+        let (deadline, bytes) = (item.deadline, item.charge);
+        let room = async move {
+            let charge = self.queue_budget.take_held(bytes).await;
+            let permit = self.queue.reserve().await;
+            (charge, permit)
+        };
+        let waited = tokio::select! {
+            biased;
+            () = self.closed.cancelled() => return Err((self.closed_error(), item)),
+            waited = tokio::time::timeout_at(deadline.into(), room) => waited,
+        };
+        match waited {
+            Ok((charge, Ok(permit))) => {
+                item.charge = charge.keep();
                 permit.send(item);
                 Ok(())
             }
-            Ok(Err(_)) => Err((self.closed_error(), item)),
+            Ok((_, Err(_))) => Err((self.closed_error(), item)),
             Err(_) => Err((BackendError::Busy, item)),
         }
-    }
-
-    /// A poll-based handle on the send queue (for `Sink` implementations).
-    pub(crate) fn poll_sender(&self) -> tokio_util::sync::PollSender<WriteItem<Req>> {
-        tokio_util::sync::PollSender::new(self.queue.clone())
     }
 
     /// Queues `item` only if there is room at once (heartbeats).

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 
 use morpc_codec::{Framing, Message};
 use tokio::sync::mpsc;
+use tokio_util::sync::ReusableBoxFuture;
 
 use crate::pending::{StreamEnd, StreamItem};
 use crate::shared::{Enqueue, ItemKind, Shared, WriteItem};
@@ -34,12 +35,10 @@ pub struct BackendStream<Req, Resp> {
     end: Arc<StreamEnd>,
     /// Set once the terminal item (error or `None`) was produced.
     finished: bool,
-    /// Waits for room in the send queue for the `Sink` implementation; created the first
-    /// time a `Sink` send finds the queue full.
-    sink: Option<tokio_util::sync::PollSender<WriteItem<Req>>>,
-    /// A message `start_send` accepted while the queue was full; queued before anything
-    /// else by the next `poll_ready` or `poll_flush`.
-    overflow: Option<WriteItem<Req>>,
+    /// The wait for room (in the send queue and its byte budget) of a message
+    /// `start_send` accepted while there was none; finished before anything else by the
+    /// next `poll_ready` or `poll_flush`.
+    overflow: Option<ReusableBoxFuture<'static, Result<(), BackendError>>>,
 }
 
 // No field is ever pinned (the stream is polled through `&mut`), whatever `Req` is.
@@ -69,28 +68,18 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
             rx,
             end,
             finished: false,
-            sink: None,
             overflow: None,
         }
     }
 
-    /// Queues the overflow message, if any, once the queue has room.
+    /// Finishes queueing the overflow message, if any.
     fn poll_overflow(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
-        let Some(item) = self.overflow.take() else {
+        let Some(wait) = self.overflow.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        let shared = self.shared.clone();
-        let sender = self.sink.get_or_insert_with(|| shared.poll_sender());
-        match sender.poll_reserve(cx) {
-            Poll::Pending => {
-                self.overflow = Some(item);
-                Poll::Pending
-            }
-            Poll::Ready(Err(_)) => Poll::Ready(Err(shared.closed_error())),
-            Poll::Ready(Ok(())) => {
-                Poll::Ready(sender.send_item(item).map_err(|_| shared.closed_error()))
-            }
-        }
+        let queued = std::task::ready!(wait.poll(cx));
+        self.overflow = None;
+        Poll::Ready(queued)
     }
 
     /// The queue item for `msg`, numbered with the next sequence (V07).
@@ -188,9 +177,10 @@ impl<Req, Resp> futures::Stream for BackendStream<Req, Resp> {
 
 /// Sending through the `Sink` implementation queues messages like
 /// [`send`](BackendStream::send) with default options, without a future per message: a
-/// message is queued at once when the connection's send queue has room, and otherwise
-/// held (one at most) until the queue has room, which the next `poll_ready` or
-/// `poll_flush` waits for. Flushing means "queued" (the writer task writes batches by
+/// message is queued at once when the connection's send queue has room (in messages and
+/// in bytes, `max_queued_write_bytes`), and otherwise held (one at most) until it has,
+/// which the next `poll_ready` or `poll_flush` waits for — within the default timeout,
+/// after which they fail with [`BackendError::Busy`]. Flushing means "queued" (the writer task writes batches by
 /// itself); `close` flushes, then closes the stream.
 impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp> {
     type Error = BackendError;
@@ -210,7 +200,12 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
         match self.shared.try_enqueue_now(item) {
             Ok(()) => {}
             Err((Some(error), _)) => return Err(error),
-            Err((None, item)) => self.overflow = Some(item),
+            Err((None, item)) => {
+                let shared = self.shared.clone();
+                self.overflow = Some(ReusableBoxFuture::new(async move {
+                    shared.wait_to_enqueue(item).await.map_err(|(e, _)| e)
+                }));
+            }
         }
         self.next_seq = self.next_seq.wrapping_add(1);
         Ok(())

@@ -109,6 +109,11 @@ async fn write_loop<Req: Message, Resp: Message>(
         if !more {
             break;
         }
+        // The batch's bytes stay charged until it is written (or dropped).
+        let _charged = Charged {
+            shared: &shared,
+            charge: batch.iter().map(|item| item.charge).sum(),
+        };
 
         if conn.as_ref().is_none_or(|c| c.state.is_broken()) {
             conn = None;
@@ -149,11 +154,27 @@ async fn write_loop<Req: Message, Resp: Message>(
     let reason = shared.closed_error();
     fail_items(&shared, batch.drain(..), &reason);
     while let Ok(item) = rx.try_recv() {
+        shared.written(item.charge);
         fail_items(&shared, std::iter::once(item), &reason);
     }
     shared.pending.fail_all(&reason);
     if let Some(mut c) = conn {
         let _ = c.writer.shutdown().await;
+    }
+}
+
+/// The byte-budget charge of one batch, given back when it is dropped: once the batch is
+/// written, failed or dropped, whatever path the loop takes.
+struct Charged<'a, Req, Resp> {
+    /// Whose budget.
+    shared: &'a Shared<Req, Resp>,
+    /// The batch's charges.
+    charge: usize,
+}
+
+impl<Req, Resp> Drop for Charged<'_, Req, Resp> {
+    fn drop(&mut self) {
+        self.shared.written(self.charge);
     }
 }
 

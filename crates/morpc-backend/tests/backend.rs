@@ -241,6 +241,60 @@ async fn full_queue_makes_senders_wait_then_fail_busy_without_spinning() {
 }
 
 #[tokio::test]
+async fn queued_writes_are_bounded_in_bytes_not_only_in_messages() {
+    // A peer that never reads: once the kernel's socket buffers are full, what the
+    // backend accepts stays queued. 1 MiB messages, a 4 MiB budget, a 1024-message queue.
+    let peer = Peer::tcp(Mode::Stall, CodecConfig::default()).await;
+    let backend = peer
+        .backend(
+            config()
+                .connect_on_create(true)
+                .max_queued_write_bytes(4 << 20),
+        )
+        .await;
+    // Connected: from here every wait (the stalled write, the senders) is on timers.
+    tokio::time::pause();
+    let payload = Bytes::from(vec![0u8; 1 << 20]);
+    let message = || RawMessage::with_payload("x", payload.clone());
+    let long = SendOptions::timeout(Duration::from_secs(60));
+    let mut accepted = 0usize;
+    loop {
+        let send = backend.send_oneway(message(), long.clone());
+        tokio::pin!(send);
+        match futures::poll!(&mut send) {
+            std::task::Poll::Ready(result) => result.unwrap(),
+            // No room: the sender would wait.
+            std::task::Poll::Pending => break,
+        }
+        accepted += 1;
+        assert!(
+            accepted < 256,
+            "256 MiB accepted for a peer that reads nothing"
+        );
+        // Lets the writer move what it can into the kernel's buffers.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // The budget, plus what the kernel's loopback buffers took (a few MiB).
+    assert!(
+        (4..=4 + 32).contains(&accepted),
+        "{accepted} MiB accepted"
+    );
+    assert!(
+        backend.queued_bytes() <= 4 << 20,
+        "{}",
+        backend.queued_bytes()
+    );
+    assert!(backend.busy(), "a full byte budget makes the backend busy");
+    // A sender waits for room within its deadline, then fails `Busy`.
+    let refused = backend
+        .send_oneway(message(), SendOptions::timeout(Duration::from_secs(1)))
+        .await;
+    assert!(matches!(refused, Err(BackendError::Busy)), "{refused:?}");
+}
+
+#[tokio::test]
 async fn write_filter_drops_messages_and_fails_their_futures() {
     let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
     let filter: morpc_backend::WriteFilter<RawMessage> = Arc::new(|m: &RawMessage, arg| {

@@ -153,7 +153,9 @@ async fn stalled_listener() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 /// Fills `backend`'s queue well past its busy threshold (its writer is stuck on a peer
 /// that does not read, so the queue stays that full).
 async fn make_busy(backend: &Backend<RawMessage>) {
-    let payload = bytes::Bytes::from(vec![0u8; 1 << 20]);
+    // Large enough that the kernel's buffers fill after a few hundred, small enough that
+    // 900 stay within the queue's byte budget.
+    let payload = bytes::Bytes::from(vec![0u8; 32 << 10]);
     within("backend busy", async {
         while backend.queue_len() < 900 {
             let m = RawMessage::with_payload("fill", payload.clone());
