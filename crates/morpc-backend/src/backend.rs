@@ -10,7 +10,7 @@ use morpc_codec::{Codec, CodecError, FrameBody, Framing, Message};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::ByteBudget;
+use crate::connection::{ByteBudget, now};
 use crate::pending::{Pending, PendingTable, StreamEnd, StreamSlot};
 use crate::shared::{
     CLOSED, Canceller, ItemKind, ONE_WAY_DEADLINE, OPEN, Shared, UNUSABLE, WriteItem,
@@ -87,7 +87,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             next_id: AtomicU64::new(1),
             closed: CancellationToken::new(),
             state: AtomicU8::new(OPEN),
-            created: Instant::now(),
+            created: now(),
             last_active: AtomicU64::new(0),
             stream_budget,
             queue_budget,
@@ -95,7 +95,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
                 let weak = weak.clone();
                 Arc::new(move |id: u64| {
                     if let Some(shared) = weak.upgrade() {
-                        let deadline = Instant::now() + ONE_WAY_DEADLINE;
+                        let deadline = now() + ONE_WAY_DEADLINE;
                         shared.try_enqueue(WriteItem::new(
                             FrameBody::Cancel(id),
                             id,
@@ -299,7 +299,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             .into());
         }
         shared.check_open()?;
-        let started = Instant::now();
+        let started = now();
         let deadline = started + timeout;
         let id = shared.next_id();
         let (tx, rx) = oneshot::channel();
@@ -317,7 +317,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         );
         shared.enqueue(item).await?;
         match tokio::time::timeout_at(deadline.into(), rx).await {
-            Ok(Ok(result)) => result.map(|()| started.elapsed()),
+            Ok(Ok(result)) => result.map(|()| now().saturating_duration_since(started)),
             Ok(Err(_)) => Err(shared.closed_error()),
             Err(_) => Err(BackendError::Timeout),
         }

@@ -396,7 +396,7 @@ impl SendOptions {
     /// The deadline these options give, with `default` as timeout when they have none.
     pub fn resolve_deadline(&self, default: Duration) -> Instant {
         self.deadline
-            .unwrap_or_else(|| Instant::now() + self.timeout.unwrap_or(default))
+            .unwrap_or_else(|| crate::connection::now() + self.timeout.unwrap_or(default))
     }
 }
 

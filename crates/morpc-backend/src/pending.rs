@@ -22,7 +22,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::BackendError;
-use crate::connection::ByteBudget;
+use crate::connection::{ByteBudget, now};
 use crate::ids::IdBuildHasher;
 
 /// Completes one request.
@@ -113,7 +113,7 @@ impl<Resp> Default for PendingTable<Resp> {
                     deadlines: VecDeque::new(),
                 })
             }),
-            origin: Instant::now(),
+            origin: now(),
             next_wake: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
         }
@@ -241,7 +241,7 @@ impl<Resp> PendingTable<Resp> {
         loop {
             // While sweeping, any new deadline must wake us again (see `insert_request`).
             self.next_wake.store(u64::MAX, Ordering::Release);
-            let next = self.sweep(Instant::now());
+            let next = self.sweep(now());
             self.next_wake
                 .store(next.map_or(u64::MAX, |n| self.nanos(n)), Ordering::Release);
             let sleep = async {

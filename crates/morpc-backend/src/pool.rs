@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::connection::now;
 use crate::{Address, Backend, BackendError};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -117,11 +118,10 @@ impl<Req, Resp> Pool<Req, Resp> {
         }
         let chosen = chosen.or(first_busy);
         let creating = self.creating.load(Ordering::Acquire);
-        let holdoff = self
-            .last_failure
-            .lock()
-            .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() < CREATE_FAILURE_HOLDOFF);
+        let holdoff =
+            self.last_failure.lock().as_ref().is_some_and(|(at, _)| {
+                now().saturating_duration_since(*at) < CREATE_FAILURE_HOLDOFF
+            });
         let wanted = chosen.is_none() || all_busy;
         let create = auto_create && !holdoff && creating == 0 && wanted && n < max;
         if create {
@@ -139,7 +139,7 @@ impl<Req, Resp> Pool<Req, Resp> {
         self.last_failure
             .lock()
             .as_ref()
-            .filter(|(at, _)| at.elapsed() < CREATE_FAILURE_HOLDOFF)
+            .filter(|(at, _)| now().saturating_duration_since(*at) < CREATE_FAILURE_HOLDOFF)
             .map(|(_, e)| e.clone())
     }
 
@@ -158,7 +158,7 @@ impl<Req, Resp> Pool<Req, Resp> {
                 }
                 Err(e) => {
                     tracing::warn!(address = %self.address, error = %e, "cannot create backend");
-                    *self.last_failure.lock() = Some((Instant::now(), e));
+                    *self.last_failure.lock() = Some((now(), e));
                 }
             }
             crate::metrics::backends(&self.address, slots.len());
@@ -210,6 +210,12 @@ impl<Req, Resp> Pool<Req, Resp> {
         self.len() == 0
     }
 
+    /// Whether the pool has no live backend and no creation running: nothing is lost by
+    /// forgetting it.
+    pub fn is_vacant(&self) -> bool {
+        self.is_empty() && self.creating.load(Ordering::Acquire) == 0
+    }
+
     /// Number of live backends.
     pub fn len(&self) -> usize {
         let mut slots = self.slots.lock();
@@ -219,7 +225,7 @@ impl<Req, Resp> Pool<Req, Resp> {
 
     /// Closes backends idle for `max_idle` with nothing pending and no stream lock.
     pub fn close_idle(&self, max_idle: Duration) {
-        let now = Instant::now();
+        let now = now();
         let idle: Vec<Backend<Req, Resp>> = {
             let mut slots = self.slots.lock();
             let mut idle = Vec::new();

@@ -5,13 +5,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use morpc_codec::{Frame, FrameBody, Message};
 
 use crate::address::BoxReader;
 use crate::conn_state::ConnState;
-use crate::connection::{FrameReader, ReadLimits, catch_panic, message_bytes};
+use crate::connection::{FrameReader, ReadLimits, catch_panic, message_bytes, now};
 use crate::pending::{Delivery, Pending, StreamItem};
 use crate::shared::{ItemKind, Shared, WriteItem};
 use crate::{BackendError, SendOptions};
@@ -96,7 +95,7 @@ async fn read_loop<Req: Message, Resp: Message>(
 /// Queues a heartbeat ping if there is room; a full queue means traffic is flowing anyway.
 fn send_heartbeat<Req: Message, Resp: Message>(shared: &Shared<Req, Resp>) {
     let id = shared.next_id();
-    let deadline = Instant::now() + crate::shared::PING_DEADLINE_CAP;
+    let deadline = now() + crate::shared::PING_DEADLINE_CAP;
     let item = WriteItem::new(
         FrameBody::Ping(id),
         id,

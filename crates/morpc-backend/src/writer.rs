@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::address::{BoxReader, BoxWriter};
 use crate::conn_state::ConnState;
-use crate::connection::{FrameWriter, WriteBound, catch_panic};
+use crate::connection::{FrameWriter, WriteBound, catch_panic, now};
 use crate::pending::fail;
 use crate::shared::{ItemKind, ONE_WAY_DEADLINE, PING_DEADLINE_CAP, Shared, WriteItem};
 use crate::{BackendError, metrics, reader};
@@ -94,7 +94,7 @@ async fn write_loop<Req: Message, Resp: Message>(
     let mut batch: Vec<WriteItem<Req>> = Vec::with_capacity(batch_size);
     let mut reconnect = Reconnect {
         failing_since: None,
-        next_attempt: Instant::now(),
+        next_attempt: now(),
         attempts: 0,
         last_error: None,
     };
@@ -131,7 +131,7 @@ async fn write_loop<Req: Message, Resp: Message>(
         let Some(c) = conn.as_mut() else { continue };
 
         // One clock reading serves the batch: expiry, deadline headers, activity.
-        let now = Instant::now();
+        let now = now();
         prepare(&shared, &mut batch, now);
         let messages = batch.len();
         let Some(earliest) = encode(&shared, &mut batch, &mut c.writer, now) else {
@@ -186,11 +186,11 @@ async fn connect<Req: Message, Resp: Message>(
     state: &mut Reconnect,
 ) -> Result<Connection, BackendError> {
     if let Some(err) = &state.last_error {
-        if Instant::now() < state.next_attempt {
+        if now() < state.next_attempt {
             return Err(err.clone());
         }
     }
-    let started = Instant::now();
+    let started = now();
     let attempt = tokio::select! {
         biased;
         () = shared.closed.cancelled() => return Err(shared.closed_error()),
@@ -205,11 +205,11 @@ async fn connect<Req: Message, Resp: Message>(
             state.failing_since = None;
             state.attempts = 0;
             state.last_error = None;
-            shared.touch(Instant::now());
+            shared.touch(now());
             Ok(Connection::start(shared, reader, writer))
         }
         Err(err) => {
-            let now = Instant::now();
+            let now = now();
             let since = *state.failing_since.get_or_insert(now);
             tracing::warn!(address = %shared.address, error = %err, attempts = state.attempts + 1, "connect failed");
             if now.duration_since(since) >= shared.config.reconnect.window {

@@ -277,10 +277,7 @@ async fn queued_writes_are_bounded_in_bytes_not_only_in_messages() {
         }
     }
     // The budget, plus what the kernel's loopback buffers took (a few MiB).
-    assert!(
-        (4..=4 + 32).contains(&accepted),
-        "{accepted} MiB accepted"
-    );
+    assert!((4..=4 + 32).contains(&accepted), "{accepted} MiB accepted");
     assert!(
         backend.queued_bytes() <= 4 << 20,
         "{}",

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use morpc_backend::connection::now;
 use parking_lot::Mutex;
 
 use crate::BreakerConfig;
@@ -30,6 +31,15 @@ enum State {
     HalfOpen { probing: bool },
 }
 
+/// How a request was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// The circuit is closed.
+    Normal,
+    /// The request is the half-open probe.
+    Probe,
+}
+
 /// One address's breaker.
 #[derive(Debug)]
 pub(crate) struct Breaker {
@@ -47,19 +57,20 @@ impl Breaker {
         }
     }
 
-    /// Whether a request may go now (taking the probe slot when half-open).
-    pub(crate) fn allow(&self) -> bool {
+    /// Whether a request may go now: `None` if not, else whether it took the half-open
+    /// probe slot (which [`abandon`](Breaker::abandon) gives back).
+    pub(crate) fn allow(&self) -> Option<Admission> {
         let mut state = self.state.lock();
         match *state {
-            State::Closed { .. } => true,
-            State::Open { until } if Instant::now() >= until => {
+            State::Closed { .. } => Some(Admission::Normal),
+            State::Open { until } if now() >= until => {
                 *state = State::HalfOpen { probing: true };
-                true
+                Some(Admission::Probe)
             }
-            State::Open { .. } | State::HalfOpen { probing: true } => false,
+            State::Open { .. } | State::HalfOpen { probing: true } => None,
             State::HalfOpen { probing: false } => {
                 *state = State::HalfOpen { probing: true };
-                true
+                Some(Admission::Probe)
             }
         }
     }
@@ -75,12 +86,13 @@ impl Breaker {
                 }
             }
             (_, false) => State::Open {
-                until: Instant::now() + self.config.reset_timeout,
+                until: now() + self.config.reset_timeout,
             },
         };
     }
 
-    /// A request that took the probe slot ended without an outcome (dropped).
+    /// The probe ended without an outcome (dropped, or failed for a reason of its own):
+    /// the slot is free for the next request.
     pub(crate) fn abandon(&self) {
         let mut state = self.state.lock();
         if let State::HalfOpen { probing: true } = *state {
@@ -92,7 +104,7 @@ impl Breaker {
     pub(crate) fn state(&self) -> BreakerState {
         match *self.state.lock() {
             State::Closed { .. } => BreakerState::Closed,
-            State::Open { until } if Instant::now() >= until => BreakerState::HalfOpen,
+            State::Open { until } if now() >= until => BreakerState::HalfOpen,
             State::Open { .. } => BreakerState::Open,
             State::HalfOpen { .. } => BreakerState::HalfOpen,
         }
@@ -112,16 +124,20 @@ mod tests {
             reset_timeout: Duration::from_millis(20),
         });
         for _ in 0..2 {
-            assert!(breaker.allow());
+            assert_eq!(breaker.allow(), Some(Admission::Normal));
             breaker.record(false);
         }
         assert_eq!(breaker.state(), BreakerState::Closed);
         breaker.record(false);
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert!(!breaker.allow());
+        assert_eq!(breaker.allow(), None);
         std::thread::sleep(Duration::from_millis(25));
-        assert!(breaker.allow(), "one probe after the reset time");
-        assert!(!breaker.allow(), "only one probe at a time");
+        assert_eq!(
+            breaker.allow(),
+            Some(Admission::Probe),
+            "one probe after the reset time"
+        );
+        assert_eq!(breaker.allow(), None, "only one probe at a time");
         breaker.record(false);
         assert_eq!(
             breaker.state(),
@@ -129,11 +145,15 @@ mod tests {
             "a failed probe reopens"
         );
         std::thread::sleep(Duration::from_millis(25));
-        assert!(breaker.allow());
+        assert!(breaker.allow().is_some());
         breaker.abandon();
-        assert!(breaker.allow(), "an abandoned probe frees the slot");
+        assert_eq!(
+            breaker.allow(),
+            Some(Admission::Probe),
+            "an abandoned probe frees the slot"
+        );
         breaker.record(true);
         assert_eq!(breaker.state(), BreakerState::Closed);
-        assert!(breaker.allow());
+        assert_eq!(breaker.allow(), Some(Admission::Normal));
     }
 }

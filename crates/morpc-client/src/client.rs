@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use morpc_backend::connection::now;
 use morpc_backend::{
     Address, Backend, BackendConfig, BackendError, BackendFactory, RemoteBackendFactory,
     SendOptions, SendRejected,
@@ -293,15 +294,19 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         let deadline = opts.resolve_deadline(config.default_timeout);
         let opts = opts.with_deadline(deadline);
         let target = self.target(address);
-        if let Some(breaker) = &target.breaker {
-            if !breaker.allow() {
-                return Err(ClientError::CircuitOpen(address.clone()));
-            }
-        }
-        let outcome = Outcome {
-            breaker: target.breaker.clone(),
-            closed: self.inner().closed.clone(),
+        let admission = match &target.breaker {
+            Some(breaker) => match breaker.allow() {
+                Some(admission) => Some(admission),
+                None => return Err(ClientError::CircuitOpen(address.clone())),
+            },
+            None => None,
         };
+        // From here on, dropping this send gives a probe slot back (`Outcome`'s drop).
+        let outcome = Outcome::new(
+            target.breaker.clone(),
+            admission,
+            self.inner().closed.clone(),
+        );
         let mut attempt = 0;
         loop {
             let error = match self.select(&target, deadline).await {
@@ -328,10 +333,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
                 ) | ClientError::NoAvailableBackend(_)
             );
             let pause = config.retry.backoff(attempt - 1);
-            if !retryable
-                || attempt >= config.retry.max_attempts
-                || Instant::now() + pause >= deadline
-            {
+            if !retryable || attempt >= config.retry.max_attempts || now() + pause >= deadline {
                 let error = outcome.map_error(error);
                 outcome.record(Some(&error));
                 return Err(error);
@@ -350,7 +352,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// # Errors
     /// As [`send`](RpcClient::send) when no backend becomes ready.
     pub async fn ready(&self, address: &str) -> Result<(), ClientError> {
-        let deadline = Instant::now() + self.inner().config.default_timeout;
+        let deadline = now() + self.inner().config.default_timeout;
         let backend = self.backend_for(address, deadline).await?;
         backend.ready().await.map_err(Into::into)
     }
@@ -404,7 +406,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             tracing::debug_span!("morpc.stream", address = %address, id = tracing::field::Empty);
         async {
             self.check_open()?;
-            let deadline = Instant::now() + self.inner().config.default_timeout;
+            let deadline = now() + self.inner().config.default_timeout;
             let target = self.target(&address);
             loop {
                 let backend = self.select(&target, deadline).await?;
@@ -436,7 +438,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// # Errors
     /// As [`send`](RpcClient::send).
     pub async fn ping(&self, address: &str, timeout: Duration) -> Result<Duration, ClientError> {
-        let backend = self.backend_for(address, Instant::now() + timeout).await?;
+        let backend = self.backend_for(address, now() + timeout).await?;
         backend.ping(timeout).await.map_err(Into::into)
     }
 
@@ -449,6 +451,13 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         if let Some(target) = removed {
             target.pool.close_all();
         }
+    }
+
+    /// Number of addresses the client keeps a pool (and breaker) for. An address whose
+    /// backends were all closed as idle, with no creation running and a closed circuit,
+    /// is forgotten by the idle cleanup.
+    pub fn address_count(&self) -> usize {
+        self.inner().targets.lock().len()
     }
 
     /// Number of live backends for `address`.

@@ -1,6 +1,8 @@
-//! The idle-cleanup task of an `RpcClient`: closes backends idle for `max_idle`.
+//! The idle-cleanup task of an `RpcClient`: closes backends idle for `max_idle`, and
+//! forgets addresses left with nothing (so the address table does not grow with every
+//! address ever used).
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use morpc_codec::Message;
@@ -29,5 +31,11 @@ pub(crate) async fn idle_cleanup<Req: Message, Resp: Message>(
         for target in targets {
             target.pool.close_idle(inner.config.max_idle);
         }
+        // An address in use holds its entry (a send in progress, a locked stream): only
+        // entries nobody else holds are forgotten, under the lock every lookup takes.
+        inner
+            .targets
+            .lock()
+            .retain(|_, target| Arc::strong_count(target) > 1 || !target.is_forgettable());
     }
 }

@@ -10,18 +10,46 @@ use morpc_backend::{BackendError, ResponseFuture};
 use tokio_util::sync::CancellationToken;
 
 use crate::ClientError;
-use crate::breaker::Breaker;
+use crate::breaker::{Admission, Breaker};
 
 /// Records a request's outcome in its address's breaker and maps errors of a closed
-/// client to `ClientClosed`.
+/// client to `ClientClosed`. Created as soon as the breaker lets the request through:
+/// dropped without an outcome (the send or its response future dropped, at any await),
+/// it gives the half-open probe slot back, so a cancelled probe cannot hold the circuit
+/// open for the client's life.
 pub(crate) struct Outcome {
-    /// The address's breaker, if enabled.
-    pub(crate) breaker: Option<Arc<Breaker>>,
+    /// The address's breaker, if enabled; taken once the outcome is recorded.
+    breaker: Option<Arc<Breaker>>,
+    /// Whether this request is the breaker's half-open probe.
+    probe: bool,
     /// The client's close signal.
-    pub(crate) closed: CancellationToken,
+    closed: CancellationToken,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.breaker.take() {
+            if self.probe {
+                breaker.abandon();
+            }
+        }
+    }
 }
 
 impl Outcome {
+    /// The bookkeeping of a request `breaker` admitted as `admission`.
+    pub(crate) fn new(
+        breaker: Option<Arc<Breaker>>,
+        admission: Option<Admission>,
+        closed: CancellationToken,
+    ) -> Self {
+        Self {
+            breaker,
+            probe: admission == Some(Admission::Probe),
+            closed,
+        }
+    }
+
     pub(crate) fn map_error(&self, error: ClientError) -> ClientError {
         match error {
             ClientError::Backend(BackendError::BackendClosed) if self.closed.is_cancelled() => {
@@ -33,8 +61,10 @@ impl Outcome {
 
     /// Feeds the breaker: `None` is a success; connection failures and timeouts count as
     /// failures; other errors (the request's own fault) count as neither.
-    pub(crate) fn record(&self, error: Option<&ClientError>) {
-        let Some(breaker) = &self.breaker else { return };
+    pub(crate) fn record(mut self, error: Option<&ClientError>) {
+        let Some(breaker) = self.breaker.take() else {
+            return;
+        };
         match error {
             None => breaker.record(true),
             Some(ClientError::Backend(e))
@@ -43,7 +73,8 @@ impl Outcome {
                 breaker.record(false)
             }
             Some(ClientError::NoAvailableBackend(_)) => breaker.record(false),
-            Some(_) => breaker.abandon(),
+            Some(_) if self.probe => breaker.abandon(),
+            Some(_) => {}
         }
     }
 }
@@ -56,16 +87,9 @@ pin_project_lite::pin_project! {
         // The backend's future.
         #[pin]
         future: ResponseFuture<Resp>,
-        // Breaker bookkeeping; taken when the outcome is known.
+        // Breaker bookkeeping; taken when the outcome is known (its drop gives back a
+        // probe slot).
         outcome: Option<Outcome>,
-    }
-
-    impl<Resp> PinnedDrop for ClientResponse<Resp> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(Outcome { breaker: Some(breaker), .. }) = this.project().outcome.take() {
-                breaker.abandon();
-            }
-        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use morpc_backend::{Address, Pool};
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, BreakerState};
 
 /// One address's pool and breaker.
 pub(crate) struct Target<Req, Resp> {
@@ -22,5 +22,15 @@ impl<Req, Resp> Target<Req, Resp> {
             pool: Pool::new(address),
             breaker,
         }
+    }
+
+    /// Whether forgetting this address loses nothing: no backend, no creation running,
+    /// and a closed circuit (an open one must keep failing fast).
+    pub(crate) fn is_forgettable(&self) -> bool {
+        self.pool.is_vacant()
+            && self
+                .breaker
+                .as_ref()
+                .is_none_or(|b| b.state() == BreakerState::Closed)
     }
 }

@@ -1,0 +1,90 @@
+//! Failure paths of `RpcClient` that used to go unnoticed: each test is named for the
+//! behaviour it pins, and each failed before the fix it came with.
+
+use std::task::Poll;
+use std::time::Duration;
+
+use morpc_backend::{BackendConfig, SendOptions};
+use morpc_client::{
+    BreakerConfig, BreakerState, ClientConfig, ClientError, RetryPolicy, RpcClient,
+};
+use morpc_codec::RawMessage;
+
+fn msg(body: &'static str) -> RawMessage {
+    RawMessage::new(body)
+}
+
+/// A loopback address nothing listens on (connections are refused at once).
+fn dead_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_half_open_probe_gives_its_slot_back() {
+    let dead = dead_address();
+    let config = ClientConfig::new()
+        .retry(RetryPolicy::none())
+        .max_idle(Duration::from_secs(1))
+        .breaker(BreakerConfig::new(1, Duration::from_secs(1)));
+    let client = RpcClient::<RawMessage>::new(config, BackendConfig::new()).await;
+    let opts = || SendOptions::timeout(Duration::from_secs(5));
+    client.request(&dead, msg("x"), opts()).await.unwrap_err();
+    assert_eq!(client.breaker_state(&dead), Some(BreakerState::Open));
+
+    // Past the reset time, and the idle backend closed: the probe has to wait for a new
+    // backend, and is dropped while it waits, before any outcome.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(client.backend_count(&dead), 0);
+    assert_eq!(client.breaker_state(&dead), Some(BreakerState::HalfOpen));
+    {
+        let probe = client.send(&dead, msg("probe"), opts());
+        tokio::pin!(probe);
+        assert!(matches!(futures::poll!(&mut probe), Poll::Pending));
+    }
+    // The slot is free again: the next request is the probe (and fails on the dead port)
+    // instead of `CircuitOpen` for the rest of the client's life.
+    let err = client.request(&dead, msg("y"), opts()).await.unwrap_err();
+    assert!(!matches!(err, ClientError::CircuitOpen(_)), "{err:?}");
+    assert_eq!(client.breaker_state(&dead), Some(BreakerState::Open));
+}
+
+#[tokio::test(start_paused = true)]
+async fn addresses_left_with_nothing_are_forgotten() {
+    let config = ClientConfig::new()
+        .retry(RetryPolicy::none())
+        .max_idle(Duration::from_secs(1));
+    let client = RpcClient::<RawMessage>::new(config, BackendConfig::new()).await;
+    let dead: Vec<String> = (0..20).map(|_| dead_address()).collect();
+    for address in &dead {
+        let opts = SendOptions::timeout(Duration::from_secs(1));
+        client.request(address, msg("x"), opts).await.unwrap_err();
+    }
+    assert_eq!(client.address_count(), 20);
+    // Two cleanup periods: the unusable backends go, then their empty pools.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        client.address_count(),
+        0,
+        "199 dead addresses stayed before"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_address_with_an_open_circuit_is_kept() {
+    let config = ClientConfig::new()
+        .retry(RetryPolicy::none())
+        .max_idle(Duration::from_secs(1))
+        .breaker(BreakerConfig::new(1, Duration::from_secs(3600)));
+    let client = RpcClient::<RawMessage>::new(config, BackendConfig::new()).await;
+    let dead = dead_address();
+    let opts = SendOptions::timeout(Duration::from_secs(1));
+    client.request(&dead, msg("x"), opts).await.unwrap_err();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(client.address_count(), 1);
+    assert_eq!(client.breaker_state(&dead), Some(BreakerState::Open));
+}
