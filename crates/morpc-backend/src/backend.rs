@@ -10,7 +10,7 @@ use morpc_codec::{Codec, CodecError, FrameBody, Framing, Message};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{ByteBudget, now};
+use crate::connection::{ByteBudget, bounded_capacity, deadline_after, now};
 use crate::pending::{Pending, PendingTable, StreamEnd, StreamSlot};
 use crate::shared::{
     CLOSED, Canceller, ItemKind, ONE_WAY_DEADLINE, OPEN, Shared, UNUSABLE, WriteItem,
@@ -74,7 +74,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         address: Address,
         config: BackendConfig<Req>,
     ) -> Result<Self, BackendError> {
-        let (queue, rx) = mpsc::channel(config.buffer_size.max(1));
+        let (queue, rx) = mpsc::channel(bounded_capacity(config.buffer_size));
         let cancel_extension = config.codec.is_cancel_extension();
         let stream_budget = ByteBudget::new(config.max_stream_buffered_bytes, None);
         let queue_budget = ByteBudget::new(config.max_queued_write_bytes, None);
@@ -266,7 +266,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         let shared = self.shared();
         shared.check_open()?;
         let id = shared.next_id();
-        let (tx, rx) = mpsc::channel(receive_buffer.max(1));
+        let (tx, rx) = mpsc::channel(bounded_capacity(receive_buffer));
         let end = Arc::new(StreamEnd::default());
         shared.pending.insert(
             id,
@@ -300,7 +300,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         }
         shared.check_open()?;
         let started = now();
-        let deadline = started + timeout;
+        let deadline = deadline_after(started, timeout);
         let id = shared.next_id();
         let (tx, rx) = oneshot::channel();
         shared.pending.insert(id, Pending::Ping(tx));

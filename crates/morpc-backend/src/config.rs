@@ -312,9 +312,8 @@ impl<Req> BackendConfig<Req> {
     /// The effective busy threshold: the configured value clamped to `1..=buffer_size`,
     /// or ¾ of `buffer_size` (at least 1).
     pub fn busy_size(&self) -> usize {
-        self.busy_size
-            .unwrap_or(self.buffer_size * 3 / 4)
-            .clamp(1, self.buffer_size.max(1))
+        let buffer = crate::connection::bounded_capacity(self.buffer_size);
+        self.busy_size.unwrap_or(buffer / 4 * 3).clamp(1, buffer)
     }
 
     /// The codec configuration.
@@ -395,8 +394,12 @@ impl SendOptions {
 
     /// The deadline these options give, with `default` as timeout when they have none.
     pub fn resolve_deadline(&self, default: Duration) -> Instant {
-        self.deadline
-            .unwrap_or_else(|| crate::connection::now() + self.timeout.unwrap_or(default))
+        self.deadline.unwrap_or_else(|| {
+            crate::connection::deadline_after(
+                crate::connection::now(),
+                self.timeout.unwrap_or(default),
+            )
+        })
     }
 }
 

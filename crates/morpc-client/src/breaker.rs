@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use morpc_backend::connection::now;
+use morpc_backend::connection::{deadline_after, now};
 use parking_lot::Mutex;
 
 use crate::BreakerConfig;
@@ -86,7 +86,7 @@ impl Breaker {
                 }
             }
             (_, false) => State::Open {
-                until: now() + self.config.reset_timeout,
+                until: deadline_after(now(), self.config.reset_timeout),
             },
         };
     }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use morpc_backend::connection::now;
+use morpc_backend::connection::{bounded_capacity, deadline_after, now};
 use morpc_backend::{
     Address, Backend, BackendConfig, BackendError, BackendFactory, RemoteBackendFactory,
     SendOptions, SendRejected,
@@ -102,7 +102,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         factory: Arc<dyn BackendFactory<Req, Resp>>,
     ) -> Self {
         let inner = Arc::new(Inner {
-            creations: Arc::new(Semaphore::new(config.create_queue_size.max(1))),
+            creations: Arc::new(Semaphore::new(bounded_capacity(config.create_queue_size))),
             config,
             factory,
             targets: Mutex::new(HashMap::new()),
@@ -333,7 +333,10 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
                 ) | ClientError::NoAvailableBackend(_)
             );
             let pause = config.retry.backoff(attempt - 1);
-            if !retryable || attempt >= config.retry.max_attempts || now() + pause >= deadline {
+            if !retryable
+                || attempt >= config.retry.max_attempts
+                || deadline_after(now(), pause) >= deadline
+            {
                 let error = outcome.map_error(error);
                 outcome.record(Some(&error));
                 return Err(error);
@@ -352,7 +355,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// # Errors
     /// As [`send`](RpcClient::send) when no backend becomes ready.
     pub async fn ready(&self, address: &str) -> Result<(), ClientError> {
-        let deadline = now() + self.inner().config.default_timeout;
+        let deadline = deadline_after(now(), self.inner().config.default_timeout);
         let backend = self.backend_for(address, deadline).await?;
         backend.ready().await.map_err(Into::into)
     }
@@ -406,7 +409,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             tracing::debug_span!("morpc.stream", address = %address, id = tracing::field::Empty);
         async {
             self.check_open()?;
-            let deadline = now() + self.inner().config.default_timeout;
+            let deadline = deadline_after(now(), self.inner().config.default_timeout);
             let target = self.target(&address);
             loop {
                 let backend = self.select(&target, deadline).await?;
@@ -438,7 +441,9 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// # Errors
     /// As [`send`](RpcClient::send).
     pub async fn ping(&self, address: &str, timeout: Duration) -> Result<Duration, ClientError> {
-        let backend = self.backend_for(address, now() + timeout).await?;
+        let backend = self
+            .backend_for(address, deadline_after(now(), timeout))
+            .await?;
         backend.ping(timeout).await.map_err(Into::into)
     }
 

@@ -88,3 +88,41 @@ async fn an_address_with_an_open_circuit_is_kept() {
     assert_eq!(client.address_count(), 1);
     assert_eq!(client.breaker_state(&dead), Some(BreakerState::Open));
 }
+
+#[tokio::test]
+async fn extreme_sizes_and_timeouts_are_saturated_not_panics() {
+    use morpc_server::{ClientSession, HandlerError, Request, RpcServer, ServerConfig};
+    // Every size at usize::MAX (above tokio's semaphore limit) and every timeout at
+    // Duration::MAX: each of these panicked at start or on first use.
+    let server_config = ServerConfig::new()
+        .concurrency(usize::MAX)
+        .session_buffer_size(usize::MAX)
+        .max_connections(usize::MAX)
+        .write_timeout(Duration::MAX);
+    let echo = |req: Request<RawMessage>, session: ClientSession<RawMessage>| async move {
+        session.write(req.message).await?;
+        Ok::<_, HandlerError>(())
+    };
+    let server = RpcServer::start("127.0.0.1:0", server_config, echo)
+        .await
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let client = RpcClient::<RawMessage>::new(
+        ClientConfig::new()
+            .create_queue_size(usize::MAX)
+            .default_timeout(Duration::MAX),
+        BackendConfig::new().buffer_size(usize::MAX),
+    )
+    .await;
+    let forever = SendOptions::timeout(Duration::MAX);
+    let resp = client
+        .request(&addr, msg("x"), forever.clone())
+        .await
+        .unwrap();
+    assert_eq!(resp.body, "x");
+    client.ping(&addr, Duration::MAX).await.unwrap();
+    let mut stream = client.new_stream(&addr, usize::MAX, false).await.unwrap();
+    stream.send(msg("s"), forever).await.unwrap();
+    use futures::StreamExt;
+    assert_eq!(stream.next().await.unwrap().unwrap().body, "s");
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use morpc_backend::connection::{
-    ByteBudget, FrameReader, FrameWriter, StreamNumbering, catch_panic,
+    ByteBudget, FrameReader, FrameWriter, StreamNumbering, bounded_capacity, catch_panic,
 };
 use morpc_backend::{BoxReader, BoxWriter};
 use morpc_codec::Message;
@@ -33,7 +33,7 @@ where
 {
     let config = &shared.config;
     let streams: Streams = Arc::new(Mutex::new(StreamNumbering::new(config.max_streams)));
-    let (tx, rx) = mpsc::channel(config.session_buffer_size.max(1));
+    let (tx, rx) = mpsc::channel(bounded_capacity(config.session_buffer_size));
     let budget = Arc::new(ByteBudget::new(
         config.max_queued_write_bytes,
         Some(shared.budget.clone()),

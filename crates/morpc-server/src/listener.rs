@@ -148,10 +148,21 @@ pub(crate) type Tls<'a> = Option<&'a tokio_rustls::TlsAcceptor>;
 #[cfg(not(feature = "rustls-ring"))]
 pub(crate) type Tls<'a> = Option<&'a std::convert::Infallible>;
 
-/// Removes a socket file nobody listens on; refuses to touch a live one.
+/// Removes a socket file nobody listens on. Refuses to touch a live socket, and
+/// anything that is not a socket (a regular file, a directory, a link to one): binding
+/// then fails with `AddrInUse` instead of deleting someone's file.
 async fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    if !path.exists() {
-        return Ok(());
+    use std::os::unix::fs::FileTypeExt;
+    let file_type = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta.file_type(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !file_type.is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "the path exists and is not a socket; not removing it",
+        ));
     }
     match UnixStream::connect(path).await {
         Ok(_) => Err(io::Error::new(

@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use morpc_backend::IdBuildHasher;
-use morpc_backend::connection::{ByteBudget, FrameReader, ReadError};
+use morpc_backend::connection::{
+    ByteBudget, FrameReader, ReadError, bounded_capacity, deadline_after,
+};
 use morpc_codec::{Codec, CodecError, Frame, FrameBody, Message, flags};
 use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
@@ -44,6 +46,9 @@ pub(crate) struct ConnReader<'a, Req, Resp, H> {
     running: JoinSet<Result<(), CloseReason>>,
     /// Running concurrent handlers by request id, for cancel frames.
     handlers: HashMap<u64, AbortHandle, IdBuildHasher>,
+    /// Size of `handlers` at which finished entries are pruned (twice what the last
+    /// pruning kept, so pruning costs O(1) per handler whatever `concurrency` is).
+    prune_at: usize,
     /// Frames read while an in-order handler waited.
     ahead: ReadAhead<Req>,
 }
@@ -129,9 +134,10 @@ where
             streams,
             reader,
             sequence: 0,
-            limiter: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            limiter: Arc::new(Semaphore::new(bounded_capacity(config.concurrency))),
             running: JoinSet::new(),
             handlers: HashMap::default(),
+            prune_at: 32,
             ahead: ReadAhead {
                 frames: VecDeque::new(),
                 budget: ByteBudget::new(config.max_read_ahead_bytes, Some(shared.budget.clone())),
@@ -241,7 +247,10 @@ where
             let request = Request {
                 message,
                 sequence: self.sequence,
-                deadline: frame.headers.deadline.map(|left| received + left),
+                deadline: frame
+                    .headers
+                    .deadline
+                    .map(|left| deadline_after(received, left)),
                 trace: frame.headers.trace,
                 stream_seq: frame.stream_seq,
                 headers: frame.headers,
@@ -353,9 +362,9 @@ where
                 outcome = run_handler(&shared, request, client) => outcome,
             }
         });
-        let concurrency = self.shared.config.concurrency;
-        if self.handlers.len() > 2 * concurrency + 16 {
+        if self.handlers.len() >= self.prune_at {
             self.handlers.retain(|_, h| !h.is_finished());
+            self.prune_at = (2 * self.handlers.len()).max(32);
         }
         self.handlers.insert(id, handle);
         Ok(())

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use morpc_backend::Address;
+use morpc_backend::connection::bounded_capacity;
 use morpc_codec::Message;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
@@ -256,7 +257,9 @@ async fn accept_loop<Req, Resp, H>(
     Resp: Message,
     H: Handler<Req, Resp>,
 {
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(bounded_capacity(
+        shared.config.max_connections,
+    )));
     let connections = Arc::new(Connections::default());
     loop {
         let accepted = tokio::select! {

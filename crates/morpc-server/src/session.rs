@@ -168,7 +168,10 @@ impl<Resp: Message> SessionShared<Resp> {
         frame: Frame<Resp>,
         deadline: Option<Instant>,
     ) -> Result<(), ServerError> {
-        let limit = morpc_backend::connection::now() + self.write_timeout;
+        let limit = morpc_backend::connection::deadline_after(
+            morpc_backend::connection::now(),
+            self.write_timeout,
+        );
         let deadline = deadline.map_or(limit, |d| d.min(limit));
         let queued = async {
             // Given back if the wait is cancelled or the connection is gone.

@@ -414,10 +414,12 @@ async fn close_fails_in_flight_requests_promptly() {
 }
 
 #[tokio::test]
-async fn unix_socket_server_removes_stale_files_and_cleans_up() {
+async fn unix_socket_server_removes_stale_sockets_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("morpc.sock");
-    std::fs::write(&path, b"stale").unwrap();
+    // A socket file left by a listener that is gone.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
     let address = format!("unix://{}", path.display());
     let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
     let server = RpcServer::start(&address, ServerConfig::new(), echo)
@@ -435,6 +437,21 @@ async fn unix_socket_server_removes_stale_files_and_cleans_up() {
     assert!(matches!(second, Err(ServerError::Bind { .. })));
     server.shutdown().await;
     assert!(!path.exists(), "socket file removed on shutdown");
+}
+
+#[tokio::test]
+async fn binding_a_unix_path_never_deletes_a_file_that_is_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.db");
+    std::fs::write(&path, b"precious").unwrap();
+    let address = format!("unix://{}", path.display());
+    let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+    let result = RpcServer::start(&address, ServerConfig::new(), echo).await;
+    assert!(
+        matches!(result, Err(ServerError::Bind { .. })),
+        "{result:?}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
 }
 
 /// Sends `frame` raw over a new connection and waits for the server to close it.

@@ -28,3 +28,21 @@ pub use supervise::{TaskPanic, catch_panic, panic_message};
 pub fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
+
+/// The farthest a deadline is set: about 100 years. Longer timeouts (up to
+/// `Duration::MAX`, "no limit" in effect) saturate here instead of overflowing `Instant`.
+pub const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `at + timeout`, saturated at [`FAR_FUTURE`] after `at`, so no configured or requested
+/// timeout can panic.
+#[inline]
+pub fn deadline_after(at: std::time::Instant, timeout: std::time::Duration) -> std::time::Instant {
+    at + timeout.min(FAR_FUTURE)
+}
+
+/// A queue or semaphore size as configured, brought into what tokio accepts
+/// (`1..=Semaphore::MAX_PERMITS`): sizes loaded from a file cannot panic at start.
+#[inline]
+pub fn bounded_capacity(configured: usize) -> usize {
+    configured.clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
+}
