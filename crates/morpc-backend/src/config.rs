@@ -95,6 +95,9 @@ pub struct BackendConfig<Req> {
     /// Heartbeat: ping every `read_timeout / 5`, reset after `read_timeout` of silence.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub(crate) read_timeout: Option<Duration>,
+    /// How long the socket may accept no bytes of a batch before the connection breaks.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub(crate) write_timeout: Duration,
     /// Reconnect backoff and window.
     pub(crate) reconnect: ReconnectPolicy,
     /// How long the reader waits for a stalled stream consumer before ending the stream.
@@ -126,6 +129,7 @@ impl<Req> Clone for BackendConfig<Req> {
             connect_on_create: self.connect_on_create,
             default_timeout: self.default_timeout,
             read_timeout: self.read_timeout,
+            write_timeout: self.write_timeout,
             reconnect: self.reconnect.clone(),
             stream_stall_timeout: self.stream_stall_timeout,
             max_stream_buffered_bytes: self.max_stream_buffered_bytes,
@@ -149,6 +153,7 @@ impl<Req> fmt::Debug for BackendConfig<Req> {
             .field("connect_on_create", &self.connect_on_create)
             .field("default_timeout", &self.default_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("write_timeout", &self.write_timeout)
             .field("reconnect", &self.reconnect)
             .field("stream_stall_timeout", &self.stream_stall_timeout)
             .field("max_stream_buffered_bytes", &self.max_stream_buffered_bytes)
@@ -165,7 +170,7 @@ pub const DEFAULT_BATCH_SEND_SIZE: usize = 64;
 
 impl<Req> Default for BackendConfig<Req> {
     /// `buffer_size` 1024, 64 MiB of queued writes, `busy_size` 768, `batch_send_size` 64, `connect_timeout` 10 s,
-    /// lazy connect, `default_timeout` 10 s, no heartbeat, reconnect window 30 s, stream
+    /// lazy connect, `default_timeout` 10 s, `write_timeout` 10 s, no heartbeat, reconnect window 30 s, stream
     /// stall timeout 1 s, 64 MiB of buffered stream messages, 64 KiB read buffer, the
     /// default V07 codec, no filter.
     fn default() -> Self {
@@ -178,6 +183,7 @@ impl<Req> Default for BackendConfig<Req> {
             connect_on_create: false,
             default_timeout: Duration::from_secs(10),
             read_timeout: None,
+            write_timeout: Duration::from_secs(10),
             reconnect: ReconnectPolicy::default(),
             stream_stall_timeout: Duration::from_secs(1),
             max_stream_buffered_bytes: 64 << 20,
@@ -229,6 +235,16 @@ impl<Req> BackendConfig<Req> {
     /// Timeout of sends that carry no timeout or deadline of their own.
     pub fn default_timeout(mut self, d: Duration) -> Self {
         self.default_timeout = d;
+        self
+    }
+
+    /// How long the socket may accept no bytes of a batch being written before the
+    /// connection breaks (default 10 s, at least 1 ms). It bounds each write's progress,
+    /// not the whole batch: a large payload to a peer that reads slowly but steadily is
+    /// not cut off, and a request with little time left batched behind it does not break
+    /// the connection for everyone (its own deadline still fails it with `Timeout`).
+    pub fn write_timeout(mut self, d: Duration) -> Self {
+        self.write_timeout = d.max(Duration::from_millis(1));
         self
     }
 

@@ -134,10 +134,12 @@ async fn write_loop<Req: Message, Resp: Message>(
         let now = now();
         prepare(&shared, &mut batch, now);
         let messages = batch.len();
-        let Some(earliest) = encode(&shared, &mut batch, &mut c.writer, now) else {
+        if !encode(&shared, &mut batch, &mut c.writer, now) {
             continue;
-        };
-        match c.writer.flush(WriteBound::Deadline(earliest)).await {
+        }
+        // Bounded by progress, not by the earliest deadline in the batch: one request
+        // with little time left must not break the connection for the others.
+        match c.writer.flush(WriteBound::Stall(shared.config.write_timeout)).await {
             Ok(bytes) => {
                 shared.touch(now);
                 // The clock is read again only when metrics are compiled in.
@@ -274,14 +276,13 @@ fn fail_items<Req, Resp>(
 }
 
 /// Encodes `batch` into `out` (payloads as their own chunks) and empties it. Returns the
-/// earliest deadline of what was encoded, or `None` if nothing was.
+/// whether anything is waiting to be written.
 fn encode<Req: Message, Resp>(
     shared: &Shared<Req, Resp>,
     batch: &mut Vec<WriteItem<Req>>,
     out: &mut FrameWriter,
     now: Instant,
-) -> Option<Instant> {
-    let mut earliest: Option<Instant> = None;
+) -> bool {
     for item in batch.drain(..) {
         let left = item.deadline.saturating_duration_since(now);
         let headers = FrameHeaders {
@@ -293,19 +294,19 @@ fn encode<Req: Message, Resp>(
             trace: item.trace(),
             extensions: Vec::new(),
         };
-        let (id, deadline, kind) = (item.id, item.deadline, item.kind);
+        let (id, kind) = (item.id, item.kind);
         let frame = Frame {
             body: item.body,
             headers,
             stream_seq: item.stream_seq,
         };
         match out.encode(&shared.codec, &frame) {
-            Ok(()) => earliest = Some(earliest.map_or(deadline, |e| e.min(deadline))),
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(address = %shared.address, id, error = %e, "cannot encode message");
                 resolve(shared, kind, id, e.into());
             }
         }
     }
-    earliest.filter(|_| !out.is_empty())
+    !out.is_empty()
 }

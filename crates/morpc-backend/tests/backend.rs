@@ -903,6 +903,40 @@ async fn write_deadline_covers_payload_bytes() {
     );
 }
 
+#[tokio::test]
+async fn a_short_deadline_batched_behind_a_large_payload_does_not_break_the_connection() {
+    let peer = Peer::tcp(Mode::Stall, CodecConfig::default()).await;
+    let backend = peer
+        .backend(
+            config()
+                .connect_on_create(true)
+                .write_timeout(Duration::from_secs(30)),
+        )
+        .await;
+    tokio::time::pause();
+    // One batch: a payload larger than the kernel's buffers, then a request with 1 s
+    // left. The peer reads nothing, so the write stays unfinished.
+    let big = RawMessage::with_payload("big", vec![0u8; 32 << 20]);
+    let big = backend
+        .send(big, SendOptions::timeout(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let short = backend
+        .send(msg("short"), SendOptions::timeout(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    tokio::pin!(big);
+    let err = short.await.unwrap_err();
+    assert!(matches!(err, BackendError::Timeout), "{err:?}");
+    // The short deadline failed its own request only: the connection (and the large
+    // request on it) lives on until the write makes no progress for `write_timeout`.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(futures::poll!(&mut big).is_pending(), "the large request is still in flight");
+    assert!(!backend.is_closed());
+    let err = big.await.unwrap_err();
+    assert!(matches!(err, BackendError::BackendClosed), "stalled past write_timeout: {err:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_future_resolves_exactly_once_under_concurrent_stress_with_faults() {
     let peer = Peer::tcp(Mode::Reverse, CodecConfig::default()).await;
