@@ -130,7 +130,8 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     /// # Errors
     /// [`BackendError::Busy`] when the queue stayed full until the deadline;
     /// [`BackendError::BackendClosed`] / [`BackendError::Unusable`] when the backend no
-    /// longer accepts work.
+    /// longer accepts work; [`BackendError::Codec`] with `FrameTooLarge` for a message
+    /// the codec's limits cannot carry (refused before it is queued).
     pub async fn send(
         &self,
         msg: Req,
@@ -179,7 +180,10 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             });
         }
         let id = shared.next_id();
-        let item = shared.message_item(msg, id, ItemKind::Request, opts);
+        let item = match shared.message_item(msg, id, ItemKind::Request, opts) {
+            Ok(item) => item,
+            Err((error, message)) => return Err(SendRejected { error, message }),
+        };
         let deadline = item.deadline;
         let (tx, rx) = oneshot::channel();
         let swept = shared.pending.insert_request(id, tx, deadline);
@@ -251,7 +255,9 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     /// As for [`send`](Backend::send).
     pub async fn send_oneway(&self, msg: Req, opts: SendOptions) -> Result<(), BackendError> {
         let shared = self.shared();
-        let item = shared.message_item(msg, shared.next_id(), ItemKind::OneWay, opts);
+        let item = shared
+            .message_item(msg, shared.next_id(), ItemKind::OneWay, opts)
+            .map_err(|(error, _)| error)?;
         shared.enqueue(item).await
     }
 

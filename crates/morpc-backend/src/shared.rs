@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{ByteBudget, message_bytes};
+use crate::connection::ByteBudget;
 use crate::pending::PendingTable;
 use crate::{Address, BackendConfig, BackendError, SendOptions};
 
@@ -227,19 +227,29 @@ impl<Req, Resp> Shared<Req, Resp> {
 impl<Req: Message, Resp: Message> Shared<Req, Resp> {
     /// The queue item for message `msg` sent as `id` (written into it), with its deadline
     /// resolved from `opts` (by default `default_timeout` from now).
+    ///
+    /// # Errors
+    /// A message too large for the codec comes back with `FrameTooLarge`, so its sender
+    /// learns it at once (it used to be dropped by the writer: a request then timed out,
+    /// a one-way message or stream send reported success).
+    // The message travels back by value on the (rare) failure path.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn message_item(
         &self,
         mut msg: Req,
         id: u64,
         kind: ItemKind,
         opts: SendOptions,
-    ) -> WriteItem<Req> {
+    ) -> Result<WriteItem<Req>, (BackendError, Req)> {
+        let bytes = match self.codec.check_message(&msg) {
+            Ok(bytes) => bytes,
+            Err(e) => return Err((e.into(), msg)),
+        };
         let deadline = opts.resolve_deadline(self.config.default_timeout);
         msg.set_id(id);
-        let bytes = message_bytes(&msg);
         let mut item = WriteItem::new(FrameBody::Message(msg), id, deadline, kind, opts);
         item.charge = bytes;
-        item
+        Ok(item)
     }
 
     /// Queues `item`, waiting for space until its deadline.

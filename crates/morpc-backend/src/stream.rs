@@ -83,14 +83,18 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
     }
 
     /// The queue item for `msg`, numbered with the next sequence (V07).
-    fn item(&self, msg: Req, opts: SendOptions) -> WriteItem<Req> {
+    ///
+    /// # Errors
+    /// `FrameTooLarge` for a message the codec cannot carry.
+    fn item(&self, msg: Req, opts: SendOptions) -> Result<WriteItem<Req>, BackendError> {
         let mut item = self
             .shared
-            .message_item(msg, self.id, ItemKind::Stream, opts);
+            .message_item(msg, self.id, ItemKind::Stream, opts)
+            .map_err(|(error, _)| error)?;
         if self.shared.codec.framing() == Framing::V07 {
             item.stream_seq = Some(self.next_seq);
         }
-        item
+        Ok(item)
     }
 
     /// Whether the stream has ended: closed here (`rx` closed), or ended by the connection
@@ -117,7 +121,7 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
         }
         // Only the (rare, boxed) wait for queue room lives across the await.
         let wait = {
-            let item = self.item(msg, opts);
+            let item = self.item(msg, opts)?;
             match self.shared.enqueue_or_wait(item) {
                 Enqueue::Done => None,
                 Enqueue::Refused(error, _) => return Err(error),
@@ -196,7 +200,7 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
     }
 
     fn start_send(mut self: Pin<&mut Self>, msg: Req) -> Result<(), BackendError> {
-        let item = self.item(msg, SendOptions::new());
+        let item = self.item(msg, SendOptions::new())?;
         match self.shared.try_enqueue_now(item) {
             Ok(()) => {}
             Err((Some(error), _)) => return Err(error),

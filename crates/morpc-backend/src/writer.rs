@@ -139,7 +139,11 @@ async fn write_loop<Req: Message, Resp: Message>(
         }
         // Bounded by progress, not by the earliest deadline in the batch: one request
         // with little time left must not break the connection for the others.
-        match c.writer.flush(WriteBound::Stall(shared.config.write_timeout)).await {
+        match c
+            .writer
+            .flush(WriteBound::Stall(shared.config.write_timeout))
+            .await
+        {
             Ok(bytes) => {
                 shared.touch(now);
                 // The clock is read again only when metrics are compiled in.

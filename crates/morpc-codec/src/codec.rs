@@ -81,6 +81,36 @@ impl Codec {
         Ok(payload.filter(|p| !p.is_empty()))
     }
 
+    /// Checks that `msg` fits this codec's limits before it is queued, and returns its
+    /// size (body and payload), so an oversized message is refused to its sender at once
+    /// instead of failing later in a connection's writer. The frame's headers add a few
+    /// dozen bytes, so a message within a few bytes of the limit can still fail
+    /// [`encode`](Codec::encode).
+    ///
+    /// # Errors
+    /// [`CodecError::FrameTooLarge`] when the body exceeds the body limit or body and
+    /// payload together the frame limit.
+    #[inline]
+    pub fn check_message<M: Message>(&self, msg: &M) -> Result<usize, CodecError> {
+        let body = msg.encoded_len();
+        let size = body + msg.payload().map_or(0, Bytes::len);
+        let body_limit = self.config.body_limit();
+        if body > body_limit {
+            return Err(CodecError::FrameTooLarge {
+                size: body,
+                max: body_limit,
+            });
+        }
+        let frame_limit = self.config.frame_limit().min(u32::MAX as usize);
+        if size > frame_limit {
+            return Err(CodecError::FrameTooLarge {
+                size,
+                max: frame_limit,
+            });
+        }
+        Ok(size)
+    }
+
     /// Decodes the first complete frame of `src`.
     ///
     /// Returns `Ok(None)` when `src` does not yet hold a whole frame; nothing is consumed

@@ -277,7 +277,9 @@ impl<Resp> ServerConfig<Resp> {
         self
     }
 
-    /// Installs a response filter.
+    /// Installs a response filter: a response it rejects is not written. Its client is
+    /// not told (morpc has no error frame): the request fails there with `Timeout` at its
+    /// deadline, so filter only what nobody waits for, or answer something else.
     pub fn filter(mut self, filter: ResponseFilter<Resp>) -> Self {
         self.filter = Some(filter);
         self

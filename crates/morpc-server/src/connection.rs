@@ -64,6 +64,7 @@ where
         control: control.clone(),
         write_timeout: config.write_timeout,
         budget,
+        codec: shared.codec.clone(),
     });
     let reader = FrameReader::new(
         reader,

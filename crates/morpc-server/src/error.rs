@@ -81,6 +81,11 @@ pub enum CloseReason {
     /// complete frame, or had been silent longest.
     #[error("evicted at max_connections to admit a new connection")]
     Evicted,
+    /// A response could not be encoded (larger than the codec's limits by its headers,
+    /// or not supported by the framing); the client would otherwise wait for it until
+    /// its deadline.
+    #[error("a response could not be encoded: {0}")]
+    Unencodable(CodecError),
 }
 
 impl CloseReason {

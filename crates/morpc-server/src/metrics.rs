@@ -35,6 +35,7 @@ mod imp {
             CloseReason::WriteTimeout(_) => "write_timeout",
             CloseReason::Evicted => "evicted",
             CloseReason::TaskPanicked(_) => "task_panicked",
+            CloseReason::Unencodable(_) => "unencodable",
         };
         metrics::counter!("morpc_server_connections_total", "event" => "closed").increment(1);
         metrics::counter!("morpc_server_connections_closed_total", "reason" => kind).increment(1);

@@ -236,6 +236,7 @@ where
                 _ => continue,
             };
             let id = message.id();
+            session.control.note_request(id);
             if self.ahead.take_cancelled(id) {
                 continue;
             }

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use morpc_backend::connection::{ByteBudget, message_bytes};
-use morpc_codec::{Frame, Message};
+use morpc_codec::{Codec, Frame, Message};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,11 @@ pub(crate) struct ConnControl {
     /// Nanoseconds after `accepted` of the last complete frame from the peer
     /// (`u64::MAX`: none yet).
     last_frame: AtomicU64,
+    /// The highest request id received (clients number requests upwards from 1, so a
+    /// response above it, or to 0, answers nothing this connection received).
+    highest_id: AtomicU64,
+    /// Whether a response to an id never received was already logged at WARN.
+    warned_unknown_id: std::sync::atomic::AtomicBool,
 }
 
 impl ConnControl {
@@ -37,6 +42,8 @@ impl ConnControl {
             cause: OnceLock::new(),
             accepted: morpc_backend::connection::now(),
             last_frame: AtomicU64::new(u64::MAX),
+            highest_id: AtomicU64::new(0),
+            warned_unknown_id: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -58,6 +65,32 @@ impl ConnControl {
         let nanos = at.saturating_duration_since(self.accepted).as_nanos() as u64;
         self.last_frame
             .store(nanos.min(u64::MAX - 1), Ordering::Relaxed);
+    }
+
+    /// Records a request id received.
+    #[inline]
+    pub(crate) fn note_request(&self, id: u64) {
+        // The reader is the only writer: a load and a store, no read-modify-write.
+        if id > self.highest_id.load(Ordering::Relaxed) {
+            self.highest_id.store(id, Ordering::Relaxed);
+        }
+    }
+
+    /// Logs a response to an id this connection never received (a handler that did not
+    /// copy the request id): at WARN the first time, at DEBUG after that.
+    #[inline]
+    pub(crate) fn check_response_id(&self, id: u64) {
+        if id != 0 && id <= self.highest_id.load(Ordering::Relaxed) {
+            return;
+        }
+        if !self.warned_unknown_id.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                id,
+                "response to an id this connection never received (did the handler copy the request id?); the client drops it"
+            );
+        } else {
+            tracing::debug!(id, "response to an id this connection never received");
+        }
     }
 
     /// When the connection was accepted.
@@ -86,12 +119,14 @@ pub(crate) struct Outgoing<Resp> {
 /// Bytes a frame holds while queued: its message's body and payload, and room for its
 /// header.
 pub(crate) fn queued_size<Resp: Message>(frame: &Frame<Resp>) -> usize {
-    const HEADER: usize = 64;
     match &frame.body {
-        morpc_codec::FrameBody::Message(m) => HEADER + message_bytes(m),
-        _ => HEADER,
+        morpc_codec::FrameBody::Message(m) => FRAME_HEADER + message_bytes(m),
+        _ => FRAME_HEADER,
     }
 }
+
+/// Room a queued frame's header is charged for.
+const FRAME_HEADER: usize = 64;
 
 /// What every session of one connection shares.
 pub(crate) struct SessionShared<Resp> {
@@ -105,15 +140,23 @@ pub(crate) struct SessionShared<Resp> {
     pub(crate) write_timeout: Duration,
     /// Bytes queued for writing, against the connection's and the server's budget.
     pub(crate) budget: Arc<ByteBudget>,
+    /// The connection's codec, whose limits a response is checked against when queued.
+    pub(crate) codec: Codec,
 }
 
 impl<Resp: Message> SessionShared<Resp> {
     /// Queues `frame` if the queue and the budget have room now. Otherwise gives the
     /// frame back when there is no room (`Some`), or drops it when the connection is gone
     /// (`None`).
+    /// `size` is the message's size when the caller already knows it.
     #[inline]
-    fn try_queue(&self, frame: Frame<Resp>) -> Result<(), Option<Frame<Resp>>> {
-        let Some(charge) = self.budget.try_take(queued_size(&frame)) else {
+    fn try_queue_sized(
+        &self,
+        frame: Frame<Resp>,
+        size: Option<usize>,
+    ) -> Result<(), Option<Frame<Resp>>> {
+        let size = size.map_or_else(|| queued_size(&frame), |s| FRAME_HEADER + s);
+        let Some(charge) = self.budget.try_take(size) else {
             return Err(Some(frame));
         };
         match self.tx.try_send(Outgoing { frame, charge }) {
@@ -139,7 +182,7 @@ impl<Resp: Message> SessionShared<Resp> {
         frame: Frame<Resp>,
         deadline: Option<Instant>,
     ) -> Result<(), ServerError> {
-        match self.queue_or_wait(frame, deadline) {
+        match self.queue_or_wait(frame, deadline, None) {
             Ok(()) => Ok(()),
             Err(Queue::Closed) => Err(ServerError::SessionClosed),
             Err(Queue::Wait(wait)) => wait.await,
@@ -154,8 +197,9 @@ impl<Resp: Message> SessionShared<Resp> {
         &self,
         frame: Frame<Resp>,
         deadline: Option<Instant>,
+        size: Option<usize>,
     ) -> Result<(), Queue<'_>> {
-        match self.try_queue(frame) {
+        match self.try_queue_sized(frame, size) {
             Ok(()) => Ok(()),
             Err(None) => Err(Queue::Closed),
             Err(Some(frame)) => Err(Queue::Wait(Box::pin(self.wait_to_queue(frame, deadline)))),
@@ -242,30 +286,43 @@ impl<Resp: Message> ClientSession<Resp> {
     /// write budget until the request's deadline, and never longer than the server's
     /// write timeout.
     ///
+    /// The response must carry the id of the request it answers (or of the stream it
+    /// belongs to): the client delivers by id, and a response to an id it does not wait
+    /// for is dropped there (the server logs a warning for ids this connection never
+    /// received).
+    ///
     /// # Errors
     /// [`ServerError::Busy`] when there was no room until then;
-    /// [`ServerError::SessionClosed`] when the connection is gone.
+    /// [`ServerError::SessionClosed`] when the connection is gone;
+    /// [`ServerError::Codec`] with `FrameTooLarge` for a response the codec's limits
+    /// cannot carry — answer with something smaller, or return the error from the
+    /// handler, which closes the connection so the client learns at once instead of
+    /// waiting for its deadline.
     pub async fn write(&self, response: Resp) -> Result<(), ServerError> {
+        let size = self.shared.codec.check_message(&response)?;
         // Only the boxed wait lives across the await, keeping this future small.
-        let wait = match self
-            .shared
-            .queue_or_wait(Frame::message(response), self.deadline)
-        {
-            Ok(()) => return Ok(()),
-            Err(Queue::Closed) => return Err(ServerError::SessionClosed),
-            Err(Queue::Wait(wait)) => wait,
-        };
+        let wait =
+            match self
+                .shared
+                .queue_or_wait(Frame::message(response), self.deadline, Some(size))
+            {
+                Ok(()) => return Ok(()),
+                Err(Queue::Closed) => return Err(ServerError::SessionClosed),
+                Err(Queue::Wait(wait)) => wait,
+            };
         wait.await
     }
 
     /// Queues `response` only if there is room now; never waits.
     ///
     /// # Errors
-    /// [`ServerError::QueueFull`] (queue or write budget full) or
-    /// [`ServerError::SessionClosed`].
+    /// [`ServerError::QueueFull`] (queue or write budget full),
+    /// [`ServerError::SessionClosed`], or [`ServerError::Codec`] as for
+    /// [`write`](ClientSession::write).
     pub fn write_oneway(&self, response: Resp) -> Result<(), ServerError> {
+        let size = self.shared.codec.check_message(&response)?;
         self.shared
-            .try_queue(Frame::message(response))
+            .try_queue_sized(Frame::message(response), Some(size))
             .map_err(|frame| match frame {
                 Some(_) => ServerError::QueueFull,
                 None => ServerError::SessionClosed,

@@ -45,16 +45,24 @@ pub(crate) async fn write_loop<H, Resp: Message>(
             number_stream_responses(&streams, &mut batch);
         }
         let messages = batch.len();
-        let mut charged = 0;
-        for Outgoing { frame, charge } in batch.drain(..) {
-            charged += charge;
+        // Counted first: the loop may stop early, and the whole batch goes back.
+        let charged: usize = batch.iter().map(|o| o.charge).sum();
+        for Outgoing { frame, .. } in batch.drain(..) {
             if let (Some(filter), FrameBody::Message(m)) = (&shared.config.filter, &frame.body) {
                 if !filter(m) {
                     continue;
                 }
             }
+            if let FrameBody::Message(m) = &frame.body {
+                control.check_response_id(m.id());
+            }
             if let Err(e) = writer.encode(&shared.codec, &frame) {
-                tracing::warn!(error = %e, "cannot encode response; dropped");
+                // Sessions refuse oversized responses; what still cannot be encoded
+                // closes the connection, so its client learns at once instead of at
+                // its deadline.
+                tracing::warn!(error = %e, "cannot encode a response; closing the connection");
+                control.close_with(CloseReason::Unencodable(e));
+                break;
             }
         }
         if writer.is_empty() {

@@ -713,3 +713,77 @@ async fn pings_are_answered_while_a_long_in_order_handler_runs() {
     assert_eq!(within("slow", slow).await.unwrap().body, "slow");
     assert_eq!(within("fast", fast).await.unwrap().body, "fast");
 }
+
+#[tokio::test]
+async fn an_oversized_response_fails_its_write_and_closes_instead_of_a_client_timeout() {
+    let config = ServerConfig::new().codec(CodecConfig::default().max_body_size(1024));
+    let (tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |req: Request<RawMessage>, session: ClientSession<RawMessage>| {
+        let tx = tx.clone();
+        async move {
+            let mut big = req.message;
+            big.body = vec![b'x'; 4096].into();
+            let written = session.write(big).await;
+            let _ = tx.send(format!("{written:?}"));
+            written.map_err(HandlerError::from)
+        }
+    };
+    let server = RpcServer::start("127.0.0.1:0", config, handler)
+        .await
+        .unwrap();
+    let backend = client(&server).await;
+    let err = within(
+        "the client learns before its deadline",
+        backend.request(msg("x"), SendOptions::timeout(Duration::from_secs(30))),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+    let written = results.recv().await.unwrap();
+    assert!(written.contains("FrameTooLarge"), "{written}");
+}
+
+/// A `tracing` writer collecting everything logged, for tests on log lines.
+#[derive(Clone, Default)]
+struct Logs(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_response_to_an_id_never_received_is_logged_at_warn() {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .finish();
+    // This test's runtime is single-threaded: the server's tasks log to this subscriber.
+    let _default = tracing::subscriber::set_default(subscriber);
+    // A handler that forgets to copy the request id (answers with a fresh message).
+    let forgetful = sync_handler(|_req: Request<RawMessage>| Ok::<_, HandlerError>(msg("lost")));
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), forgetful)
+        .await
+        .unwrap();
+    let backend = client(&server).await;
+    let err = backend
+        .request(msg("x"), SendOptions::timeout(Duration::from_millis(300)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Timeout), "{err:?}");
+    let logged = String::from_utf8(logs.0.lock().clone()).unwrap();
+    assert!(
+        logged.contains("WARN") && logged.contains("never received"),
+        "{logged}"
+    );
+}
