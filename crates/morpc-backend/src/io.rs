@@ -58,7 +58,8 @@ pub async fn yield_to_ready_tasks() {
 const MAX_IO_SLICES: usize = 64;
 
 /// Writes every chunk in order with vectored writes (payload chunks are never copied),
-/// then flushes once. Chunks are advanced past what was written.
+/// then flushes once. Chunks are advanced past what was written (a chunk written whole is
+/// left empty), so what remains in them is what was not written.
 ///
 /// With `stall`, every single write (and the flush) must make progress within it: a peer
 /// that stops reading fails the write with `TimedOut` after `stall`, however long the
@@ -95,6 +96,7 @@ pub async fn write_chunks<W: AsyncWrite + Unpin + ?Sized>(
             let chunk = &mut chunks[first];
             if written >= chunk.len() {
                 written -= chunk.len();
+                chunk.clear();
                 first += 1;
             } else {
                 chunk.advance(written);

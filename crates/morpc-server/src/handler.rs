@@ -11,7 +11,7 @@ use morpc_backend::connection::panic_message;
 use morpc_codec::{FrameHeaders, Message, TraceContext};
 
 use crate::metrics;
-use crate::{ClientSession, CloseReason, HandlerError};
+use crate::{ClientSession, CloseReason, HandlerError, ServerError};
 
 /// One decoded request, with what its frame carried.
 #[derive(Debug)]
@@ -87,9 +87,23 @@ where
         request: Request<Req>,
         session: ClientSession<Resp>,
     ) -> Result<(), HandlerError> {
+        let sequence = request.sequence;
         let response = (self.0)(request)?;
-        session.write(response).await?;
-        Ok(())
+        match session.write(response).await {
+            // No room until the request's deadline (the client has given up on it) or
+            // the write timeout: this response is dropped, the connection and its other
+            // requests live on. A peer that reads nothing at all is closed by the writer
+            // after the write timeout.
+            Err(ServerError::Busy) => {
+                tracing::debug!(
+                    sequence,
+                    "response dropped: no room in the session queue in time"
+                );
+                crate::metrics::response_dropped();
+                Ok(())
+            }
+            other => other.map_err(Into::into),
+        }
     }
 }
 

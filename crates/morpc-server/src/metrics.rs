@@ -11,6 +11,8 @@
 //! | `morpc_server_handlers_total` | counter | `outcome` = ok, error, panic |
 //! | `morpc_server_sent_messages_total` / `morpc_server_sent_bytes_total` | counter | |
 //! | `morpc_server_write_batch_size` | histogram | |
+//! | `morpc_server_responses_dropped_total` | counter | (no queue room in time) |
+//! | `morpc_server_accept_failures_total` | counter | |
 
 #[cfg(feature = "metrics")]
 mod imp {
@@ -64,6 +66,18 @@ mod imp {
         metrics::counter!("morpc_server_sent_bytes_total").increment(bytes as u64);
         metrics::histogram!("morpc_server_write_batch_size").record(messages as f64);
     }
+
+    pub(crate) fn partly_written(bytes: usize) {
+        metrics::counter!("morpc_server_sent_bytes_total").increment(bytes as u64);
+    }
+
+    pub(crate) fn response_dropped() {
+        metrics::counter!("morpc_server_responses_dropped_total").increment(1);
+    }
+
+    pub(crate) fn accept_failed() {
+        metrics::counter!("morpc_server_accept_failures_total").increment(1);
+    }
 }
 
 #[cfg(not(feature = "metrics"))]
@@ -84,6 +98,12 @@ mod imp {
     pub(crate) fn handler_done(_outcome: &Result<(), CloseReason>, _took: Duration) {}
     #[inline(always)]
     pub(crate) fn batch_written(_messages: usize, _bytes: usize) {}
+    #[inline(always)]
+    pub(crate) fn partly_written(_bytes: usize) {}
+    #[inline(always)]
+    pub(crate) fn response_dropped() {}
+    #[inline(always)]
+    pub(crate) fn accept_failed() {}
 }
 
 pub(crate) use imp::*;

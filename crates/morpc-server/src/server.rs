@@ -261,6 +261,7 @@ async fn accept_loop<Req, Resp, H>(
         shared.config.max_connections,
     )));
     let connections = Arc::new(Connections::default());
+    let mut accept_failures = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -268,11 +269,25 @@ async fn accept_loop<Req, Resp, H>(
             r = listener.accept() => r,
         };
         let (stream, remote) = match accepted {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                accept_failures.succeeded();
+                conn
+            }
             Err(e) => {
-                // Out of descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Out of descriptors and the like: back off instead of spinning, and
+                // log once per run of failures, not 50 times a second.
+                let (pause, first) = accept_failures.failed();
+                crate::metrics::accept_failed();
+                if first {
+                    tracing::warn!(error = %e, "accept failed; backing off until it succeeds again");
+                } else {
+                    tracing::debug!(error = %e, ?pause, "accept failed");
+                }
+                tokio::select! {
+                    biased;
+                    () = shared.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
                 continue;
             }
         };
@@ -335,9 +350,53 @@ async fn accept_loop<Req, Resp, H>(
     }
 }
 
+/// The pause after failed accepts: 5 ms doubling to 1 s while they keep failing, back to
+/// 5 ms after a success.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// Failures in a row.
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    /// Shortest pause.
+    const MIN: Duration = Duration::from_millis(5);
+    /// Longest pause.
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// Records a failure; returns the pause before the next accept, and whether this is
+    /// the first failure of a run (the one logged at WARN).
+    fn failed(&mut self) -> (Duration, bool) {
+        let pause = Self::MIN
+            .saturating_mul(1 << self.failures.min(16))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        (pause, self.failures == 1)
+    }
+
+    /// Records a success.
+    fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_accepts_back_off_exponentially_and_log_once_per_run() {
+        let mut backoff = AcceptBackoff::default();
+        let runs: Vec<(Duration, bool)> = (0..10).map(|_| backoff.failed()).collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(runs[0], (ms(5), true));
+        assert_eq!(runs[1], (ms(10), false));
+        assert_eq!(runs[2], (ms(20), false));
+        assert_eq!(runs[8], (ms(1000), false), "capped at 1 s");
+        assert!(runs[1..].iter().all(|(_, first)| !first));
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), (ms(5), true), "a new run after a success");
+    }
 
     #[test]
     fn the_victim_is_the_oldest_connection_that_never_sent_a_frame() {

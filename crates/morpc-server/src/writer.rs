@@ -79,6 +79,7 @@ pub(crate) async fn write_loop<H, Resp: Message>(
         match written {
             Ok(sent) => metrics::batch_written(messages, sent),
             Err(e) => {
+                metrics::partly_written(writer.last_written());
                 let reason = match e {
                     WriteError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                         CloseReason::WriteTimeout(shared.config.write_timeout)

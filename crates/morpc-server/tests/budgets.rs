@@ -340,3 +340,24 @@ async fn a_panic_in_the_connection_writer_closes_the_connection_with_its_cause()
     assert!(matches!(reason, CloseReason::TaskPanicked(_)), "{reason}");
     assert!(lived < SECOND, "{lived:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_response_without_room_in_time_is_dropped_and_the_connection_lives_on() {
+    let codec = Codec::new(CodecConfig::default());
+    let config = echo_config()
+        .session_buffer_size(1)
+        .write_timeout(10 * SECOND);
+    let (mut peer, served) = serve_echo(config, 1024);
+    // 4 KiB requests with 1 s deadlines from a peer that reads nothing: after a response
+    // or two, every response waits for queue room until its request's deadline.
+    for id in 1..=8 {
+        peer.write_all(&request(&codec, id, 4096, None, SECOND))
+            .await
+            .unwrap();
+    }
+    let (reason, lived) = within("closed", served).await.unwrap();
+    // Before, the first response without room closed the connection (HandlerFailed at
+    // 1 s) with every other request on it; now only the write timeout closes it.
+    assert!(matches!(reason, CloseReason::WriteTimeout(_)), "{reason}");
+    assert!(lived >= 10 * SECOND, "{lived:?}");
+}

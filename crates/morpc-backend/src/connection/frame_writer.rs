@@ -40,6 +40,8 @@ pub struct FrameWriter {
     buf: BytesMut,
     /// What to write, in order.
     chunks: Vec<Bytes>,
+    /// Bytes the last flush wrote, whether it succeeded or not.
+    last_written: usize,
 }
 
 impl std::fmt::Debug for FrameWriter {
@@ -60,6 +62,7 @@ impl FrameWriter {
             io,
             buf: BytesMut::with_capacity(BATCH_BUFFER),
             chunks: Vec::with_capacity(4),
+            last_written: 0,
         }
     }
 
@@ -117,8 +120,20 @@ impl FrameWriter {
                 Err(_) => Err(WriteError::Deadline),
             },
         };
+        self.last_written = match written {
+            Ok(()) => bytes,
+            // Chunks are advanced past what was written, even when the write failed or
+            // its bound expired half-way.
+            Err(_) => bytes - self.chunks.iter().map(Bytes::len).sum::<usize>(),
+        };
         self.chunks.clear();
         written.map(|()| bytes)
+    }
+
+    /// Bytes the last [`flush`](FrameWriter::flush) wrote, also when it failed part-way
+    /// (for byte counters that must not undercount).
+    pub fn last_written(&self) -> usize {
+        self.last_written
     }
 
     /// Flushes and shuts the write half down (the peer reads the end of the stream).
@@ -127,5 +142,33 @@ impl FrameWriter {
     /// The socket's error.
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         self.io.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use morpc_codec::{CodecConfig, RawMessage};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_that_stalls_part_way_reports_what_it_wrote() {
+        // A pipe with room for 1 KiB that nobody reads.
+        let (_peer, io) = tokio::io::duplex(1024);
+        let (_, write_half) = tokio::io::split(io);
+        let mut writer = FrameWriter::new(Box::pin(write_half));
+        let codec = Codec::new(CodecConfig::default());
+        let frame = Frame::message(RawMessage::with_payload("x", vec![0u8; 8192]));
+        writer.encode(&codec, &frame).unwrap();
+        let total = writer.pending_bytes();
+        let err = writer
+            .flush(WriteBound::Stall(Duration::from_secs(1)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WriteError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "{err:?}"
+        );
+        assert_eq!(writer.last_written(), 1024, "of {total}");
     }
 }
