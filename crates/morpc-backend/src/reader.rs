@@ -80,6 +80,9 @@ async fn read_loop<Req: Message, Resp: Message>(
                     crate::metrics::message_received();
                     if let Some(stalled) = dispatch(shared, frame) {
                         stalled.await;
+                        // The wait was ours, not the peer's silence: the heartbeat's
+                        // limit starts again now.
+                        reader.resume();
                     }
                 }
                 Ok(None) => break,

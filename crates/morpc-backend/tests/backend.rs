@@ -743,6 +743,38 @@ async fn stream_sequence_gap_ends_the_stream_with_a_typed_error() {
 }
 
 #[tokio::test]
+async fn a_stalled_stream_consumer_does_not_trip_the_heartbeat() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer
+        .backend(
+            config()
+                .connect_on_create(true)
+                .read_timeout(Some(Duration::from_secs(1)))
+                .stream_stall_timeout(Duration::from_secs(3)),
+        )
+        .await;
+    tokio::time::pause();
+    let mut stalled = backend.new_stream(1).unwrap();
+    stalled
+        .send(msg("push:3"), SendOptions::new())
+        .await
+        .unwrap();
+    // Nobody reads the stream: the reader waits 3 s for room, longer than the 1 s read
+    // timeout, then ends the stream. The time it waited is not the peer's silence.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let resp = backend
+        .request(msg("after"), SendOptions::timeout(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(resp.body, "after");
+    assert_eq!(
+        peer.seen.connections.load(Ordering::Relaxed),
+        1,
+        "the connection was never reset"
+    );
+}
+
+#[tokio::test]
 async fn stalled_stream_consumer_cannot_block_the_connection() {
     let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
     let backend = peer

@@ -118,6 +118,13 @@ impl FrameReader {
         Ok(n)
     }
 
+    /// Tells the reader that its owner stopped reading for a while by its own choice
+    /// (the client waiting for room in a stream consumer's buffer): the peer's silence
+    /// counts from now, since it could not have been heard meanwhile.
+    pub fn resume(&mut self) {
+        self.timer.on_bytes(super::now());
+    }
+
     /// Splits the next complete frame off the buffer, undecoded (see
     /// [`Codec::split_frame`]).
     ///
