@@ -91,6 +91,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             last_active: AtomicU64::new(0),
             stream_budget,
             queue_budget,
+            connections: AtomicU64::new(0),
             canceller: cancel_extension.then(|| {
                 let weak = weak.clone();
                 Arc::new(move |id: u64| {
@@ -309,7 +310,9 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         let deadline = deadline_after(started, timeout);
         let id = shared.next_id();
         let (tx, rx) = oneshot::channel();
-        shared.pending.insert(id, Pending::Ping(tx));
+        shared
+            .pending
+            .insert(id, Pending::Ping(tx, crate::pending::UNWRITTEN));
         let _unregister = Unregister {
             table: &shared.pending,
             id,

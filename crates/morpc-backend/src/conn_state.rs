@@ -14,12 +14,15 @@ pub(crate) struct ConnState {
     pub(crate) token: CancellationToken,
     /// Set by whoever breaks the connection first.
     pub(crate) broken: AtomicBool,
+    /// The connection's number on its backend (from 1): what it carried is marked with
+    /// it in the pending table.
+    pub(crate) epoch: u64,
 }
 
 impl ConnState {
-    /// Breaks the connection once: logs `cause`, fails everything pending with
-    /// `BackendClosed` (in-flight requests fail now; nothing is re-sent) and stops the
-    /// reader.
+    /// Breaks the connection once: logs `cause`, fails what it carried with
+    /// `BackendClosed` (in-flight requests fail now; nothing is re-sent; requests the
+    /// writer already wrote on a newer connection are not touched) and stops the reader.
     pub(crate) fn break_with<Req, Resp>(
         &self,
         shared: &Shared<Req, Resp>,
@@ -27,7 +30,9 @@ impl ConnState {
     ) {
         if !self.broken.swap(true, Ordering::AcqRel) {
             tracing::debug!(address = %shared.address, cause = %cause, "connection broken");
-            shared.pending.fail_all(&BackendError::BackendClosed);
+            shared
+                .pending
+                .fail_connection(self.epoch, &BackendError::BackendClosed);
             self.token.cancel();
         }
     }

@@ -29,11 +29,15 @@ use crate::ids::IdBuildHasher;
 pub(crate) type ResponseSender<Resp> = oneshot::Sender<Result<Resp, BackendError>>;
 
 /// What waits on an id.
+///
+/// Requests and pings carry the epoch of the connection they were written on (0 while
+/// unwritten), so that breaking one connection fails only what it carried: see
+/// [`PendingTable::fail_connection`].
 pub(crate) enum Pending<Resp> {
-    /// A request's response future.
-    Request(ResponseSender<Resp>),
-    /// A `ping()` waiting for its pong.
-    Ping(oneshot::Sender<Result<(), BackendError>>),
+    /// A request's response future, and its connection's epoch.
+    Request(ResponseSender<Resp>, u64),
+    /// A `ping()` waiting for its pong, and its connection's epoch.
+    Ping(oneshot::Sender<Result<(), BackendError>>, u64),
     /// An open stream.
     Stream(StreamSlot<Resp>),
 }
@@ -70,6 +74,10 @@ impl StreamEnd {
 
 /// Id → waiter.
 pub(crate) type PendingMap<Resp> = HashMap<u64, Pending<Resp>, IdBuildHasher>;
+
+/// The epoch of a request or ping not yet written on any connection (connections are
+/// numbered from 1).
+pub(crate) const UNWRITTEN: u64 = 0;
 
 /// Number of shards (a power of two).
 const SHARDS: usize = 16;
@@ -147,7 +155,7 @@ impl<Resp> PendingTable<Resp> {
         let in_order = {
             let mut shard = self.shard(id).lock();
             let shard = &mut *shard;
-            shard.map.insert(id, Pending::Request(tx));
+            shard.map.insert(id, Pending::Request(tx, UNWRITTEN));
             let in_order = shard
                 .deadlines
                 .back()
@@ -174,9 +182,18 @@ impl<Resp> PendingTable<Resp> {
         self.shard(id).lock().map.remove(&id)
     }
 
-    /// Whether `id` is still registered.
-    pub(crate) fn contains(&self, id: u64) -> bool {
-        self.shard(id).lock().map.contains_key(&id)
+    /// Records that request or ping `id` is being written on the connection of `epoch`;
+    /// returns whether it is still registered (its waiter may be gone, or a broken
+    /// connection may have failed it, and then it must not be written).
+    pub(crate) fn mark_written(&self, id: u64, epoch: u64) -> bool {
+        match self.shard(id).lock().map.get_mut(&id) {
+            Some(Pending::Request(_, written) | Pending::Ping(_, written)) => {
+                *written = epoch;
+                true
+            }
+            Some(Pending::Stream(_)) => true,
+            None => false,
+        }
     }
 
     /// Runs `f` on the entries of the shard holding `id` under its lock; `f` must not
@@ -205,6 +222,35 @@ impl<Resp> PendingTable<Resp> {
         }
     }
 
+    /// Fails with `err` what the broken connection of `epoch` leaves without an answer:
+    /// requests and pings written on it or an older one, those not yet written (they
+    /// never reached the peer, and the writer skips what is no longer registered), and
+    /// every stream. A request already written on a newer connection — the writer may
+    /// have reconnected while this drain ran — is left alone: failing it would make its
+    /// caller retry a request the server runs.
+    pub(crate) fn fail_connection(&self, epoch: u64, err: &BackendError) {
+        for shard in &self.shards {
+            let drained: Vec<Pending<Resp>> = {
+                let mut shard = shard.lock();
+                let ids: Vec<u64> = shard
+                    .map
+                    .iter()
+                    .filter(|(_, p)| match p {
+                        Pending::Request(_, written) | Pending::Ping(_, written) => {
+                            *written <= epoch
+                        }
+                        Pending::Stream(_) => true,
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.iter().filter_map(|id| shard.map.remove(id)).collect()
+            };
+            for pending in drained {
+                fail(pending, err.clone());
+            }
+        }
+    }
+
     /// Times out every request whose deadline is `now` or earlier and prunes completed
     /// ones; returns the earliest deadline still pending.
     fn sweep(&self, now: Instant) -> Option<Instant> {
@@ -218,7 +264,7 @@ impl<Resp> PendingTable<Resp> {
                     shard.deadlines.pop_front();
                 } else if deadline <= now {
                     shard.deadlines.pop_front();
-                    if let Some(Pending::Request(tx)) = shard.map.remove(&id) {
+                    if let Some(Pending::Request(tx, _)) = shard.map.remove(&id) {
                         expired.push(tx);
                     }
                 } else {
@@ -263,10 +309,10 @@ impl<Resp> PendingTable<Resp> {
 /// Fails one waiter with `err`.
 pub(crate) fn fail<Resp>(pending: Pending<Resp>, err: BackendError) {
     match pending {
-        Pending::Request(tx) => {
+        Pending::Request(tx, _) => {
             let _ = tx.send(Err(err));
         }
-        Pending::Ping(tx) => {
+        Pending::Ping(tx, _) => {
             let _ = tx.send(Err(err));
         }
         Pending::Stream(slot) => slot.end.set(err),
@@ -303,9 +349,9 @@ impl<Resp> PendingTable<Resp> {
         budget: &ByteBudget,
     ) -> Delivery<Resp> {
         self.with_shard(id, |map| match map.get_mut(&id) {
-            None | Some(Pending::Ping(_)) => Delivery::Unknown,
-            Some(Pending::Request(_)) => match map.remove(&id) {
-                Some(Pending::Request(tx)) => Delivery::Request(tx, msg),
+            None | Some(Pending::Ping(..)) => Delivery::Unknown,
+            Some(Pending::Request(..)) => match map.remove(&id) {
+                Some(Pending::Request(tx, _)) => Delivery::Request(tx, msg),
                 _ => Delivery::Unknown,
             },
             Some(Pending::Stream(slot)) => match seq {
@@ -345,6 +391,35 @@ mod tests {
 
     fn deadline_queue_len(table: &PendingTable<()>) -> usize {
         table.shards.iter().map(|s| s.lock().deadlines.len()).sum()
+    }
+
+    #[test]
+    fn breaking_a_connection_fails_only_what_it_carried() {
+        let table = PendingTable::<()>::default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut rx = std::collections::HashMap::new();
+        for id in 1..=3u64 {
+            let (tx, r) = oneshot::channel();
+            table.insert_request(id, tx, deadline);
+            rx.insert(id, r);
+        }
+        // 1 was written on connection 1, 2 on connection 2 (the writer reconnected while
+        // connection 1's break was still draining), 3 not yet.
+        assert!(table.mark_written(1, 1));
+        assert!(table.mark_written(2, 2));
+        table.fail_connection(1, &BackendError::BackendClosed);
+        for id in [1, 3] {
+            let got = rx.get_mut(&id).unwrap().try_recv().unwrap();
+            assert!(matches!(got, Err(BackendError::BackendClosed)), "{id}");
+        }
+        assert!(rx.get_mut(&2).unwrap().try_recv().is_err(), "2 still waits");
+        assert!(
+            !table.mark_written(3, 2),
+            "a failed request is not written any more"
+        );
+        assert_eq!(table.len(), 1);
+        table.fail_connection(2, &BackendError::BackendClosed);
+        assert_eq!(table.len(), 0);
     }
 
     #[test]

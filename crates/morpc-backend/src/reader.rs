@@ -121,7 +121,7 @@ fn dispatch<'a, Req: Message, Resp: Message>(
     let msg = match frame.body {
         FrameBody::Message(msg) => msg,
         FrameBody::Pong(id) => {
-            if let Some(Pending::Ping(tx)) = shared.pending.remove(id) {
+            if let Some(Pending::Ping(tx, _)) = shared.pending.remove(id) {
                 let _ = tx.send(Ok(()));
             }
             return None;

@@ -145,6 +145,8 @@ pub(crate) struct Shared<Req, Resp> {
     pub(crate) stream_budget: ByteBudget,
     /// Bytes of queued messages not yet written (`max_queued_write_bytes`).
     pub(crate) queue_budget: ByteBudget,
+    /// Connections established so far (the last one's epoch).
+    pub(crate) connections: AtomicU64,
 }
 
 /// Queues a cancel frame for a request id.

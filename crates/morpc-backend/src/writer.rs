@@ -3,7 +3,7 @@
 //! flush per batch.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use morpc_codec::{Frame, FrameBody, FrameHeaders, Message};
@@ -39,6 +39,7 @@ impl Connection {
         let state = Arc::new(ConnState {
             token: CancellationToken::new(),
             broken: AtomicBool::new(false),
+            epoch: shared.connections.fetch_add(1, Ordering::Relaxed) + 1,
         });
         let reader = tokio::spawn(reader::run(shared.clone(), read_half, state.clone()));
         Self {
@@ -132,7 +133,7 @@ async fn write_loop<Req: Message, Resp: Message>(
 
         // One clock reading serves the batch: expiry, deadline headers, activity.
         let now = now();
-        prepare(&shared, &mut batch, now);
+        prepare(&shared, &mut batch, now, c.state.epoch);
         let messages = batch.len();
         if !encode(&shared, &mut batch, &mut c.writer, now) {
             continue;
@@ -232,11 +233,13 @@ async fn connect<Req: Message, Resp: Message>(
 
 /// Drops the items that must not be written, resolving their waiters: requests and pings
 /// past their deadline (`Timeout`), items the filter rejects (`Filtered`), and requests
-/// and pings whose waiter is gone (dropped future).
+/// and pings whose waiter is gone (dropped future). The requests and pings kept are
+/// marked as written on the connection of `epoch`.
 fn prepare<Req: Message, Resp>(
     shared: &Shared<Req, Resp>,
     batch: &mut Vec<WriteItem<Req>>,
     now: Instant,
+    epoch: u64,
 ) {
     batch.retain(|item| {
         if item.kind.has_waiter() && item.deadline <= now {
@@ -253,7 +256,7 @@ fn prepare<Req: Message, Resp>(
         // message is written even if its stream closed since it was queued: it was
         // accepted, as bytes written to a socket before closing it are.
         match item.kind {
-            ItemKind::Request | ItemKind::Ping => shared.pending.contains(item.id),
+            ItemKind::Request | ItemKind::Ping => shared.pending.mark_written(item.id, epoch),
             ItemKind::Stream | ItemKind::OneWay | ItemKind::Heartbeat | ItemKind::Cancel => true,
         }
     });
