@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{ByteBudget, bounded_capacity, deadline_after, now};
+use crate::future::Lease;
 use crate::pending::{Pending, PendingTable, StreamEnd, StreamSlot};
 use crate::shared::{
     CLOSED, Canceller, ItemKind, ONE_WAY_DEADLINE, OPEN, Shared, UNUSABLE, WriteItem,
@@ -27,8 +28,10 @@ use crate::{
 /// and reconnects after a broken connection (see [`ReconnectPolicy`](crate::ReconnectPolicy)).
 /// In-flight requests fail as soon as the connection breaks; nothing is re-sent.
 ///
-/// Cloning is cheap and shares the connection. When the last clone is dropped the
-/// backend closes.
+/// Cloning is cheap and shares the connection. When the last clone is dropped, the
+/// backend closes as soon as its response futures and streams are gone too (they keep it
+/// open until then); [`close`](Backend::close) closes it at once, and
+/// [`shutdown`](Backend::shutdown) lets what is in flight finish first.
 pub struct Backend<Req, Resp = Req> {
     /// Closes the backend when the last clone goes away.
     handle: Arc<Handle<Req, Resp>>,
@@ -51,10 +54,23 @@ impl<Req, Resp> std::fmt::Debug for Backend<Req, Resp> {
     }
 }
 
-/// Owner of the shared state on the user side; its drop closes the backend.
-struct Handle<Req, Resp> {
+/// Owner of the shared state on the user side, held by every `Backend` clone and every
+/// response future and stream: when the last of them goes, the backend closes.
+pub(crate) struct Handle<Req, Resp> {
     /// The state shared with the tasks.
     shared: Arc<Shared<Req, Resp>>,
+}
+
+impl<Req: Message, Resp: Message> Lease<Resp> for Handle<Req, Resp> {
+    fn pending(&self) -> &PendingTable<Resp> {
+        &self.shared.pending
+    }
+
+    fn cancel(&self, id: u64) {
+        if let Some(cancel) = &self.shared.canceller {
+            cancel(id);
+        }
+    }
 }
 
 impl<Req, Resp> Drop for Handle<Req, Resp> {
@@ -190,14 +206,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         let swept = shared.pending.insert_request(id, tx, deadline);
         // Built before queueing: if the caller drops the send mid-wait, the future's drop
         // unregisters the request.
-        let future = ResponseFuture::new(
-            id,
-            rx,
-            deadline,
-            !swept,
-            shared.pending.clone(),
-            shared.canceller.clone(),
-        );
+        let future = ResponseFuture::new(id, rx, deadline, !swept, self.handle.clone());
         match shared.try_enqueue_now(item) {
             Ok(()) => Ok(Started::Queued(future)),
             Err((None, item)) => {
@@ -288,7 +297,13 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             shared.pending.remove(id);
             return Err(e);
         }
-        Ok(BackendStream::new(id, shared.clone(), rx, end))
+        Ok(BackendStream::new(
+            id,
+            shared.clone(),
+            self.handle.clone(),
+            rx,
+            end,
+        ))
     }
 
     /// Sends a ping and waits for its pong; returns the round-trip time (V07 only).
@@ -392,6 +407,21 @@ impl<Req, Resp> Backend<Req, Resp> {
     /// shut down. Idempotent.
     pub fn close(&self) {
         self.shared().shut(CLOSED);
+    }
+
+    /// Closes the backend gracefully: new sends (and stream sends) fail with
+    /// `BackendClosed` at once, what is in flight — requests, pings, open streams — goes
+    /// on until it is done or `grace` has passed, then the backend closes as
+    /// [`close`](Backend::close) does, failing whatever is left. Returns whether
+    /// everything finished within `grace`.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        let shared = self.shared();
+        shared.drain();
+        let drained = tokio::time::timeout(grace, shared.pending.wait_until_empty())
+            .await
+            .is_ok();
+        shared.shut(CLOSED);
+        drained
     }
 }
 

@@ -11,11 +11,24 @@ use tokio::time::Sleep;
 
 use crate::BackendError;
 use crate::pending::PendingTable;
-use crate::shared::Canceller;
+
+/// What a response future holds of its backend: the backend's handle itself (type-erased,
+/// since the future does not know the request type), so that a backend whose last
+/// [`Backend`](crate::Backend) clone was dropped stays open until its futures are gone.
+pub(crate) trait Lease<Resp>: Send + Sync {
+    /// The table the request is registered in.
+    fn pending(&self) -> &PendingTable<Resp>;
+    /// Sends a cancel frame for `id` (with the cancel extension on; nothing otherwise).
+    fn cancel(&self, id: u64);
+}
 
 /// Resolves to the response carrying the request's id, or to a typed error: the deadline
 /// passed ([`BackendError::Timeout`]), the connection broke, the backend closed. It
 /// resolves exactly once.
+///
+/// It keeps its backend open: a backend whose last handle was dropped closes once its
+/// futures (and streams) are gone, so `Backend::create(..).await?.send(..).await?.await`
+/// works. [`Backend::close`](crate::Backend::close) still fails it at once.
 ///
 /// Dropping it before it resolves removes the request from the pending table at once (a
 /// response arriving later is dropped as unknown) and, with the cancel extension enabled
@@ -34,10 +47,9 @@ pub struct ResponseFuture<Resp> {
     rx: oneshot::Receiver<Result<Resp, BackendError>>,
     /// A timer of its own, when the sweeper cannot keep this deadline in order.
     timer: Option<Pin<Box<Sleep>>>,
-    /// Where the request is registered, to unregister it on timeout or drop.
-    table: Arc<PendingTable<Resp>>,
-    /// Sends a cancel frame when the future is dropped unresolved (cancel extension).
-    canceller: Option<Canceller>,
+    /// The backend: where the request is registered (to unregister it on timeout or
+    /// drop), how to send a cancel frame, and what keeps the backend open meanwhile.
+    lease: Arc<dyn Lease<Resp>>,
     /// When the request was registered (only read with the `metrics` feature).
     started: Option<Instant>,
     /// Set once the future has produced its output.
@@ -46,10 +58,8 @@ pub struct ResponseFuture<Resp> {
 
 impl<Resp> Drop for ResponseFuture<Resp> {
     fn drop(&mut self) {
-        if !self.done && self.table.remove(self.id).is_some() {
-            if let Some(cancel) = &self.canceller {
-                cancel(self.id);
-            }
+        if !self.done && self.lease.pending().remove(self.id).is_some() {
+            self.lease.cancel(self.id);
         }
     }
 }
@@ -72,16 +82,14 @@ impl<Resp> ResponseFuture<Resp> {
         rx: oneshot::Receiver<Result<Resp, BackendError>>,
         deadline: Instant,
         own_timer: bool,
-        table: Arc<PendingTable<Resp>>,
-        canceller: Option<Canceller>,
+        lease: Arc<dyn Lease<Resp>>,
     ) -> Self {
         Self {
             id,
             deadline,
             rx,
             timer: own_timer.then(|| Box::pin(tokio::time::sleep_until(deadline.into()))),
-            table,
-            canceller,
+            lease,
             started: crate::metrics::ENABLED.then(Instant::now),
             done: false,
         }
@@ -124,7 +132,7 @@ impl<Resp> Future for ResponseFuture<Resp> {
             .as_mut()
             .is_some_and(|t| t.as_mut().poll(cx).is_ready());
         if timed_out {
-            if this.table.remove(this.id).is_none() {
+            if this.lease.pending().remove(this.id).is_none() {
                 // The reader already took the entry: its result may be here now.
                 if let Ok(result) = this.rx.try_recv() {
                     return this.finish(result);

@@ -110,6 +110,11 @@ pub(crate) struct PendingTable<Resp> {
     next_wake: AtomicU64,
     /// Wakes the sweeper.
     wake: Notify,
+    /// Whether someone waits for the table to empty (a graceful shutdown); only then do
+    /// removals notify `removed`.
+    watched: std::sync::atomic::AtomicBool,
+    /// Notified on removals while `watched`.
+    removed: Notify,
 }
 
 impl<Resp> Default for PendingTable<Resp> {
@@ -124,6 +129,8 @@ impl<Resp> Default for PendingTable<Resp> {
             origin: now(),
             next_wake: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
+            watched: std::sync::atomic::AtomicBool::new(false),
+            removed: Notify::new(),
         }
     }
 }
@@ -179,7 +186,32 @@ impl<Resp> PendingTable<Resp> {
 
     /// Removes `id` and returns what waited on it.
     pub(crate) fn remove(&self, id: u64) -> Option<Pending<Resp>> {
-        self.shard(id).lock().map.remove(&id)
+        let removed = self.shard(id).lock().map.remove(&id);
+        self.note_removal();
+        removed
+    }
+
+    /// Wakes a waiter of [`wait_until_empty`](Self::wait_until_empty), if there is one
+    /// (one relaxed load otherwise).
+    #[inline]
+    fn note_removal(&self) {
+        if self.watched.load(Ordering::Relaxed) {
+            self.removed.notify_waiters();
+        }
+    }
+
+    /// Returns once nothing is pending (for a graceful shutdown; the caller bounds it).
+    pub(crate) async fn wait_until_empty(&self) {
+        self.watched.store(true, Ordering::SeqCst);
+        loop {
+            let removed = self.removed.notified();
+            tokio::pin!(removed);
+            removed.as_mut().enable();
+            if self.len() == 0 {
+                return;
+            }
+            removed.await;
+        }
     }
 
     /// Records that request or ping `id` is being written on the connection of `epoch`;
@@ -220,6 +252,7 @@ impl<Resp> PendingTable<Resp> {
                 fail(pending, err.clone());
             }
         }
+        self.note_removal();
     }
 
     /// Fails with `err` what the broken connection of `epoch` leaves without an answer:
@@ -249,6 +282,7 @@ impl<Resp> PendingTable<Resp> {
                 fail(pending, err.clone());
             }
         }
+        self.note_removal();
     }
 
     /// Times out every request whose deadline is `now` or earlier and prunes completed
@@ -272,6 +306,9 @@ impl<Resp> PendingTable<Resp> {
                     break;
                 }
             }
+        }
+        if !expired.is_empty() {
+            self.note_removal();
         }
         for tx in expired {
             let _ = tx.send(Err(BackendError::Timeout));
@@ -341,6 +378,23 @@ impl<Resp> PendingTable<Resp> {
     /// if its buffer and the stream `budget` have room for its `size` (a non-blocking
     /// `try_send`, so no sender clone per message).
     pub(crate) fn deliver(
+        &self,
+        id: u64,
+        seq: Option<u32>,
+        msg: Resp,
+        size: impl FnOnce(&Resp) -> usize,
+        budget: &ByteBudget,
+    ) -> Delivery<Resp> {
+        let delivery = self.deliver_locked(id, seq, msg, size, budget);
+        if matches!(delivery, Delivery::Request(..) | Delivery::Gap(..)) {
+            self.note_removal();
+        }
+        delivery
+    }
+
+    /// [`deliver`](Self::deliver) under the shard's lock.
+    #[inline]
+    fn deliver_locked(
         &self,
         id: u64,
         seq: Option<u32>,

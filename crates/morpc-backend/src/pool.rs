@@ -249,6 +249,16 @@ impl<Req, Resp> Pool<Req, Resp> {
         }
     }
 
+    /// The live backends, in round-robin order.
+    pub fn backends(&self) -> Vec<Backend<Req, Resp>> {
+        self.slots
+            .lock()
+            .iter()
+            .filter(|s| !s.backend.is_closed())
+            .map(|s| s.backend.clone())
+            .collect()
+    }
+
     /// Closes every backend.
     pub fn close_all(&self) {
         let slots: Vec<Slot<Req, Resp>> = std::mem::take(&mut *self.slots.lock());

@@ -116,6 +116,8 @@ impl<Req> WriteItem<Req> {
 pub(crate) const OPEN: u8 = 0;
 pub(crate) const CLOSED: u8 = 1;
 pub(crate) const UNUSABLE: u8 = 2;
+/// Shutting down gracefully: no new sends, what is in flight completes.
+pub(crate) const DRAINING: u8 = 3;
 
 /// State shared by the handle, the writer and reader tasks, futures and streams.
 pub(crate) struct Shared<Req, Resp> {
@@ -133,7 +135,7 @@ pub(crate) struct Shared<Req, Resp> {
     pub(crate) next_id: AtomicU64,
     /// Cancelled when the backend is closed or unusable; stops both tasks.
     pub(crate) closed: CancellationToken,
-    /// `OPEN`, `CLOSED` or `UNUSABLE`.
+    /// `OPEN`, `DRAINING`, `CLOSED` or `UNUSABLE`.
     pub(crate) state: AtomicU8,
     /// When the backend was created; the origin of `last_active`.
     pub(crate) created: Instant,
@@ -199,14 +201,24 @@ impl<Req, Resp> Shared<Req, Resp> {
     /// Moves the backend to `state` (closed or unusable) once: stops the tasks and fails
     /// everything pending with the matching error.
     pub(crate) fn shut(&self, state: u8) {
-        if self
+        let shut = self
             .state
-            .compare_exchange(OPEN, state, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                matches!(now, OPEN | DRAINING).then_some(state)
+            })
+            .is_ok();
+        if shut {
             self.closed.cancel();
             self.pending.fail_all(&self.closed_error());
         }
+    }
+
+    /// Stops new sends (they fail with `BackendClosed`); what is in flight goes on.
+    /// Returns whether the backend was open.
+    pub(crate) fn drain(&self) -> bool {
+        self.state
+            .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Marks the backend unusable after it could not reconnect.

@@ -8,6 +8,7 @@ use morpc_codec::{Framing, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::ReusableBoxFuture;
 
+use crate::backend::Handle;
 use crate::pending::{StreamEnd, StreamItem};
 use crate::shared::{Enqueue, ItemKind, Shared, WriteItem};
 use crate::{BackendError, SendOptions};
@@ -27,6 +28,8 @@ pub struct BackendStream<Req, Resp> {
     id: u64,
     /// The backend the stream lives on.
     shared: Arc<Shared<Req, Resp>>,
+    /// Keeps the backend open while the stream exists, even with no `Backend` left.
+    _lease: Arc<Handle<Req, Resp>>,
     /// The sequence number of the next sent message (V07).
     next_seq: u32,
     /// Messages delivered by the reader, each with its charge to the stream budget.
@@ -58,12 +61,14 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
     pub(crate) fn new(
         id: u64,
         shared: Arc<Shared<Req, Resp>>,
+        lease: Arc<Handle<Req, Resp>>,
         rx: mpsc::Receiver<StreamItem<Resp>>,
         end: Arc<StreamEnd>,
     ) -> Self {
         Self {
             id,
             shared,
+            _lease: lease,
             next_seq: 1,
             rx,
             end,

@@ -542,6 +542,71 @@ async fn reconnects_after_the_peer_drops_the_connection_and_after_a_restart() {
 }
 
 #[tokio::test]
+async fn a_dropped_backend_stays_open_for_its_futures_and_streams() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    // The one-liner that used to fail every time.
+    let resp = peer
+        .backend(config())
+        .await
+        .send(msg("one-liner"), SendOptions::new())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(resp.body, "one-liner");
+    let backend = peer.backend(config()).await;
+    let future = backend.send(msg("late"), SendOptions::new()).await.unwrap();
+    let mut stream = backend.new_stream(4).unwrap();
+    drop(backend);
+    assert_eq!(within("future", future).await.unwrap().body, "late");
+    stream.send(msg("s"), SendOptions::new()).await.unwrap();
+    assert_eq!(
+        within("stream", stream.next()).await.unwrap().unwrap().body,
+        "s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_refuses_new_sends_and_waits_for_what_is_in_flight() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let future = backend
+        .send(msg("in flight"), SendOptions::new())
+        .await
+        .unwrap();
+    let (drained, resp) = tokio::join!(backend.shutdown(Duration::from_secs(5)), future);
+    assert_eq!(resp.unwrap().body, "in flight");
+    assert!(drained, "everything finished within the grace period");
+    let later = backend.send(msg("later"), SendOptions::new()).await.err();
+    assert!(
+        matches!(later, Some(BackendError::BackendClosed)),
+        "{later:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_fails_what_is_left_after_the_grace_period() {
+    let peer = Peer::tcp(Mode::Silent, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let future = backend
+        .send(msg("unanswered"), SendOptions::timeout(LONG))
+        .await
+        .unwrap();
+    let shutdown = backend.shutdown(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    assert!(futures::poll!(&mut shutdown).is_pending());
+    // Draining: a new send is refused at once.
+    let refused = backend.send(msg("new"), SendOptions::new()).await.err();
+    assert!(
+        matches!(refused, Some(BackendError::BackendClosed)),
+        "{refused:?}"
+    );
+    assert!(!shutdown.await, "the peer never answered");
+    let err = future.await.unwrap_err();
+    assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+}
+
+#[tokio::test]
 async fn close_fails_everything_pending_and_later_sends() {
     let peer = Peer::tcp(Mode::Silent, CodecConfig::default()).await;
     let backend = peer.backend(config()).await;

@@ -39,9 +39,12 @@ pub(crate) struct Inner<Req, Resp> {
 /// connection is busy, retries sends rejected before they were written, closes idle
 /// connections, and optionally trips a circuit breaker per address.
 ///
-/// Cloning is cheap and shares the pools. [`close`](RpcClient::close) (or dropping the
-/// last clone) closes every connection; pending requests fail with
-/// [`ClientError::ClientClosed`].
+/// Cloning is cheap and shares the pools. Dropping the last clone stops new sends and
+/// lets every connection close once its response futures and streams are gone (they keep
+/// it open until then). [`close`](RpcClient::close) closes every connection at once
+/// (pending requests fail with [`ClientError::ClientClosed`]);
+/// [`shutdown`](RpcClient::shutdown) lets what is in flight finish first, within a grace
+/// period.
 pub struct RpcClient<Req, Resp = Req> {
     /// Closes the client when the last clone goes away.
     handle: Arc<Handle<Req, Resp>>,
@@ -73,15 +76,23 @@ struct Handle<Req, Resp> {
 
 impl<Req, Resp> Drop for Handle<Req, Resp> {
     fn drop(&mut self) {
-        self.inner.close();
+        // No new sends; the pools let go of their backends, each of which closes once
+        // its futures and streams are gone.
+        self.inner.closed.cancel();
+        let targets: Vec<_> = self.inner.targets.lock().drain().map(|(_, t)| t).collect();
+        drop(targets);
     }
 }
 
 impl<Req, Resp> Inner<Req, Resp> {
-    fn close(&self) {
+    /// Stops new sends and takes every address's pool out of the table.
+    fn take_targets(&self) -> Vec<Arc<Target<Req, Resp>>> {
         self.closed.cancel();
-        let targets: Vec<_> = self.targets.lock().drain().map(|(_, t)| t).collect();
-        for target in targets {
+        self.targets.lock().drain().map(|(_, t)| t).collect()
+    }
+
+    fn close(&self) {
+        for target in self.take_targets() {
             target.pool.close_all();
         }
     }
@@ -486,5 +497,20 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// blocks.
     pub fn close(&self) {
         self.inner().close();
+    }
+
+    /// Closes the client gracefully: new sends fail with [`ClientError::ClientClosed`] at
+    /// once, every backend lets its in-flight requests and open streams finish within
+    /// `grace` (see [`Backend::shutdown`]), then closes. Returns whether everything
+    /// finished in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        let backends: Vec<Backend<Req, Resp>> = self
+            .inner()
+            .take_targets()
+            .iter()
+            .flat_map(|target| target.pool.backends())
+            .collect();
+        let drained = futures::future::join_all(backends.iter().map(|b| b.shutdown(grace))).await;
+        drained.into_iter().all(|done| done)
     }
 }

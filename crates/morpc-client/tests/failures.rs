@@ -126,3 +126,47 @@ async fn extreme_sizes_and_timeouts_are_saturated_not_panics() {
     use futures::StreamExt;
     assert_eq!(stream.next().await.unwrap().unwrap().body, "s");
 }
+
+async fn echo_server() -> (morpc_server::RpcServer, String) {
+    use morpc_server::{HandlerError, Request, RpcServer, ServerConfig, sync_handler};
+    let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), echo)
+        .await
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    (server, addr)
+}
+
+#[tokio::test]
+async fn dropping_the_last_client_lets_in_flight_requests_and_streams_finish() {
+    use futures::StreamExt;
+    let (_server, addr) = echo_server().await;
+    let client = RpcClient::<RawMessage>::new(ClientConfig::new(), BackendConfig::new()).await;
+    let response = client
+        .send(&addr, msg("in flight"), SendOptions::new())
+        .await
+        .unwrap();
+    let mut stream = client.new_stream(&addr, 4, false).await.unwrap();
+    drop(client);
+    // Before, both failed with ClientClosed the moment the client was dropped.
+    assert_eq!(response.await.unwrap().body, "in flight");
+    stream.send(msg("s"), SendOptions::new()).await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap().body, "s");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_what_is_in_flight_then_refuses_sends() {
+    let (_server, addr) = echo_server().await;
+    let client = RpcClient::<RawMessage>::new(ClientConfig::new(), BackendConfig::new()).await;
+    let response = client
+        .send(&addr, msg("in flight"), SendOptions::new())
+        .await
+        .unwrap();
+    let (drained, resp) = tokio::join!(client.shutdown(Duration::from_secs(5)), response);
+    assert_eq!(resp.unwrap().body, "in flight");
+    assert!(drained);
+    let later = client
+        .request(&addr, msg("later"), SendOptions::new())
+        .await;
+    assert!(matches!(later, Err(ClientError::ClientClosed)), "{later:?}");
+}
