@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::BackendError;
 use crate::shared::Shared;
+use crate::{BackendError, ConnectionLost};
 
 /// The state of one established connection, shared by the writer and its reader.
 pub(crate) struct ConnState {
@@ -21,18 +21,14 @@ pub(crate) struct ConnState {
 
 impl ConnState {
     /// Breaks the connection once: logs `cause`, fails what it carried with
-    /// `BackendClosed` (in-flight requests fail now; nothing is re-sent; requests the
+    /// `ConnectionLost(cause)` (in-flight requests fail now; nothing is re-sent; requests the
     /// writer already wrote on a newer connection are not touched) and stops the reader.
-    pub(crate) fn break_with<Req, Resp>(
-        &self,
-        shared: &Shared<Req, Resp>,
-        cause: &dyn std::fmt::Display,
-    ) {
+    pub(crate) fn break_with<Req, Resp>(&self, shared: &Shared<Req, Resp>, cause: ConnectionLost) {
         if !self.broken.swap(true, Ordering::AcqRel) {
-            tracing::debug!(address = %shared.address, cause = %cause, "connection broken");
+            tracing::debug!(address = %shared.address, %cause, "connection broken");
             shared
                 .pending
-                .fail_connection(self.epoch, &BackendError::BackendClosed);
+                .fail_connection(self.epoch, &BackendError::ConnectionLost(cause));
             self.token.cancel();
         }
     }

@@ -18,12 +18,16 @@ pub enum BackendError {
     /// The send queue stayed full until the deadline: the connection is overloaded.
     #[error("send queue full until the deadline")]
     Busy,
-    /// The backend was closed by [`Backend::close`](crate::Backend::close) or dropped, or
-    /// its connection broke while the request was in flight (Go: 5015 `ErrBackendClosed`).
-    /// In the latter case the request may or may not have been processed by the peer; the
-    /// cause of the break is logged.
+    /// The backend was closed here: [`Backend::close`](crate::Backend::close) or
+    /// [`shutdown`](crate::Backend::shutdown), its last handle dropped, or its client
+    /// closed (Go: 5015 `ErrBackendClosed`).
     #[error("backend closed")]
     BackendClosed,
+    /// The connection broke while the request (or ping, or stream) was in flight, for the
+    /// cause given. The request may or may not have been processed by the peer; nothing
+    /// is re-sent. The backend reconnects for later sends (Go: 5015 `ErrBackendClosed`).
+    #[error("connection lost: {0}")]
+    ConnectionLost(ConnectionLost),
     /// The backend gave up reconnecting within its reconnect window; a client replaces it.
     #[error("backend unusable: could not reconnect within its window")]
     Unusable,
@@ -62,13 +66,57 @@ pub enum BackendError {
     InvalidAddress(String),
 }
 
+/// Why a connection broke (quinn's `ConnectionLost(ConnectionError)` is the model): what
+/// [`BackendError::ConnectionLost`] carries to every request in flight on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionLost {
+    /// The peer closed the connection (end of stream).
+    #[error("closed by peer")]
+    PeerClosed,
+    /// Reading or writing the socket failed (a reset, a broken pipe ...).
+    #[error("i/o error: {0}")]
+    Io(Arc<io::Error>),
+    /// Nothing was received for the heartbeat's `read_timeout`.
+    #[error("nothing received within the read timeout ({0:?})")]
+    ReadTimeout(std::time::Duration),
+    /// The peer accepted no bytes of a batch for `write_timeout`.
+    #[error("the peer accepted no bytes for the write timeout ({0:?})")]
+    WriteTimeout(std::time::Duration),
+    /// The peer sent a frame this side cannot decode: a checksum mismatch, a length over
+    /// the limit (`FrameTooLarge`), a framing mismatch (V05 against V07, LZ4 on one side
+    /// only), unknown flags.
+    #[error("bad frame from the peer: {0}")]
+    BadFrame(CodecError),
+    /// The connection's reader or writer panicked in user code (a message or header
+    /// codec, the write filter).
+    #[error("connection task panicked: {0}")]
+    TaskPanicked(Arc<str>),
+}
+
+impl ConnectionLost {
+    /// The cause for a read that failed.
+    pub(crate) fn from_read(e: crate::connection::ReadError) -> Self {
+        use crate::connection::{ReadError, ReadTimeout};
+        match e {
+            ReadError::Closed => Self::PeerClosed,
+            ReadError::Io(e) => Self::Io(Arc::new(e)),
+            ReadError::Timeout(ReadTimeout::Silence(d)) => Self::ReadTimeout(d),
+            ReadError::Timeout(other) => Self::Io(Arc::new(io::Error::new(
+                io::ErrorKind::TimedOut,
+                other.to_string(),
+            ))),
+        }
+    }
+}
+
 impl BackendError {
     /// Whether the failure came from the connection rather than from this request, so the
     /// request may be retried on another backend (it may or may not have been processed).
     pub fn is_connection_error(&self) -> bool {
         matches!(
             self,
-            Self::BackendClosed | Self::Unusable | Self::Connect { .. }
+            Self::BackendClosed | Self::ConnectionLost(_) | Self::Unusable | Self::Connect { .. }
         )
     }
 }

@@ -49,7 +49,7 @@ pub use backend::{Backend, SendRejected};
 pub use config::{
     BackendConfig, DEFAULT_BATCH_SEND_SIZE, ReconnectPolicy, SendOptions, WriteFilter,
 };
-pub use error::BackendError;
+pub use error::{BackendError, ConnectionLost};
 pub use factory::{BackendFactory, RemoteBackendFactory};
 pub use future::ResponseFuture;
 pub use ids::{IdBuildHasher, IdHasher};

@@ -13,7 +13,7 @@ use crate::conn_state::ConnState;
 use crate::connection::{FrameReader, ReadLimits, catch_panic, message_bytes, now};
 use crate::pending::{Delivery, Pending, StreamItem};
 use crate::shared::{ItemKind, Shared, WriteItem};
-use crate::{BackendError, SendOptions};
+use crate::{BackendError, ConnectionLost, SendOptions};
 
 /// Reads until the connection breaks or is stopped; a failure breaks the connection,
 /// which fails everything in flight. A panic in user code (a `Message` or header
@@ -28,10 +28,10 @@ pub(crate) async fn run<Req: Message, Resp: Message>(
         Ok(Some(cause)) => cause,
         Err(panic) => {
             tracing::error!(address = %shared.address, %panic, "connection task panicked");
-            panic.to_string()
+            ConnectionLost::TaskPanicked(panic.to_string().into())
         }
     };
-    conn.break_with(&shared, &cause);
+    conn.break_with(&shared, cause);
 }
 
 /// The loop proper; returns why the connection broke, or `None` when stopped.
@@ -39,7 +39,7 @@ async fn read_loop<Req: Message, Resp: Message>(
     shared: &Arc<Shared<Req, Resp>>,
     reader: BoxReader,
     conn: &ConnState,
-) -> Option<String> {
+) -> Option<ConnectionLost> {
     // The heartbeat's silence limit is one of the core's read limits.
     let heartbeat = shared.config.read_timeout;
     let limits = ReadLimits {
@@ -71,7 +71,7 @@ async fn read_loop<Req: Message, Resp: Message>(
         };
         match read {
             Ok(n) => crate::metrics::bytes_read(n),
-            Err(e) => return Some(e.to_string()),
+            Err(e) => return Some(ConnectionLost::from_read(e)),
         }
         shared.touch(reader.last_read());
         loop {
@@ -88,7 +88,7 @@ async fn read_loop<Req: Message, Resp: Message>(
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(address = %shared.address, error = %e, "bad frame from peer");
-                    return Some(format!("bad frame: {e}"));
+                    return Some(ConnectionLost::BadFrame(e));
                 }
             }
         }

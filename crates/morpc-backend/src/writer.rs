@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::address::{BoxReader, BoxWriter};
 use crate::conn_state::ConnState;
-use crate::connection::{FrameWriter, WriteBound, catch_panic, now};
+use crate::connection::{FrameWriter, WriteBound, WriteError, catch_panic, now};
 use crate::pending::fail;
 use crate::shared::{ItemKind, ONE_WAY_DEADLINE, PING_DEADLINE_CAP, Shared, WriteItem};
-use crate::{BackendError, metrics, reader};
+use crate::{BackendError, ConnectionLost, metrics, reader};
 
 /// An established connection: the write half, owned by the writer task, and the reader
 /// task reading the other half.
@@ -152,7 +152,16 @@ async fn write_loop<Req: Message, Resp: Message>(
                     metrics::batch_written(messages, bytes, rx.len(), now.elapsed());
                 }
             }
-            Err(e) => c.state.break_with(&shared, &e),
+            Err(e) => {
+                let cause = match e {
+                    WriteError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        ConnectionLost::WriteTimeout(shared.config.write_timeout)
+                    }
+                    WriteError::Io(e) => ConnectionLost::Io(Arc::new(e)),
+                    other => ConnectionLost::Io(Arc::new(std::io::Error::other(other.to_string()))),
+                };
+                c.state.break_with(&shared, cause);
+            }
         }
     }
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use morpc_backend::codec::{CodecConfig, CodecError, Framing, RawMessage};
-use morpc_backend::{Address, Backend, BackendConfig, BackendError, ReconnectPolicy, SendOptions};
+use morpc_backend::{
+    Address, Backend, BackendConfig, BackendError, ConnectionLost, ReconnectPolicy, SendOptions,
+};
 use morpc_testkit::time::{LONG, PROMPT, eventually, within};
 use support::{Mode, Peer, msg};
 
@@ -486,7 +488,13 @@ async fn in_flight_requests_fail_with_backend_closed_as_soon_as_the_peer_goes() 
     peer.stop().await;
     for f in futures {
         let err = within("in-flight failure", f).await.unwrap_err();
-        assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                BackendError::ConnectionLost(ConnectionLost::PeerClosed | ConnectionLost::Io(_))
+            ),
+            "{err:?}"
+        );
     }
     assert_eq!(backend.pending_len(), 0);
 }
@@ -507,7 +515,13 @@ async fn reconnects_after_the_peer_drops_the_connection_and_after_a_restart() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            BackendError::ConnectionLost(ConnectionLost::PeerClosed | ConnectionLost::Io(_))
+        ),
+        "{err:?}"
+    );
     peer.drop_connections.store(false, Ordering::SeqCst);
     assert_eq!(
         backend
@@ -983,7 +997,13 @@ async fn heartbeat_resets_a_silent_connection_and_keeps_a_live_one() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            BackendError::ConnectionLost(ConnectionLost::ReadTimeout(_))
+        ),
+        "{err:?}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(200));
 
     let live = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
@@ -1015,7 +1035,10 @@ async fn a_write_that_makes_no_progress_breaks_the_connection_after_write_timeou
         .await
         .unwrap_err();
     assert!(
-        matches!(err, BackendError::BackendClosed),
+        matches!(
+            err,
+            BackendError::ConnectionLost(ConnectionLost::WriteTimeout(_))
+        ),
         "long before its deadline: {err:?}"
     );
     // The writer is not stuck in that write: the next request goes out on a new
@@ -1063,7 +1086,10 @@ async fn a_short_deadline_batched_behind_a_large_payload_does_not_break_the_conn
     assert!(!backend.is_closed());
     let err = big.await.unwrap_err();
     assert!(
-        matches!(err, BackendError::BackendClosed),
+        matches!(
+            err,
+            BackendError::ConnectionLost(ConnectionLost::WriteTimeout(_))
+        ),
         "stalled past write_timeout: {err:?}"
     );
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use morpc_backend::codec::{CodecError, Message, RawMessage};
-use morpc_backend::{Backend, BackendConfig, BackendError, SendOptions};
+use morpc_backend::{Backend, BackendConfig, BackendError, ConnectionLost, SendOptions};
 use morpc_codec::CodecConfig;
 use support::{Mode, Peer};
 
@@ -72,7 +72,13 @@ async fn a_panicking_decoder_breaks_the_connection_and_the_backend_reconnects() 
     .await
     .expect("failed promptly, not at the deadline")
     .unwrap_err();
-    assert!(matches!(err, BackendError::BackendClosed), "{err}");
+    assert!(
+        matches!(
+            err,
+            BackendError::ConnectionLost(ConnectionLost::TaskPanicked(_))
+        ),
+        "{err}"
+    );
     // The reader's panic broke only that connection: the next request reconnects.
     let again = tokio::time::timeout(PROMPT, backend.request(touchy("again"), SendOptions::new()))
         .await

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use morpc_backend::{Address, Backend, BackendConfig, BackendError, SendOptions};
+use morpc_backend::{Address, Backend, BackendConfig, BackendError, ConnectionLost, SendOptions};
 use morpc_codec::{CodecConfig, Framing, Message, RawMessage};
 use morpc_server::{
     ClientSession, HandlerError, Request, RpcServer, ServerConfig, ServerError, sync_handler,
@@ -246,7 +246,10 @@ async fn handler_error_and_panic_close_only_their_connection() {
         .await
         .unwrap_err();
         assert!(
-            matches!(err, BackendError::BackendClosed),
+            matches!(
+                err,
+                BackendError::ConnectionLost(ConnectionLost::PeerClosed | ConnectionLost::Io(_))
+            ),
             "{poison}: {err:?}"
         );
         assert_echoes(&healthy, "still here").await;
@@ -409,7 +412,13 @@ async fn close_fails_in_flight_requests_promptly() {
     server.close();
     for f in futures {
         let err = within("in-flight failure", f).await.unwrap_err();
-        assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                BackendError::ConnectionLost(ConnectionLost::PeerClosed | ConnectionLost::Io(_))
+            ),
+            "{err:?}"
+        );
     }
 }
 
@@ -738,7 +747,13 @@ async fn an_oversized_response_fails_its_write_and_closes_instead_of_a_client_ti
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            BackendError::ConnectionLost(ConnectionLost::PeerClosed | ConnectionLost::Io(_))
+        ),
+        "{err:?}"
+    );
     let written = results.recv().await.unwrap();
     assert!(written.contains("FrameTooLarge"), "{written}");
 }
@@ -786,4 +801,41 @@ async fn a_response_to_an_id_never_received_is_logged_at_warn() {
         logged.contains("WARN") && logged.contains("never received"),
         "{logged}"
     );
+}
+
+#[tokio::test]
+async fn a_broken_connection_tells_its_requests_why() {
+    // The server answers with 11 MiB, more than this client accepts (a 1 KiB body limit,
+    // plus the 10 MiB of slack V07 allows on receive): the client's reader rejects the
+    // frame, and the request learns exactly that.
+    let big = sync_handler(|req: Request<RawMessage>| {
+        let mut m = req.message;
+        m.body = vec![b'x'; 11 << 20].into();
+        Ok::<_, HandlerError>(m)
+    });
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), big)
+        .await
+        .unwrap();
+    let backend = client_with(
+        &server,
+        BackendConfig::new().codec(CodecConfig::default().max_body_size(1024)),
+    )
+    .await;
+    let err = within("bad frame", backend.request(msg("x"), SendOptions::new()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackendError::ConnectionLost(ConnectionLost::BadFrame(
+                morpc_codec::CodecError::FrameTooLarge { .. }
+            ))
+        ),
+        "{err:?}"
+    );
+    // A local close is told apart from a broken connection.
+    let pending = backend.send(msg("x"), SendOptions::new()).await.unwrap();
+    backend.close();
+    let err = pending.await.unwrap_err();
+    assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
 }

@@ -75,7 +75,8 @@ pub use morpc_server as server;
 /// The names most programs use.
 pub mod prelude {
     pub use morpc_backend::{
-        Address, Backend, BackendConfig, BackendError, BackendStream, ResponseFuture, SendOptions,
+        Address, Backend, BackendConfig, BackendError, BackendStream, ConnectionLost,
+        ResponseFuture, SendOptions,
     };
     #[cfg(feature = "tower")]
     pub use morpc_client::ClientService;

@@ -234,7 +234,13 @@ async fn half_open_peer_fails_senders_with_bounded_memory_and_heartbeat_resets()
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            BackendError::ConnectionLost(ConnectionLost::ReadTimeout(_))
+        ),
+        "{err:?}"
+    );
     assert!(started.elapsed() < LONG);
     // Senders against the stalled peer get typed failures (Busy while the queue is full,
     // Timeout or BackendClosed for what was queued) within their deadline plus a margin,
@@ -258,7 +264,7 @@ async fn half_open_peer_fails_senders_with_bounded_memory_and_heartbeat_resets()
         assert!(
             matches!(
                 err,
-                BackendError::Busy | BackendError::Timeout | BackendError::BackendClosed
+                BackendError::Busy | BackendError::Timeout | BackendError::ConnectionLost(_)
             ),
             "{err:?}"
         );

@@ -84,7 +84,7 @@ async fn a_plain_client_against_a_tls_server_fails_promptly() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, ClientError::Backend(BackendError::BackendClosed)),
+        matches!(err, ClientError::Backend(BackendError::ConnectionLost(_))),
         "{err:?}"
     );
 }
