@@ -113,7 +113,7 @@ async fn write_loop<Req: Message, Resp: Message>(
         // The batch's bytes stay charged until it is written (or dropped).
         let _charged = Charged {
             shared: &shared,
-            charge: batch.iter().map(|item| item.charge).sum(),
+            charge: batch.iter().map(|item| item.charge as usize).sum(),
         };
 
         if conn.as_ref().is_none_or(|c| c.state.is_broken()) {
@@ -170,7 +170,7 @@ async fn write_loop<Req: Message, Resp: Message>(
     let reason = shared.closed_error();
     fail_items(&shared, batch.drain(..), &reason);
     while let Ok(item) = rx.try_recv() {
-        shared.written(item.charge);
+        shared.written(item.charge as usize);
         fail_items(&shared, std::iter::once(item), &reason);
     }
     shared.pending.fail_all(&reason);

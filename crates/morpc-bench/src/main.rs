@@ -1,6 +1,8 @@
 //! `morpc-bench`: a closed-loop load generator for morpc.
 //!
-//! `conns × inflight` caller tasks each `send(..).await` in a loop against a morpc server
+//! `conns × inflight` caller tasks each call morpc in a loop — through `RpcClient`, the
+//! API users call, by default, or through one `Backend` with `--layer backend` — against a
+//! morpc server
 //! (started in a separate process unless `--addr` is given), then the same workload
 //! against a minimal hand-written tokio request/response of the same API shape (the
 //! baseline, `baseline.rs`), and the report shows the ratio of the two measured in the
@@ -11,6 +13,7 @@
 //! cargo run --release -p morpc-bench -- --inflight 256 --duration 5 --json
 //! cargo run --release -p morpc-bench -- --payload 1048576 --inflight 4
 //! cargo run --release -p morpc-bench -- --mode stream --inflight 256
+//! cargo run --release -p morpc-bench -- --layer backend --inflight 256
 //! ```
 
 mod baseline;
@@ -27,6 +30,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use morpc_backend::{Address, Backend, BackendConfig, SendOptions};
+use morpc_client::{ClientConfig, RpcClient};
 use morpc_codec::{CodecConfig, Framing, RawMessage};
 use morpc_server::{ClientSession, HandlerError, Request, RpcServer, ServerConfig};
 
@@ -65,6 +69,15 @@ enum Mode {
     Stream,
     /// One-way stream messages, as fast as the queue takes them.
     Oneway,
+}
+
+/// Which API the caller tasks use.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Layer {
+    /// `RpcClient` (one per connection, its pool pinned to one backend): what users call.
+    Client,
+    /// `Backend`, the connection layer below it.
+    Backend,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +156,9 @@ struct RunArgs {
     /// Workload.
     #[arg(long, value_enum, default_value = "unary")]
     mode: Mode,
+    /// The API measured.
+    #[arg(long, value_enum, default_value = "client")]
+    layer: Layer,
     /// Shorthand for `--mode stream`.
     #[arg(long)]
     stream: bool,
@@ -570,6 +586,78 @@ fn message(body: &Bytes, payload: &Option<Bytes>) -> RawMessage {
 }
 
 async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
+    match args.layer {
+        Layer::Client => client_load(args, addr, window).await,
+        Layer::Backend => backend_load(args, addr, window).await,
+    }
+}
+
+/// The caller tasks through `RpcClient`: one client per connection, with a pool of one
+/// backend created before the run (so `conns` means connections, as for the backend).
+async fn client_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
+    let backend_config = BackendConfig::new()
+        .codec(args.wire.codec())
+        .connect_on_create(true);
+    let payload = (args.payload > 0).then(|| Bytes::from(vec![0xa5; args.payload]));
+    let first = if args.mode == Mode::Oneway {
+        DISCARD
+    } else {
+        0
+    };
+    let body = body(args, first);
+    let (mut tasks, tally) = (Vec::new(), TaskTally::shared());
+    for _ in 0..args.conns {
+        let config = ClientConfig::new()
+            .max_backends_per_host(1)
+            .initial_backends(addr, 1);
+        let client: RpcClient<RawMessage> = RpcClient::new(config, backend_config.clone()).await;
+        assert_eq!(client.backend_count(addr), 1, "connect to the server");
+        for _ in 0..args.inflight {
+            let client = client.clone();
+            let addr = addr.to_owned();
+            let mut recorder = Recorder::new(tally.clone(), window.clone());
+            let (body, payload, mode) = (body.clone(), payload.clone(), args.mode);
+            tasks.push(tokio::spawn(async move {
+                match mode {
+                    Mode::Unary => {
+                        timed_loop(recorder, || async {
+                            client
+                                .request(&addr, message(&body, &payload), SendOptions::new())
+                                .await
+                                .is_ok()
+                        })
+                        .await;
+                    }
+                    Mode::Stream => {
+                        let mut stream = client.new_stream(&addr, 64, false).await.expect("stream");
+                        let mut now = Instant::now();
+                        while recorder.running() {
+                            let sent = stream
+                                .send(message(&body, &payload), SendOptions::new())
+                                .await
+                                .is_ok();
+                            let ok = sent && matches!(stream.next().await, Some(Ok(_)));
+                            let end = Instant::now();
+                            recorder.record(ok, Some(end - now));
+                            now = end;
+                        }
+                    }
+                    Mode::Oneway => {
+                        let mut stream = client.new_stream(&addr, 64, false).await.expect("stream");
+                        while recorder.running() {
+                            let sent = stream.feed(message(&body, &payload)).await.is_ok();
+                            recorder.record(sent, None);
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    finish(tasks, tally).await
+}
+
+/// The caller tasks through one `Backend` per connection.
+async fn backend_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
     let address: Address = addr.parse().expect("address");
     let config = BackendConfig::new()
         .codec(args.wire.codec())
@@ -664,6 +752,7 @@ fn print_reports(args: &RunArgs, reports: &[RunReport]) {
         let out = serde_json::json!({
             "workload": {
                 "mode": format!("{:?}", args.mode).to_lowercase(),
+                "layer": format!("{:?}", args.layer).to_lowercase(),
                 "conns": args.conns, "inflight": args.inflight, "size": args.size,
                 "payload": args.payload, "duration_s": args.duration,
                 "framing": format!("{:?}", args.wire.framing).to_lowercase(), "checksum": args.wire.checksum,
@@ -675,8 +764,12 @@ fn print_reports(args: &RunArgs, reports: &[RunReport]) {
         return;
     }
     println!(
-        "workload: {:?}, {} conn × {} in flight, {} B body + {} B payload, {:?}{}, {} s",
+        "workload: {:?} through {}, {} conn × {} in flight, {} B body + {} B payload, {:?}{}, {} s",
         args.mode,
+        match args.layer {
+            Layer::Client => "RpcClient",
+            Layer::Backend => "Backend",
+        },
         args.conns,
         args.inflight,
         args.size,
