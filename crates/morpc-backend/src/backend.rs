@@ -157,7 +157,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         // Each of these entry points calls `start_request` itself and keeps only the
         // boxed wait across its await: layered async fns would nest their arguments and
         // grow every request future by hundreds of bytes.
-        let wait = match self.start_request(msg, opts) {
+        let wait = match self.start_request(msg, opts, true) {
             Ok(Started::Queued(future)) => return Ok(future),
             Ok(Started::Waiting(wait)) => wait,
             Err(rejected) => return Err(rejected.error),
@@ -175,7 +175,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         msg: Req,
         opts: SendOptions,
     ) -> Result<ResponseFuture<Resp>, SendRejected<Req>> {
-        let wait = match self.start_request(msg, opts)? {
+        let wait = match self.start_request(msg, opts, true)? {
             Started::Queued(future) => return Ok(future),
             Started::Waiting(wait) => wait,
         };
@@ -188,6 +188,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         &self,
         msg: Req,
         opts: SendOptions,
+        may_wait: bool,
     ) -> Result<Started<Req, Resp>, SendRejected<Req>> {
         let shared = self.shared();
         if let Err(error) = shared.check_open() {
@@ -209,6 +210,10 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         let future = ResponseFuture::new(id, rx, deadline, !swept, self.handle.clone());
         match shared.try_enqueue_now(item) {
             Ok(()) => Ok(Started::Queued(future)),
+            Err((None, item)) if !may_wait => {
+                drop(future);
+                Err(SendRejected::of(BackendError::Busy, item))
+            }
             Err((None, item)) => {
                 let shared = shared.clone();
                 Ok(Started::Waiting(Box::pin(async move {
@@ -225,6 +230,26 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
                 drop(future);
                 Err(SendRejected::of(error, item))
             }
+        }
+    }
+
+    /// As [`send_or_return`](Backend::send_or_return), but never waits: when the send
+    /// queue (or its byte budget) is full the message comes back at once with `Busy`.
+    /// Everything runs synchronously, so a caller with a fallback (another backend, a
+    /// wait of its own) pays no future for the common case of a queue with room.
+    ///
+    /// # Errors
+    /// [`SendRejected`] with `Busy`, `BackendClosed`, `Unusable` or `Codec`.
+    // The message travels back by value on the (rare) failure path.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send(
+        &self,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<ResponseFuture<Resp>, SendRejected<Req>> {
+        match self.start_request(msg, opts, false)? {
+            Started::Queued(future) => Ok(future),
+            Started::Waiting(_) => unreachable!("a request that may not wait never waits"),
         }
     }
 
@@ -250,7 +275,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     pub async fn request(&self, msg: Req, opts: SendOptions) -> Result<Resp, BackendError> {
         // Two statements: in one, the finished send future would stay alive (and sized
         // into this future) while the response is awaited.
-        let wait = match self.start_request(msg, opts) {
+        let wait = match self.start_request(msg, opts, true) {
             Ok(Started::Queued(future)) => future,
             Ok(Started::Waiting(wait)) => wait.await.map_err(|rejected| rejected.error)?,
             Err(rejected) => return Err(rejected.error),

@@ -1,7 +1,7 @@
 //! `RpcClient`: an address table of pools, backend selection and growth, retries.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use morpc_backend::connection::{bounded_capacity, deadline_after, now};
@@ -10,7 +10,6 @@ use morpc_backend::{
     SendOptions, SendRejected,
 };
 use morpc_codec::Message;
-use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -18,7 +17,20 @@ use tracing::Instrument;
 use crate::breaker::{Breaker, BreakerState};
 use crate::response::Outcome;
 use crate::target::Target;
+use crate::targets::Targets;
 use crate::{ClientConfig, ClientError, ClientResponse, ClientStream};
+
+/// Where a send that could not complete at once goes on from.
+struct SlowSend<Req> {
+    /// The message, never written yet.
+    msg: Req,
+    /// The options, with the deadline resolved.
+    opts: SendOptions,
+    /// The breaker bookkeeping (its probe slot, if it took one).
+    outcome: Outcome,
+    /// The deadline.
+    deadline: Instant,
+}
 
 /// State shared by the client handle, its background tasks and its futures.
 pub(crate) struct Inner<Req, Resp> {
@@ -27,7 +39,10 @@ pub(crate) struct Inner<Req, Resp> {
     /// Creates backends.
     factory: Arc<dyn BackendFactory<Req, Resp>>,
     /// Address → its pool and breaker.
-    pub(crate) targets: Mutex<HashMap<Address, Arc<Target<Req, Resp>>>>,
+    pub(crate) targets: Targets<Req, Resp>,
+    /// Set by `close()`, `shutdown()` or the last handle's drop: one load per send, where
+    /// the token's `is_cancelled` takes a lock.
+    closed_flag: AtomicBool,
     /// Bounds concurrent creations (`create_queue_size`).
     creations: Arc<Semaphore>,
     /// Cancelled by `close()`.
@@ -62,7 +77,7 @@ impl<Req, Resp> std::fmt::Debug for RpcClient<Req, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpcClient")
             .field("config", &self.handle.inner.config)
-            .field("addresses", &self.handle.inner.targets.lock().len())
+            .field("addresses", &self.handle.inner.targets.len())
             .field("closed", &self.handle.inner.closed.is_cancelled())
             .finish()
     }
@@ -78,17 +93,16 @@ impl<Req, Resp> Drop for Handle<Req, Resp> {
     fn drop(&mut self) {
         // No new sends; the pools let go of their backends, each of which closes once
         // its futures and streams are gone.
-        self.inner.closed.cancel();
-        let targets: Vec<_> = self.inner.targets.lock().drain().map(|(_, t)| t).collect();
-        drop(targets);
+        drop(self.inner.take_targets());
     }
 }
 
 impl<Req, Resp> Inner<Req, Resp> {
     /// Stops new sends and takes every address's pool out of the table.
     fn take_targets(&self) -> Vec<Arc<Target<Req, Resp>>> {
+        self.closed_flag.store(true, Ordering::Release);
         self.closed.cancel();
-        self.targets.lock().drain().map(|(_, t)| t).collect()
+        self.targets.drain()
     }
 
     fn close(&self) {
@@ -116,7 +130,8 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             creations: Arc::new(Semaphore::new(bounded_capacity(config.create_queue_size))),
             config,
             factory,
-            targets: Mutex::new(HashMap::new()),
+            targets: Targets::default(),
+            closed_flag: AtomicBool::new(false),
             closed: CancellationToken::new(),
         });
         if !inner.config.max_idle.is_zero() {
@@ -143,7 +158,10 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
                 tracing::warn!(%address, "invalid initial backend address");
                 continue;
             };
-            let target = self.target(&address);
+            let target = self
+                .inner()
+                .targets
+                .of_address(&address, |a| self.new_target(a));
             let count = count.min(self.inner().config.max_backends_per_host.max(1));
             for _ in 0..count {
                 match self.inner().factory.create(&address).await {
@@ -154,27 +172,21 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         }
     }
 
-    /// The pool and breaker of `address`, created empty on first use.
-    fn target(&self, address: &Address) -> Arc<Target<Req, Resp>> {
-        let inner = self.inner();
-        let mut targets = inner.targets.lock();
-        targets
-            .entry(address.clone())
-            .or_insert_with(|| {
-                Arc::new(Target::new(
-                    address.clone(),
-                    inner
-                        .config
-                        .breaker
-                        .clone()
-                        .map(|b| Arc::new(Breaker::new(b))),
-                ))
-            })
-            .clone()
+    /// An empty pool and a fresh breaker for `address`.
+    fn new_target(&self, address: &Address) -> Target<Req, Resp> {
+        let breaker = self.inner().config.breaker.clone();
+        Target::new(address.clone(), breaker.map(|b| Arc::new(Breaker::new(b))))
     }
 
+    /// The pool and breaker of the address named `name`, created empty on first use.
+    #[inline]
+    fn target_named(&self, name: &str) -> Result<Arc<Target<Req, Resp>>, ClientError> {
+        self.inner().targets.named(name, |a| self.new_target(a))
+    }
+
+    #[inline]
     fn check_open(&self) -> Result<(), ClientError> {
-        if self.inner().closed.is_cancelled() {
+        if self.inner().closed_flag.load(Ordering::Acquire) {
             Err(ClientError::ClientClosed)
         } else {
             Ok(())
@@ -202,38 +214,66 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         );
     }
 
-    /// Finds a backend for `address` by `deadline`, creating one when needed.
+    /// A usable backend of `target` now, if there is one; starts creating one when the
+    /// pool asks for it. `Ok(None)`: one is being created, worth waiting for.
+    #[inline]
+    fn pick_now(
+        &self,
+        target: &Arc<Target<Req, Resp>>,
+    ) -> Result<Option<Backend<Req, Resp>>, ClientError> {
+        self.check_open()?;
+        let config = &self.inner().config;
+        let pool = &target.pool;
+        let pick = pool.pick(config.max_backends_per_host.max(1), config.auto_create);
+        if pick.create {
+            self.spawn_creation(target.clone());
+        }
+        if let Some(backend) = pick.backend {
+            return Ok(Some(backend));
+        }
+        if !pick.creating {
+            return Err(match pool.recent_failure() {
+                Some(e) => e.into(),
+                None => ClientError::NoAvailableBackend(pool.address().clone()),
+            });
+        }
+        Ok(None)
+    }
+
+    /// Finds a backend for `target` by `deadline`, creating one when needed.
     async fn select(
         &self,
         target: &Arc<Target<Req, Resp>>,
         deadline: Instant,
     ) -> Result<Backend<Req, Resp>, ClientError> {
-        let config = &self.inner().config;
-        let pool = &target.pool;
+        // The common case arms no waiter; the wait is boxed, so it does not grow every
+        // send future.
+        match self.pick_now(target)? {
+            Some(backend) => Ok(backend),
+            None => Box::pin(self.wait_for_backend(target, deadline)).await,
+        }
+    }
+
+    /// Waits for a backend of `target` being created, until `deadline`.
+    async fn wait_for_backend(
+        &self,
+        target: &Arc<Target<Req, Resp>>,
+        deadline: Instant,
+    ) -> Result<Backend<Req, Resp>, ClientError> {
         loop {
-            self.check_open()?;
-            let changed = pool.changed().notified();
+            // Armed before looking again, so a creation finishing in between is seen.
+            let changed = target.pool.changed().notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let pick = pool.pick(config.max_backends_per_host.max(1), config.auto_create);
-            if pick.create {
-                self.spawn_creation(target.clone());
-            }
-            if let Some(backend) = pick.backend {
+            if let Some(backend) = self.pick_now(target)? {
                 return Ok(backend);
-            }
-            if !pick.creating {
-                return Err(match pool.recent_failure() {
-                    Some(e) => e.into(),
-                    None => ClientError::NoAvailableBackend(pool.address().clone()),
-                });
             }
             tokio::select! {
                 biased;
                 () = self.inner().closed.cancelled() => return Err(ClientError::ClientClosed),
                 () = &mut changed => {}
                 () = tokio::time::sleep_until(deadline.into()) => {
-                    return Err(ClientError::NoAvailableBackend(pool.address().clone()));
+                    return Err(ClientError::NoAvailableBackend(target.pool.address().clone()));
                 }
             }
         }
@@ -246,17 +286,8 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         address: &str,
         deadline: Instant,
     ) -> Result<Backend<Req, Resp>, ClientError> {
-        let address = Self::address(address)?;
-        self.check_open()?;
-        let target = self.target(&address);
+        let target = self.target_named(address)?;
         self.select(&target, deadline).await
-    }
-
-    /// Parses `address`.
-    fn address(address: &str) -> Result<Address, ClientError> {
-        address
-            .parse()
-            .map_err(|_| ClientError::InvalidAddress(address.to_owned()))
     }
 
     /// Sends a request to `address` and returns the future of its response.
@@ -275,12 +306,83 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         msg: Req,
         opts: SendOptions,
     ) -> Result<ClientResponse<Resp>, ClientError> {
-        let address = Self::address(address)?;
-        let trace = opts.trace();
-        // As the server's handler span: none is built while nothing listens at debug.
-        let span = if !tracing::level_enabled!(tracing::Level::DEBUG) {
-            tracing::Span::none()
-        } else if trace.is_empty() {
+        let target = self.target_named(address)?;
+        // Only the slow path is a future of its own (boxed): a send that finds a backend
+        // with room completes synchronously, and the caller's future stays small.
+        let slow = match self.try_send_now(&target, msg, opts) {
+            Ok(response) => return Ok(response),
+            Err(slow) => slow?,
+        };
+        Box::pin(self.send_slow(&target, slow)).await
+    }
+
+    /// The synchronous part of a send: checks, the deadline, the breaker, and a backend
+    /// with room right now. What is left (no backend yet, a full queue, a rejection to
+    /// retry) comes back as the slow path's starting point.
+    #[inline]
+    #[allow(clippy::result_large_err)]
+    fn try_send_now(
+        &self,
+        target: &Arc<Target<Req, Resp>>,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<ClientResponse<Resp>, Result<SlowSend<Req>, ClientError>> {
+        if let Err(e) = self.check_open() {
+            return Err(Err(e));
+        }
+        let deadline = opts.resolve_deadline(self.inner().config.default_timeout);
+        let opts = opts.with_deadline(deadline);
+        let admission = match &target.breaker {
+            Some(breaker) => match breaker.allow() {
+                Some(admission) => Some(admission),
+                None => return Err(Err(ClientError::CircuitOpen(target.pool.address().clone()))),
+            },
+            None => None,
+        };
+        // From here on, dropping this send gives a probe slot back (`Outcome`'s drop).
+        let outcome = Outcome::new(
+            target.breaker.clone(),
+            admission,
+            self.inner().closed.clone(),
+        );
+        // Traced sends take the slow path, which runs in their span.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            return Err(Ok(SlowSend {
+                msg,
+                opts,
+                outcome,
+                deadline,
+            }));
+        }
+        let msg = match self.pick_now(target) {
+            Ok(Some(backend)) => match backend.try_send(msg, opts.clone()) {
+                Ok(future) => return Ok(ClientResponse::new(future, outcome)),
+                // Full, or closed under us: the slow path waits or picks again.
+                Err(SendRejected { message, .. }) => message,
+            },
+            Ok(None) | Err(_) => msg,
+        };
+        Err(Ok(SlowSend {
+            msg,
+            opts,
+            outcome,
+            deadline,
+        }))
+    }
+
+    /// The rest of a send that could not complete at once: in its span when tracing at
+    /// debug, waiting for a backend or for queue room, retrying rejections.
+    async fn send_slow(
+        &self,
+        target: &Arc<Target<Req, Resp>>,
+        slow: SlowSend<Req>,
+    ) -> Result<ClientResponse<Resp>, ClientError> {
+        if !tracing::level_enabled!(tracing::Level::DEBUG) {
+            return self.send_with_retries(target, slow).await;
+        }
+        let trace = slow.opts.trace();
+        let address = target.pool.address();
+        let span = if trace.is_empty() {
             tracing::debug_span!("morpc.send", address = %address, id = tracing::field::Empty)
         } else {
             tracing::debug_span!(
@@ -291,36 +393,27 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
                 span_id = %trace.span_id_hex(),
             )
         };
-        self.send_to(&address, msg, opts).instrument(span).await
+        self.send_with_retries(target, slow).instrument(span).await
     }
 
-    async fn send_to(
+    /// Picks a backend and queues the request, retrying rejections of messages never
+    /// written with backoff within the deadline.
+    async fn send_with_retries(
         &self,
-        address: &Address,
-        mut msg: Req,
-        opts: SendOptions,
+        target: &Arc<Target<Req, Resp>>,
+        slow: SlowSend<Req>,
     ) -> Result<ClientResponse<Resp>, ClientError> {
-        self.check_open()?;
+        let SlowSend {
+            mut msg,
+            opts,
+            outcome,
+            deadline,
+        } = slow;
         let config = &self.inner().config;
-        let deadline = opts.resolve_deadline(config.default_timeout);
-        let opts = opts.with_deadline(deadline);
-        let target = self.target(address);
-        let admission = match &target.breaker {
-            Some(breaker) => match breaker.allow() {
-                Some(admission) => Some(admission),
-                None => return Err(ClientError::CircuitOpen(address.clone())),
-            },
-            None => None,
-        };
-        // From here on, dropping this send gives a probe slot back (`Outcome`'s drop).
-        let outcome = Outcome::new(
-            target.breaker.clone(),
-            admission,
-            self.inner().closed.clone(),
-        );
+        let address = target.pool.address();
         let mut attempt = 0;
         loop {
-            let error = match self.select(&target, deadline).await {
+            let error = match self.select(target, deadline).await {
                 Ok(backend) => match backend.send_or_return(msg, opts.clone()).await {
                     Ok(future) => {
                         tracing::Span::current().record("id", future.id());
@@ -415,13 +508,10 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         buffer: usize,
         lock: bool,
     ) -> Result<ClientStream<Req, Resp>, ClientError> {
-        let address = Self::address(address)?;
-        let span =
-            tracing::debug_span!("morpc.stream", address = %address, id = tracing::field::Empty);
+        let target = self.target_named(address)?;
+        let span = tracing::debug_span!("morpc.stream", address = %target.pool.address(), id = tracing::field::Empty);
         async {
-            self.check_open()?;
             let deadline = deadline_after(now(), self.inner().config.default_timeout);
-            let target = self.target(&address);
             loop {
                 let backend = self.select(&target, deadline).await?;
                 if lock && !target.pool.lock_backend(&backend) {
@@ -460,11 +550,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
 
     /// Closes and forgets every backend of `address`.
     pub fn close_backend(&self, address: &str) {
-        let Ok(address) = Self::address(address) else {
-            return;
-        };
-        let removed = self.inner().targets.lock().remove(&address);
-        if let Some(target) = removed {
+        if let Some(target) = self.inner().targets.remove(address) {
             target.pool.close_all();
         }
     }
@@ -473,22 +559,18 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// backends were all closed as idle, with no creation running and a closed circuit,
     /// is forgotten by the idle cleanup.
     pub fn address_count(&self) -> usize {
-        self.inner().targets.lock().len()
+        self.inner().targets.len()
     }
 
     /// Number of live backends for `address`.
     pub fn backend_count(&self, address: &str) -> usize {
-        let Ok(address) = Self::address(address) else {
-            return 0;
-        };
-        let target = self.inner().targets.lock().get(&address).cloned();
+        let target = self.inner().targets.find(address);
         target.map_or(0, |t| t.pool.len())
     }
 
     /// The circuit state of `address`, when the breaker is enabled and the address known.
     pub fn breaker_state(&self, address: &str) -> Option<BreakerState> {
-        let address = Self::address(address).ok()?;
-        let target = self.inner().targets.lock().get(&address).cloned()?;
+        let target = self.inner().targets.find(address)?;
         target.breaker.as_ref().map(|b| b.state())
     }
 

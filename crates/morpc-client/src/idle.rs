@@ -2,13 +2,14 @@
 //! forgets addresses left with nothing (so the address table does not grow with every
 //! address ever used).
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use morpc_codec::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Inner;
+use crate::target::Target;
 
 /// Closes idle backends of every pool, once per `max_idle / 2`, until the client closes.
 pub(crate) async fn idle_cleanup<Req: Message, Resp: Message>(
@@ -27,15 +28,12 @@ pub(crate) async fn idle_cleanup<Req: Message, Resp: Message>(
             () = tokio::time::sleep(period) => {}
         }
         let Some(inner) = inner.upgrade() else { return };
-        let targets: Vec<_> = inner.targets.lock().values().cloned().collect();
+        let targets = inner.targets.all();
         for target in targets {
             target.pool.close_idle(inner.config.max_idle);
         }
         // An address in use holds its entry (a send in progress, a locked stream): only
-        // entries nobody else holds are forgotten, under the lock every lookup takes.
-        inner
-            .targets
-            .lock()
-            .retain(|_, target| Arc::strong_count(target) > 1 || !target.is_forgettable());
+        // entries nobody else holds are forgotten.
+        inner.targets.forget_unused(Target::is_forgettable);
     }
 }

@@ -28,6 +28,7 @@ mod method;
 mod response;
 mod stream;
 mod target;
+mod targets;
 #[cfg(feature = "tower")]
 mod tower;
 

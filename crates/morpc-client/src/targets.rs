@@ -1,0 +1,170 @@
+//! The address table of an `RpcClient`: address → its [`Target`] (pool and breaker).
+//!
+//! Sends name their address as a string, so the table is looked up by that string first:
+//! one read lock and a multiply-per-word hash, with no parsing and no allocation. Only a
+//! name seen for the first time is parsed; names that parse to the same [`Address`]
+//! (`127.0.0.1:80` and `tcp://127.0.0.1:80`) share one target.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use morpc_backend::Address;
+use parking_lot::RwLock;
+
+use crate::ClientError;
+use crate::target::Target;
+
+/// A hasher for address names: a multiply per eight bytes (FxHash's mix). Names come
+/// from the application's own configuration, not from peers choosing keys.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+}
+
+/// The targets by the names sends used, and by parsed address.
+struct Maps<Req, Resp> {
+    /// Every name a send used → its target.
+    by_name: HashMap<Box<str>, Arc<Target<Req, Resp>>, BuildHasherDefault<NameHasher>>,
+    /// Each address → its one target.
+    by_address: HashMap<Address, Arc<Target<Req, Resp>>>,
+}
+
+/// The address table.
+pub(crate) struct Targets<Req, Resp> {
+    /// Both maps, under one lock (read on the hot path).
+    maps: RwLock<Maps<Req, Resp>>,
+}
+
+impl<Req, Resp> Default for Targets<Req, Resp> {
+    fn default() -> Self {
+        Self {
+            maps: RwLock::new(Maps {
+                by_name: HashMap::default(),
+                by_address: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl<Req, Resp> Targets<Req, Resp> {
+    /// The target named `name`, if a send used that name before.
+    #[inline]
+    pub(crate) fn get_named(&self, name: &str) -> Option<Arc<Target<Req, Resp>>> {
+        self.maps.read().by_name.get(name).cloned()
+    }
+
+    /// The target of `name`, created with `make` if its address has none.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidAddress`] when `name` is not an address.
+    #[inline]
+    pub(crate) fn named(
+        &self,
+        name: &str,
+        make: impl FnOnce(&Address) -> Target<Req, Resp>,
+    ) -> Result<Arc<Target<Req, Resp>>, ClientError> {
+        if let Some(target) = self.get_named(name) {
+            return Ok(target);
+        }
+        let address: Address = name
+            .parse()
+            .map_err(|_| ClientError::InvalidAddress(name.to_owned()))?;
+        let mut maps = self.maps.write();
+        let target = maps
+            .by_address
+            .entry(address.clone())
+            .or_insert_with(|| Arc::new(make(&address)))
+            .clone();
+        maps.by_name.insert(name.into(), target.clone());
+        Ok(target)
+    }
+
+    /// The target of `address`, created with `make` if it has none.
+    pub(crate) fn of_address(
+        &self,
+        address: &Address,
+        make: impl FnOnce(&Address) -> Target<Req, Resp>,
+    ) -> Arc<Target<Req, Resp>> {
+        if let Some(target) = self.maps.read().by_address.get(address) {
+            return target.clone();
+        }
+        self.maps
+            .write()
+            .by_address
+            .entry(address.clone())
+            .or_insert_with(|| Arc::new(make(address)))
+            .clone()
+    }
+
+    /// The target of `name`, if there is one (without creating it).
+    pub(crate) fn find(&self, name: &str) -> Option<Arc<Target<Req, Resp>>> {
+        if let Some(target) = self.get_named(name) {
+            return Some(target);
+        }
+        let address: Address = name.parse().ok()?;
+        self.maps.read().by_address.get(&address).cloned()
+    }
+
+    /// Removes the target of `name`'s address, with every name of it.
+    pub(crate) fn remove(&self, name: &str) -> Option<Arc<Target<Req, Resp>>> {
+        let address: Address = name.parse().ok()?;
+        let mut maps = self.maps.write();
+        let removed = maps.by_address.remove(&address)?;
+        maps.by_name.retain(|_, t| !Arc::ptr_eq(t, &removed));
+        Some(removed)
+    }
+
+    /// Forgets the targets nobody outside the table holds (no send in progress, no locked
+    /// stream) for which `forgettable` is true. Under the write lock, which every creation
+    /// takes too, so no lookup races with it.
+    pub(crate) fn forget_unused(&self, forgettable: impl Fn(&Target<Req, Resp>) -> bool) {
+        let mut maps = self.maps.write();
+        let maps = &mut *maps;
+        let by_name = &maps.by_name;
+        maps.by_address.retain(|_, t| {
+            let names = by_name.values().filter(|n| Arc::ptr_eq(n, t)).count();
+            let held_elsewhere = Arc::strong_count(t) > 1 + names;
+            held_elsewhere || !forgettable(t)
+        });
+        let by_address = &maps.by_address;
+        maps.by_name.retain(|_, t| {
+            by_address
+                .get(t.pool.address())
+                .is_some_and(|kept| Arc::ptr_eq(kept, t))
+        });
+    }
+
+    /// Every target.
+    pub(crate) fn all(&self) -> Vec<Arc<Target<Req, Resp>>> {
+        self.maps.read().by_address.values().cloned().collect()
+    }
+
+    /// Takes every target out of the table.
+    pub(crate) fn drain(&self) -> Vec<Arc<Target<Req, Resp>>> {
+        let mut maps = self.maps.write();
+        maps.by_name.clear();
+        maps.by_address.drain().map(|(_, t)| t).collect()
+    }
+
+    /// Number of addresses.
+    pub(crate) fn len(&self) -> usize {
+        self.maps.read().by_address.len()
+    }
+}
