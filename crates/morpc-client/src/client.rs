@@ -18,7 +18,7 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::response::Outcome;
 use crate::target::Target;
 use crate::targets::Targets;
-use crate::{ClientConfig, ClientError, ClientResponse, ClientStream};
+use crate::{ClientConfig, ClientError, ClientResponse, ClientStream, ClientTarget};
 
 /// Where a send that could not complete at once goes on from.
 struct SlowSend<Req> {
@@ -42,7 +42,7 @@ pub(crate) struct Inner<Req, Resp> {
     pub(crate) targets: Targets<Req, Resp>,
     /// Set by `close()`, `shutdown()` or the last handle's drop: one load per send, where
     /// the token's `is_cancelled` takes a lock.
-    closed_flag: AtomicBool,
+    closed_flag: Arc<AtomicBool>,
     /// Bounds concurrent creations (`create_queue_size`).
     creations: Arc<Semaphore>,
     /// Cancelled by `close()`.
@@ -131,7 +131,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             config,
             factory,
             targets: Targets::default(),
-            closed_flag: AtomicBool::new(false),
+            closed_flag: Arc::new(AtomicBool::new(false)),
             closed: CancellationToken::new(),
         });
         if !inner.config.max_idle.is_zero() {
@@ -307,13 +307,37 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         opts: SendOptions,
     ) -> Result<ClientResponse<Resp>, ClientError> {
         let target = self.target_named(address)?;
+        self.send_to_target(&target, msg, opts).await
+    }
+
+    /// [`send`](RpcClient::send) to a target already looked up.
+    pub(crate) async fn send_to_target(
+        &self,
+        target: &Arc<Target<Req, Resp>>,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<ClientResponse<Resp>, ClientError> {
         // Only the slow path is a future of its own (boxed): a send that finds a backend
         // with room completes synchronously, and the caller's future stays small.
-        let slow = match self.try_send_now(&target, msg, opts) {
+        let slow = match self.try_send_now(target, msg, opts) {
             Ok(response) => return Ok(response),
             Err(slow) => slow?,
         };
-        Box::pin(self.send_slow(&target, slow)).await
+        Box::pin(self.send_slow(target, slow)).await
+    }
+
+    /// A handle on the address named `address`, resolved once: sends through it skip the
+    /// address table (no lookup, no hashing), for callers that talk to one address a lot.
+    /// The handle keeps the address's pool and breaker; it works until the client closes.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidAddress`], [`ClientError::ClientClosed`].
+    pub fn target(&self, address: &str) -> Result<ClientTarget<Req, Resp>, ClientError> {
+        self.check_open()?;
+        Ok(ClientTarget {
+            client: self.clone(),
+            target: self.target_named(address)?,
+        })
     }
 
     /// The synchronous part of a send: checks, the deadline, the breaker, and a backend
@@ -343,7 +367,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         let outcome = Outcome::new(
             target.breaker.clone(),
             admission,
-            self.inner().closed.clone(),
+            self.inner().closed_flag.clone(),
         );
         // Traced sends take the slow path, which runs in their span.
         if tracing::level_enabled!(tracing::Level::DEBUG) {
@@ -487,8 +511,19 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         msg: Req,
         opts: SendOptions,
     ) -> Result<(), ClientError> {
+        let target = self.target_named(address)?;
+        self.send_oneway_to_target(&target, msg, opts).await
+    }
+
+    /// [`send_oneway`](RpcClient::send_oneway) to a target already looked up.
+    pub(crate) async fn send_oneway_to_target(
+        &self,
+        target: &Arc<Target<Req, Resp>>,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<(), ClientError> {
         let deadline = opts.resolve_deadline(self.inner().config.default_timeout);
-        let backend = self.backend_for(address, deadline).await?;
+        let backend = self.select(target, deadline).await?;
         backend
             .send_oneway(msg, opts.with_deadline(deadline))
             .await

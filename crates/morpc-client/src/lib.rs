@@ -41,5 +41,6 @@ pub use morpc_backend as backend;
 pub use morpc_codec as codec;
 pub use response::ClientResponse;
 pub use stream::ClientStream;
+pub use target::ClientTarget;
 #[cfg(feature = "tower")]
 pub use tower::ClientService;

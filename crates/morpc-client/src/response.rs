@@ -4,10 +4,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use morpc_backend::{BackendError, ResponseFuture};
-use tokio_util::sync::CancellationToken;
 
 use crate::ClientError;
 use crate::breaker::{Admission, Breaker};
@@ -22,8 +22,9 @@ pub(crate) struct Outcome {
     breaker: Option<Arc<Breaker>>,
     /// Whether this request is the breaker's half-open probe.
     probe: bool,
-    /// The client's close signal.
-    closed: CancellationToken,
+    /// Whether the client was closed (an atomic: cloning a cancellation token takes a
+    /// lock).
+    closed: Arc<AtomicBool>,
 }
 
 impl Drop for Outcome {
@@ -41,7 +42,7 @@ impl Outcome {
     pub(crate) fn new(
         breaker: Option<Arc<Breaker>>,
         admission: Option<Admission>,
-        closed: CancellationToken,
+        closed: Arc<AtomicBool>,
     ) -> Self {
         Self {
             breaker,
@@ -52,7 +53,9 @@ impl Outcome {
 
     pub(crate) fn map_error(&self, error: ClientError) -> ClientError {
         match error {
-            ClientError::Backend(BackendError::BackendClosed) if self.closed.is_cancelled() => {
+            ClientError::Backend(BackendError::BackendClosed)
+                if self.closed.load(Ordering::Acquire) =>
+            {
                 ClientError::ClientClosed
             }
             other => other,

@@ -53,18 +53,25 @@ async fn a_dropped_half_open_probe_gives_its_slot_back() {
 async fn addresses_left_with_nothing_are_forgotten() {
     let config = ClientConfig::new()
         .retry(RetryPolicy::none())
-        .max_idle(Duration::from_secs(1));
+        .max_idle(Duration::from_secs(2));
     let client = RpcClient::<RawMessage>::new(config, BackendConfig::new()).await;
-    let dead: Vec<String> = (0..20).map(|_| dead_address()).collect();
-    for address in &dead {
-        let opts = SendOptions::timeout(Duration::from_secs(1));
-        client.request(address, msg("x"), opts).await.unwrap_err();
-    }
+    // Listeners that never accept, kept open: 20 distinct ports that no other test can
+    // take meanwhile, whose requests fail (time out).
+    let silent: Vec<std::net::TcpListener> = (0..20)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let requests = silent.iter().map(|l| {
+        let address = l.local_addr().unwrap().to_string();
+        let client = client.clone();
+        async move {
+            let opts = SendOptions::timeout(Duration::from_secs(1));
+            client.request(&address, msg("x"), opts).await.unwrap_err();
+        }
+    });
+    futures::future::join_all(requests).await;
     assert_eq!(client.address_count(), 20);
-    // Two cleanup periods: the unusable backends go, then their empty pools.
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    // Idle cleanups: the idle backends go, then their empty pools.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
         client.address_count(),
         0,
@@ -169,4 +176,37 @@ async fn shutdown_finishes_what_is_in_flight_then_refuses_sends() {
         .request(&addr, msg("later"), SendOptions::new())
         .await;
     assert!(matches!(later, Err(ClientError::ClientClosed)), "{later:?}");
+}
+
+#[tokio::test]
+async fn a_target_handle_sends_like_the_client_and_shares_its_pool() {
+    let (_server, addr) = echo_server().await;
+    let client = RpcClient::<RawMessage>::new(ClientConfig::new(), BackendConfig::new()).await;
+    let target = client.target(&addr).unwrap();
+    let resp = target
+        .request(msg("via target"), SendOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.body, "via target");
+    target
+        .send_oneway(msg("one way"), SendOptions::new())
+        .await
+        .unwrap();
+    let resp = client
+        .request(&addr, msg("via name"), SendOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.body, "via name");
+    assert_eq!(client.address_count(), 1, "one address, one pool");
+    assert_eq!(client.backend_count(&addr), 1);
+    assert!(matches!(
+        client.target("not an address"),
+        Err(ClientError::InvalidAddress(_))
+    ));
+    client.close();
+    let closed = target.request(msg("after close"), SendOptions::new()).await;
+    assert!(
+        matches!(closed, Err(ClientError::ClientClosed)),
+        "{closed:?}"
+    );
 }

@@ -80,7 +80,9 @@ pub mod prelude {
     };
     #[cfg(feature = "tower")]
     pub use morpc_client::ClientService;
-    pub use morpc_client::{ClientConfig, ClientError, ClientResponse, ClientStream, RpcClient};
+    pub use morpc_client::{
+        ClientConfig, ClientError, ClientResponse, ClientStream, ClientTarget, RpcClient,
+    };
     pub use morpc_codec::{CodecConfig, Framing, Message, RawMessage};
     pub use morpc_server::{
         ClientSession, HandlerError, Request, RpcServer, ServerConfig, ServerError, sync_handler,
