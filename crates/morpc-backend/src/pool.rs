@@ -118,12 +118,15 @@ impl<Req, Resp> Pool<Req, Resp> {
         }
         let chosen = chosen.or(first_busy);
         let creating = self.creating.load(Ordering::Acquire);
-        let holdoff =
-            self.last_failure.lock().as_ref().is_some_and(|(at, _)| {
+        let wanted = chosen.is_none() || all_busy;
+        // The failure holdoff (a lock and a clock read) only matters for a creation.
+        let create = auto_create
+            && creating == 0
+            && wanted
+            && n < max
+            && !self.last_failure.lock().as_ref().is_some_and(|(at, _)| {
                 now().saturating_duration_since(*at) < CREATE_FAILURE_HOLDOFF
             });
-        let wanted = chosen.is_none() || all_busy;
-        let create = auto_create && !holdoff && creating == 0 && wanted && n < max;
         if create {
             self.creating.fetch_add(1, Ordering::AcqRel);
         }
