@@ -14,6 +14,7 @@
 //! cargo run --release -p morpc-bench -- --payload 1048576 --inflight 4
 //! cargo run --release -p morpc-bench -- --mode stream --inflight 256
 //! cargo run --release -p morpc-bench -- --layer backend --inflight 256
+//! cargo run --release -p morpc-bench -- --workers 1 --inflight 256   # one process
 //! ```
 
 mod baseline;
@@ -177,6 +178,11 @@ struct RunArgs {
     /// Server runtime worker threads.
     #[arg(long, default_value_t = 1)]
     server_threads: usize,
+    /// Run the server in this process, client and server each on a multi-thread runtime
+    /// of N workers (the layout of in-process harnesses), instead of a server process.
+    /// Server CPU is then not reported separately.
+    #[arg(long, conflicts_with = "addr")]
+    workers: Option<usize>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -211,6 +217,18 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         baseline::serve(listener).await;
         return Ok(());
     }
+    let server = start_server(&args.addr, args.wire, args.batch).await?;
+    println!("LISTENING {}", server.local_addr());
+    futures::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The bench server: echoes requests and stream messages, discards one-way ones.
+async fn start_server(
+    addr: &str,
+    wire: WireArgs,
+    batch: Option<usize>,
+) -> Result<RpcServer, Box<dyn std::error::Error>> {
     let handler = |req: Request<RawMessage>, session: ClientSession<RawMessage>| async move {
         if req.stream_seq.is_some() && req.message.body.first() == Some(&DISCARD) {
             return Ok::<_, HandlerError>(());
@@ -218,14 +236,49 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         session.write(req.message).await?;
         Ok(())
     };
-    let mut config = ServerConfig::new().codec(args.wire.codec());
-    if let Some(batch) = args.batch {
+    let mut config = ServerConfig::new().codec(wire.codec());
+    if let Some(batch) = batch {
         config = config.batch_send_size(batch);
     }
-    let server = RpcServer::start(&args.addr, config, handler).await?;
-    println!("LISTENING {}", server.local_addr());
-    futures::future::pending::<()>().await;
-    Ok(())
+    Ok(RpcServer::start(addr, config, handler).await?)
+}
+
+/// A multi-thread runtime of `workers` workers.
+fn workers_runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Both runs in one process: each server on its own runtime, the load on another.
+fn run_in_process(
+    args: &RunArgs,
+    workers: usize,
+) -> Result<Vec<RunReport>, Box<dyn std::error::Error>> {
+    let mut reports = Vec::new();
+    if !args.baseline {
+        let server_rt = workers_runtime(workers);
+        let server = server_rt.block_on(start_server("127.0.0.1:0", args.wire, args.batch))?;
+        let addr = server.local_addr().to_string();
+        reports.push(measure("morpc", args, None, |window| {
+            workers_runtime(workers).block_on(morpc_load(args, &addr, window))
+        })?);
+        drop(server);
+        server_rt.shutdown_background();
+    }
+    if !args.no_baseline && args.mode == Mode::Unary || args.baseline {
+        let server_rt = workers_runtime(workers);
+        let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?.to_string();
+        server_rt.spawn(baseline::serve(listener));
+        reports.push(measure("baseline", args, None, |window| {
+            workers_runtime(workers).block_on(baseline_load(args, &addr, window))
+        })?);
+        server_rt.shutdown_background();
+    }
+    Ok(reports)
 }
 
 /// A server child process; killed on drop.
@@ -275,6 +328,11 @@ impl Drop for ServerProcess {
 fn run(mut args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.stream {
         args.mode = Mode::Stream;
+    }
+    if let Some(workers) = args.workers {
+        let reports = run_in_process(&args, workers)?;
+        print_reports(&args, &reports);
+        return Ok(());
     }
     let mut reports = Vec::new();
     let external = args.addr.is_some();
@@ -755,6 +813,10 @@ fn print_reports(args: &RunArgs, reports: &[RunReport]) {
                 "layer": format!("{:?}", args.layer).to_lowercase(),
                 "conns": args.conns, "inflight": args.inflight, "size": args.size,
                 "payload": args.payload, "duration_s": args.duration,
+                "layout": match args.workers {
+                    Some(n) => format!("in-process, {n} + {n} workers"),
+                    None => "two processes".to_owned(),
+                },
                 "framing": format!("{:?}", args.wire.framing).to_lowercase(), "checksum": args.wire.checksum,
             },
             "runs": reports.iter().map(RunReport::json).collect::<Vec<_>>(),
@@ -782,6 +844,9 @@ fn print_reports(args: &RunArgs, reports: &[RunReport]) {
         },
         args.duration
     );
+    if let Some(n) = args.workers {
+        println!("layout: one process, client and server on {n} worker(s) each");
+    }
     for r in reports {
         r.print();
     }
