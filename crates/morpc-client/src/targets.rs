@@ -32,8 +32,13 @@ impl Hasher for NameHasher {
             let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
             self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
         }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            // The last bytes as one zero-padded word (the length goes in too, with the
+            // `str` hash's terminator), not a mix per byte.
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
         }
     }
 }
