@@ -269,6 +269,40 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         Ok(item)
     }
 
+    /// The queue item for stream message `msg` with default options (the `Sink` path):
+    /// as [`message_item`](Self::message_item) without options to build, copy and drop
+    /// per message.
+    ///
+    /// # Errors
+    /// As [`message_item`](Self::message_item).
+    #[inline]
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn stream_item(
+        &self,
+        mut msg: Req,
+        id: u64,
+        seq: Option<u32>,
+    ) -> Result<WriteItem<Req>, (BackendError, Req)> {
+        let bytes = match self.codec.check_message(&msg) {
+            Ok(bytes) => bytes,
+            Err(e) => return Err((e.into(), msg)),
+        };
+        msg.set_id(id);
+        Ok(WriteItem {
+            body: FrameBody::Message(msg),
+            id,
+            deadline: crate::connection::deadline_after(
+                crate::connection::now(),
+                self.config.default_timeout,
+            ),
+            extras: None,
+            stream_seq: seq,
+            kind: ItemKind::Stream,
+            // Within the frame limit, itself within u32 (`check_message`).
+            charge: bytes.min(u32::MAX as usize) as u32,
+        })
+    }
+
     /// Queues `item`, waiting for space until its deadline.
     pub(crate) async fn enqueue(&self, item: WriteItem<Req>) -> Result<(), BackendError> {
         // The wait is the only thing alive across the await, keeping this future small.

@@ -205,7 +205,11 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
     }
 
     fn start_send(mut self: Pin<&mut Self>, msg: Req) -> Result<(), BackendError> {
-        let item = self.item(msg, SendOptions::new())?;
+        let seq = (self.shared.codec.framing() == Framing::V07).then_some(self.next_seq);
+        let item = self
+            .shared
+            .stream_item(msg, self.id, seq)
+            .map_err(|(error, _)| error)?;
         match self.shared.try_enqueue_now(item) {
             Ok(()) => {}
             Err((Some(error), _)) => return Err(error),
