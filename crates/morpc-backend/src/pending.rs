@@ -242,17 +242,7 @@ impl<Resp> PendingTable<Resp> {
     /// Fails every waiter with `err`: requests and pings resolve with it, streams end
     /// with it.
     pub(crate) fn fail_all(&self, err: &BackendError) {
-        for shard in &self.shards {
-            let drained: Vec<Pending<Resp>> = {
-                let mut shard = shard.lock();
-                shard.deadlines.clear();
-                shard.map.drain().map(|(_, p)| p).collect()
-            };
-            for pending in drained {
-                fail(pending, err.clone());
-            }
-        }
-        self.note_removal();
+        self.fail_where(err, |_| true);
     }
 
     /// Fails with `err` what the broken connection of `epoch` leaves without an answer:
@@ -262,21 +252,29 @@ impl<Resp> PendingTable<Resp> {
     /// have reconnected while this drain ran — is left alone: failing it would make its
     /// caller retry a request the server runs.
     pub(crate) fn fail_connection(&self, epoch: u64, err: &BackendError) {
+        self.fail_where(err, |pending| match pending {
+            Pending::Request(_, written) | Pending::Ping(_, written) => *written <= epoch,
+            Pending::Stream(_) => true,
+        });
+    }
+
+    /// Removes the entries `fails` picks, shard by shard, and fails them with `err`
+    /// outside the lock.
+    fn fail_where(&self, err: &BackendError, fails: impl Fn(&Pending<Resp>) -> bool) {
         for shard in &self.shards {
             let drained: Vec<Pending<Resp>> = {
                 let mut shard = shard.lock();
                 let ids: Vec<u64> = shard
                     .map
                     .iter()
-                    .filter(|(_, p)| match p {
-                        Pending::Request(_, written) | Pending::Ping(_, written) => {
-                            *written <= epoch
-                        }
-                        Pending::Stream(_) => true,
-                    })
+                    .filter(|(_, p)| fails(p))
                     .map(|(id, _)| *id)
                     .collect();
-                ids.iter().filter_map(|id| shard.map.remove(id)).collect()
+                let drained = ids.iter().filter_map(|id| shard.map.remove(id)).collect();
+                if shard.map.is_empty() {
+                    shard.deadlines.clear();
+                }
+                drained
             };
             for pending in drained {
                 fail(pending, err.clone());

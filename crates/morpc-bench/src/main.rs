@@ -643,83 +643,96 @@ fn message(body: &Bytes, payload: &Option<Bytes>) -> RawMessage {
     }
 }
 
-async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
-    match args.layer {
-        Layer::Client => client_load(args, addr, window).await,
-        Layer::Backend => backend_load(args, addr, window).await,
-    }
+/// One connection as the caller tasks see it, through the layer measured.
+#[derive(Clone)]
+enum Conn {
+    /// An `RpcClient` whose pool is pinned to one backend, and the address's name.
+    Client(RpcClient<RawMessage>, Arc<str>),
+    /// One `Backend`.
+    Backend(Backend<RawMessage>),
 }
 
-/// The caller tasks through `RpcClient`: one client per connection, with a pool of one
-/// backend created before the run (so `conns` means connections, as for the backend).
-async fn client_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
-    let backend_config = BackendConfig::new()
-        .codec(args.wire.codec())
-        .connect_on_create(true);
-    let payload = (args.payload > 0).then(|| Bytes::from(vec![0xa5; args.payload]));
-    let first = if args.mode == Mode::Oneway {
-        DISCARD
-    } else {
-        0
-    };
-    let body = body(args, first);
-    let (mut tasks, tally) = (Vec::new(), TaskTally::shared());
-    for _ in 0..args.conns {
-        let config = ClientConfig::new()
-            .max_backends_per_host(1)
-            .initial_backends(addr, 1);
-        let client: RpcClient<RawMessage> = RpcClient::new(config, backend_config.clone()).await;
-        assert_eq!(client.backend_count(addr), 1, "connect to the server");
-        for _ in 0..args.inflight {
-            let client = client.clone();
-            let addr = addr.to_owned();
-            let mut recorder = Recorder::new(tally.clone(), window.clone());
-            let (body, payload, mode) = (body.clone(), payload.clone(), args.mode);
-            tasks.push(tokio::spawn(async move {
-                match mode {
-                    Mode::Unary => {
-                        timed_loop(recorder, || async {
-                            client
-                                .request(&addr, message(&body, &payload), SendOptions::new())
-                                .await
-                                .is_ok()
-                        })
-                        .await;
-                    }
-                    Mode::Stream => {
-                        let mut stream = client.new_stream(&addr, 64, false).await.expect("stream");
-                        let mut now = Instant::now();
-                        while recorder.running() {
-                            let sent = stream
-                                .send(message(&body, &payload), SendOptions::new())
-                                .await
-                                .is_ok();
-                            let ok = sent && matches!(stream.next().await, Some(Ok(_)));
-                            let end = Instant::now();
-                            recorder.record(ok, Some(end - now));
-                            now = end;
-                        }
-                    }
-                    Mode::Oneway => {
-                        let mut stream = client.new_stream(&addr, 64, false).await.expect("stream");
-                        while recorder.running() {
-                            let sent = stream.feed(message(&body, &payload)).await.is_ok();
-                            recorder.record(sent, None);
-                        }
-                    }
-                }
-            }));
+/// A stream of either layer.
+enum AnyStream {
+    Client(morpc_client::ClientStream<RawMessage, RawMessage>),
+    Backend(morpc_backend::BackendStream<RawMessage, RawMessage>),
+}
+
+impl Conn {
+    /// Opens one connection through `layer` (connected before the run).
+    async fn open(layer: Layer, args: &RunArgs, addr: &str) -> Self {
+        let config = BackendConfig::new()
+            .codec(args.wire.codec())
+            .connect_on_create(true);
+        match layer {
+            Layer::Client => {
+                let client_config = ClientConfig::new()
+                    .max_backends_per_host(1)
+                    .initial_backends(addr, 1);
+                let client = RpcClient::new(client_config, config).await;
+                assert_eq!(client.backend_count(addr), 1, "connect to the server");
+                Self::Client(client, addr.into())
+            }
+            Layer::Backend => {
+                let address: Address = addr.parse().expect("address");
+                Self::Backend(
+                    Backend::create(address, config)
+                        .await
+                        .expect("connect to the server"),
+                )
+            }
         }
     }
-    finish(tasks, tally).await
+
+    /// One round trip; whether it succeeded.
+    async fn request(&self, msg: RawMessage) -> bool {
+        match self {
+            Self::Client(client, addr) => {
+                client.request(addr, msg, SendOptions::new()).await.is_ok()
+            }
+            Self::Backend(backend) => backend.request(msg, SendOptions::new()).await.is_ok(),
+        }
+    }
+
+    /// A stream with a receive buffer of 64.
+    async fn stream(&self) -> AnyStream {
+        match self {
+            Self::Client(client, addr) => {
+                AnyStream::Client(client.new_stream(addr, 64, false).await.expect("stream"))
+            }
+            Self::Backend(backend) => AnyStream::Backend(backend.new_stream(64).expect("stream")),
+        }
+    }
 }
 
-/// The caller tasks through one `Backend` per connection.
-async fn backend_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
-    let address: Address = addr.parse().expect("address");
-    let config = BackendConfig::new()
-        .codec(args.wire.codec())
-        .connect_on_create(true);
+impl AnyStream {
+    /// Sends `msg` and waits for its echo.
+    async fn round_trip(&mut self, msg: RawMessage) -> bool {
+        match self {
+            Self::Client(s) => {
+                s.send(msg, SendOptions::new()).await.is_ok()
+                    && matches!(s.next().await, Some(Ok(_)))
+            }
+            Self::Backend(s) => {
+                s.send(msg, SendOptions::new()).await.is_ok()
+                    && matches!(s.next().await, Some(Ok(_)))
+            }
+        }
+    }
+
+    /// Queues `msg` through the `Sink` side: readiness is room in the send queue, so a
+    /// full queue costs no timer per message.
+    async fn feed(&mut self, msg: RawMessage) -> bool {
+        match self {
+            Self::Client(s) => s.feed(msg).await.is_ok(),
+            Self::Backend(s) => s.feed(msg).await.is_ok(),
+        }
+    }
+}
+
+/// The caller tasks: `inflight` per connection, through the layer measured (`RpcClient`
+/// pinned to one backend per connection, or one `Backend`).
+async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
     let payload = (args.payload > 0).then(|| Bytes::from(vec![0xa5; args.payload]));
     let first = if args.mode == Mode::Oneway {
         DISCARD
@@ -729,46 +742,32 @@ async fn backend_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
     let body = body(args, first);
     let (mut tasks, tally) = (Vec::new(), TaskTally::shared());
     for _ in 0..args.conns {
-        let backend: Backend<RawMessage> = Backend::create(address.clone(), config.clone())
-            .await
-            .expect("connect to the server");
+        let conn = Conn::open(args.layer, args, addr).await;
         for _ in 0..args.inflight {
-            let backend = backend.clone();
+            let conn = conn.clone();
             let mut recorder = Recorder::new(tally.clone(), window.clone());
             let (body, payload, mode) = (body.clone(), payload.clone(), args.mode);
             tasks.push(tokio::spawn(async move {
                 match mode {
                     Mode::Unary => {
-                        timed_loop(recorder, || async {
-                            backend
-                                .request(message(&body, &payload), SendOptions::new())
-                                .await
-                                .is_ok()
-                        })
-                        .await;
+                        timed_loop(recorder, || conn.request(message(&body, &payload))).await;
                     }
                     Mode::Stream => {
-                        let mut stream = backend.new_stream(64).expect("stream");
+                        let mut stream = conn.stream().await;
+                        // As in `timed_loop` (whose closure cannot borrow the stream).
                         let mut now = Instant::now();
                         while recorder.running() {
-                            let sent = stream
-                                .send(message(&body, &payload), SendOptions::new())
-                                .await
-                                .is_ok();
-                            let ok = sent && matches!(stream.next().await, Some(Ok(_)));
-                            // As in `timed_loop` (whose closure cannot borrow the stream).
+                            let ok = stream.round_trip(message(&body, &payload)).await;
                             let end = Instant::now();
                             recorder.record(ok, Some(end - now));
                             now = end;
                         }
                     }
                     Mode::Oneway => {
-                        // A firehose goes through the stream's `Sink` side: readiness is
-                        // room in the send queue, so a full queue costs no timer per
-                        // message. Nothing to time: no clock read per message.
-                        let mut stream = backend.new_stream(64).expect("stream");
+                        // Nothing to time: no clock read per message.
+                        let mut stream = conn.stream().await;
                         while recorder.running() {
-                            let sent = stream.feed(message(&body, &payload)).await.is_ok();
+                            let sent = stream.feed(message(&body, &payload)).await;
                             recorder.record(sent, None);
                         }
                     }
