@@ -115,6 +115,13 @@ impl<Resp> ResponseFuture<Resp> {
     }
 }
 
+/// Terminated once it has produced its output, so `futures::select!` never polls it again.
+impl<Resp> futures::future::FusedFuture for ResponseFuture<Resp> {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
 impl<Resp> Future for ResponseFuture<Resp> {
     type Output = Result<Resp, BackendError>;
 

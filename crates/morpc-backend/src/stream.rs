@@ -163,6 +163,13 @@ impl<Req, Resp> Drop for BackendStream<Req, Resp> {
     }
 }
 
+/// Terminated once it has yielded its last item (`None`, after an error or a close).
+impl<Req, Resp> futures::stream::FusedStream for BackendStream<Req, Resp> {
+    fn is_terminated(&self) -> bool {
+        self.finished
+    }
+}
+
 impl<Req, Resp> futures::Stream for BackendStream<Req, Resp> {
     type Item = Result<Resp, BackendError>;
 

@@ -111,6 +111,13 @@ impl<Resp> ClientResponse<Resp> {
     }
 }
 
+/// Terminated once it has produced its output, so `futures::select!` never polls it again.
+impl<Resp> futures::future::FusedFuture for ClientResponse<Resp> {
+    fn is_terminated(&self) -> bool {
+        self.outcome.is_none()
+    }
+}
+
 impl<Resp> Future for ClientResponse<Resp> {
     type Output = Result<Resp, ClientError>;
 

@@ -210,3 +210,24 @@ async fn a_target_handle_sends_like_the_client_and_shares_its_pool() {
         "{closed:?}"
     );
 }
+
+#[tokio::test]
+async fn responses_and_streams_are_fused() {
+    use futures::StreamExt;
+    use futures::future::FusedFuture;
+    use futures::stream::FusedStream;
+    let (_server, addr) = echo_server().await;
+    let client = RpcClient::<RawMessage>::new(ClientConfig::new(), BackendConfig::new()).await;
+    let mut response = client
+        .send(&addr, msg("x"), SendOptions::new())
+        .await
+        .unwrap();
+    assert!(!response.is_terminated());
+    assert_eq!((&mut response).await.unwrap().body, "x");
+    assert!(response.is_terminated(), "select! must not poll it again");
+    let mut stream = client.new_stream(&addr, 4, false).await.unwrap();
+    assert!(!stream.is_terminated());
+    stream.close();
+    while stream.next().await.is_some() {}
+    assert!(stream.is_terminated());
+}
