@@ -94,6 +94,16 @@ pub enum ConnectionLost {
     TaskPanicked(Arc<str>),
 }
 
+impl From<crate::connection::WriteError> for ConnectionLost {
+    fn from(e: crate::connection::WriteError) -> Self {
+        use crate::connection::WriteError;
+        match e {
+            WriteError::Stalled(d) => Self::WriteTimeout(d),
+            WriteError::Io(e) => Self::Io(Arc::new(e)),
+        }
+    }
+}
+
 impl ConnectionLost {
     /// The cause for a read that failed.
     pub(crate) fn from_read(e: crate::connection::ReadError) -> Self {

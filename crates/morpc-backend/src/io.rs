@@ -62,7 +62,7 @@ const MAX_IO_SLICES: usize = 64;
 /// left empty), so what remains in them is what was not written.
 ///
 /// With `stall`, every single write (and the flush) must make progress within it: a peer
-/// that stops reading fails the write with `TimedOut` after `stall`, however long the
+/// that stops reading fails the write with `TimedOut` (see [`is_stall`]) after `stall`, however long the
 /// whole batch would take a slow but reading peer. The timer is only armed when a write
 /// has to wait.
 ///
@@ -107,6 +107,24 @@ pub async fn write_chunks<W: AsyncWrite + Unpin + ?Sized>(
     bounded(stall, writer.flush()).await
 }
 
+/// The cause inside the `TimedOut` error of a write that made no progress for its stall
+/// bound, so callers tell it from the operating system's own `TimedOut`.
+#[derive(Debug)]
+struct Stalled(std::time::Duration);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peer accepted no bytes for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+/// Whether `e` is the stall bound of [`write_chunks`] expiring.
+pub fn is_stall(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Stalled>())
+}
+
 /// Runs `io`, failing with `TimedOut` if it is not done within `stall` (when given).
 /// The timer is armed only if `io` cannot finish at once (most writes complete on their
 /// first poll).
@@ -125,7 +143,7 @@ async fn bounded<T>(
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("peer accepted no bytes for {stall:?}"),
+            Stalled(stall),
         )),
     }
 }

@@ -383,24 +383,7 @@ impl<Resp> PendingTable<Resp> {
         size: impl FnOnce(&Resp) -> usize,
         budget: &ByteBudget,
     ) -> Delivery<Resp> {
-        let delivery = self.deliver_locked(id, seq, msg, size, budget);
-        if matches!(delivery, Delivery::Request(..) | Delivery::Gap(..)) {
-            self.note_removal();
-        }
-        delivery
-    }
-
-    /// [`deliver`](Self::deliver) under the shard's lock.
-    #[inline]
-    fn deliver_locked(
-        &self,
-        id: u64,
-        seq: Option<u32>,
-        msg: Resp,
-        size: impl FnOnce(&Resp) -> usize,
-        budget: &ByteBudget,
-    ) -> Delivery<Resp> {
-        self.with_shard(id, |map| match map.get_mut(&id) {
+        let delivery = self.with_shard(id, |map| match map.get_mut(&id) {
             None | Some(Pending::Ping(..)) => Delivery::Unknown,
             Some(Pending::Request(..)) => match map.remove(&id) {
                 Some(Pending::Request(tx, _)) => Delivery::Request(tx, msg),
@@ -431,7 +414,11 @@ impl<Resp> PendingTable<Resp> {
                     }
                 }
             },
-        })
+        });
+        if matches!(delivery, Delivery::Request(..) | Delivery::Gap(..)) {
+            self.note_removal();
+        }
+        delivery
     }
 }
 

@@ -39,6 +39,11 @@ pub struct Pick<Req, Resp> {
 /// the cause instead of dialling a dead address in a loop.
 const CREATE_FAILURE_HOLDOFF: Duration = Duration::from_millis(100);
 
+/// Whether a creation failure is recent enough to hold new creations off.
+fn recent((at, _): &(Instant, BackendError)) -> bool {
+    now().saturating_duration_since(*at) < CREATE_FAILURE_HOLDOFF
+}
+
 /// The backends of one address, picked round-robin.
 pub struct Pool<Req, Resp = Req> {
     /// The address.
@@ -124,9 +129,7 @@ impl<Req, Resp> Pool<Req, Resp> {
             && creating == 0
             && wanted
             && n < max
-            && !self.last_failure.lock().as_ref().is_some_and(|(at, _)| {
-                now().saturating_duration_since(*at) < CREATE_FAILURE_HOLDOFF
-            });
+            && !self.last_failure.lock().as_ref().is_some_and(recent);
         if create {
             self.creating.fetch_add(1, Ordering::AcqRel);
         }
@@ -142,7 +145,7 @@ impl<Req, Resp> Pool<Req, Resp> {
         self.last_failure
             .lock()
             .as_ref()
-            .filter(|(at, _)| now().saturating_duration_since(*at) < CREATE_FAILURE_HOLDOFF)
+            .filter(|failure| recent(failure))
             .map(|(_, e)| e.clone())
     }
 

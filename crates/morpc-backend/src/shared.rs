@@ -215,12 +215,12 @@ impl<Req, Resp> Shared<Req, Resp> {
         }
     }
 
-    /// Stops new sends (they fail with `BackendClosed`); what is in flight goes on.
-    /// Returns whether the backend was open.
-    pub(crate) fn drain(&self) -> bool {
-        self.state
-            .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+    /// Stops new sends (they fail with `BackendClosed`); what is in flight goes on. A
+    /// backend no longer open stays as it is.
+    pub(crate) fn drain(&self) {
+        let _ = self
+            .state
+            .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Marks the backend unusable after it could not reconnect.
@@ -257,15 +257,14 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         kind: ItemKind,
         opts: SendOptions,
     ) -> Result<WriteItem<Req>, (BackendError, Req)> {
-        let bytes = match self.codec.check_message(&msg) {
-            Ok(bytes) => bytes,
-            Err(e) => return Err((e.into(), msg)),
+        let charge = match self.charge_of(&msg) {
+            Ok(charge) => charge,
+            Err(e) => return Err((e, msg)),
         };
-        let deadline = opts.resolve_deadline(self.config.default_timeout);
         msg.set_id(id);
+        let deadline = opts.resolve_deadline(self.config.default_timeout);
         let mut item = WriteItem::new(FrameBody::Message(msg), id, deadline, kind, opts);
-        // Within the frame limit, itself within u32 (`check_message`).
-        item.charge = bytes.min(u32::MAX as usize) as u32;
+        item.charge = charge;
         Ok(item)
     }
 
@@ -283,9 +282,9 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         id: u64,
         seq: Option<u32>,
     ) -> Result<WriteItem<Req>, (BackendError, Req)> {
-        let bytes = match self.codec.check_message(&msg) {
-            Ok(bytes) => bytes,
-            Err(e) => return Err((e.into(), msg)),
+        let charge = match self.charge_of(&msg) {
+            Ok(charge) => charge,
+            Err(e) => return Err((e, msg)),
         };
         msg.set_id(id);
         Ok(WriteItem {
@@ -298,9 +297,17 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
             extras: None,
             stream_seq: seq,
             kind: ItemKind::Stream,
-            // Within the frame limit, itself within u32 (`check_message`).
-            charge: bytes.min(u32::MAX as usize) as u32,
+            charge,
         })
+    }
+
+    /// What queueing `msg` charges to the queue's byte budget, once it is checked
+    /// against the codec's limits.
+    #[inline]
+    fn charge_of(&self, msg: &Req) -> Result<u32, BackendError> {
+        let bytes = self.codec.check_message(msg)?;
+        // Within the frame limit, itself within u32 (`check_message`).
+        Ok(bytes.min(u32::MAX as usize) as u32)
     }
 
     /// Queues `item`, waiting for space until its deadline.

@@ -96,10 +96,14 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
             .shared
             .message_item(msg, self.id, ItemKind::Stream, opts)
             .map_err(|(error, _)| error)?;
-        if self.shared.codec.framing() == Framing::V07 {
-            item.stream_seq = Some(self.next_seq);
-        }
+        item.stream_seq = self.seq();
         Ok(item)
+    }
+
+    /// The sequence number the next message carries (V07 numbers stream messages; V05
+    /// has no field for it).
+    fn seq(&self) -> Option<u32> {
+        (self.shared.codec.framing() == Framing::V07).then_some(self.next_seq)
     }
 
     /// Whether the stream has ended: closed here (`rx` closed), or ended by the connection
@@ -212,10 +216,9 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
     }
 
     fn start_send(mut self: Pin<&mut Self>, msg: Req) -> Result<(), BackendError> {
-        let seq = (self.shared.codec.framing() == Framing::V07).then_some(self.next_seq);
         let item = self
             .shared
-            .stream_item(msg, self.id, seq)
+            .stream_item(msg, self.id, self.seq())
             .map_err(|(error, _)| error)?;
         match self.shared.try_enqueue_now(item) {
             Ok(()) => {}

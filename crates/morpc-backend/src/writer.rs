@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::address::{BoxReader, BoxWriter};
 use crate::conn_state::ConnState;
-use crate::connection::{FrameWriter, WriteBound, WriteError, catch_panic, now};
+use crate::connection::{FrameWriter, catch_panic, now};
 use crate::pending::fail;
 use crate::shared::{ItemKind, ONE_WAY_DEADLINE, PING_DEADLINE_CAP, Shared, WriteItem};
 use crate::{BackendError, ConnectionLost, metrics, reader};
@@ -140,11 +140,7 @@ async fn write_loop<Req: Message, Resp: Message>(
         }
         // Bounded by progress, not by the earliest deadline in the batch: one request
         // with little time left must not break the connection for the others.
-        match c
-            .writer
-            .flush(WriteBound::Stall(shared.config.write_timeout))
-            .await
-        {
+        match c.writer.flush(shared.config.write_timeout).await {
             Ok(bytes) => {
                 shared.touch(now);
                 // The clock is read again only when metrics are compiled in.
@@ -152,16 +148,7 @@ async fn write_loop<Req: Message, Resp: Message>(
                     metrics::batch_written(messages, bytes, rx.len(), now.elapsed());
                 }
             }
-            Err(e) => {
-                let cause = match e {
-                    WriteError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                        ConnectionLost::WriteTimeout(shared.config.write_timeout)
-                    }
-                    WriteError::Io(e) => ConnectionLost::Io(Arc::new(e)),
-                    other => ConnectionLost::Io(Arc::new(std::io::Error::other(other.to_string()))),
-                };
-                c.state.break_with(&shared, cause);
-            }
+            Err(e) => c.state.break_with(&shared, ConnectionLost::from(e)),
         }
     }
 

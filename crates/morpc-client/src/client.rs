@@ -370,21 +370,17 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             self.inner().closed_flag.clone(),
         );
         // Traced sends take the slow path, which runs in their span.
-        if tracing::level_enabled!(tracing::Level::DEBUG) {
-            return Err(Ok(SlowSend {
-                msg,
-                opts,
-                outcome,
-                deadline,
-            }));
-        }
-        let msg = match self.pick_now(target) {
-            Ok(Some(backend)) => match backend.try_send(msg, opts.clone()) {
-                Ok(future) => return Ok(ClientResponse::new(future, outcome)),
-                // Full, or closed under us: the slow path waits or picks again.
-                Err(SendRejected { message, .. }) => message,
-            },
-            Ok(None) | Err(_) => msg,
+        let msg = if tracing::level_enabled!(tracing::Level::DEBUG) {
+            msg
+        } else {
+            match self.pick_now(target) {
+                Ok(Some(backend)) => match backend.try_send(msg, opts.clone()) {
+                    Ok(future) => return Ok(ClientResponse::new(future, outcome)),
+                    // Full, or closed under us: the slow path waits or picks again.
+                    Err(SendRejected { message, .. }) => message,
+                },
+                Ok(None) | Err(_) => msg,
+            }
         };
         Err(Ok(SlowSend {
             msg,

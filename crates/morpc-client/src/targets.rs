@@ -142,10 +142,14 @@ impl<Req, Resp> Targets<Req, Resp> {
     pub(crate) fn forget_unused(&self, forgettable: impl Fn(&Target<Req, Resp>) -> bool) {
         let mut maps = self.maps.write();
         let maps = &mut *maps;
-        let by_name = &maps.by_name;
+        // The table's own references to each target: one by address, one per name.
+        let mut names: HashMap<*const Target<Req, Resp>, usize> = HashMap::new();
+        for target in maps.by_name.values() {
+            *names.entry(Arc::as_ptr(target)).or_default() += 1;
+        }
         maps.by_address.retain(|_, t| {
-            let names = by_name.values().filter(|n| Arc::ptr_eq(n, t)).count();
-            let held_elsewhere = Arc::strong_count(t) > 1 + names;
+            let in_table = 1 + names.get(&Arc::as_ptr(t)).copied().unwrap_or(0);
+            let held_elsewhere = Arc::strong_count(t) > in_table;
             held_elsewhere || !forgettable(t)
         });
         let by_address = &maps.by_address;

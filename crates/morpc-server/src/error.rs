@@ -100,6 +100,17 @@ impl CloseReason {
     }
 }
 
+impl From<morpc_backend::connection::WriteError> for CloseReason {
+    fn from(e: morpc_backend::connection::WriteError) -> Self {
+        use morpc_backend::connection::WriteError;
+        match e {
+            WriteError::Stalled(d) => Self::WriteTimeout(d),
+            WriteError::Io(e) => Self::Io(Arc::new(e)),
+            other => Self::Io(Arc::new(io::Error::other(other.to_string()))),
+        }
+    }
+}
+
 impl From<io::Error> for CloseReason {
     fn from(e: io::Error) -> Self {
         Self::Io(Arc::new(e))

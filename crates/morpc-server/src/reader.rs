@@ -378,7 +378,7 @@ async fn answer_ping<Resp: Message>(
     session: &SessionShared<Resp>,
     id: u64,
 ) -> Result<(), CloseReason> {
-    match session.queue(Frame::pong(id), None).await {
+    match session.queue(Frame::pong(id), 0, None).await {
         Ok(()) => Ok(()),
         Err(ServerError::Busy) => Err(CloseReason::WriteTimeout(session.write_timeout)),
         Err(_) => Err(session

@@ -2,11 +2,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use morpc_backend::connection::{ByteBudget, message_bytes};
+use morpc_backend::connection::ByteBudget;
 use morpc_codec::{Codec, Frame, Message};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -31,7 +31,7 @@ pub(crate) struct ConnControl {
     /// response above it, or to 0, answers nothing this connection received).
     highest_id: AtomicU64,
     /// Whether a response to an id never received was already logged at WARN.
-    warned_unknown_id: std::sync::atomic::AtomicBool,
+    warned_unknown_id: AtomicBool,
 }
 
 impl ConnControl {
@@ -43,7 +43,7 @@ impl ConnControl {
             accepted: morpc_backend::connection::now(),
             last_frame: AtomicU64::new(u64::MAX),
             highest_id: AtomicU64::new(0),
-            warned_unknown_id: std::sync::atomic::AtomicBool::new(false),
+            warned_unknown_id: AtomicBool::new(false),
         })
     }
 
@@ -116,16 +116,7 @@ pub(crate) struct Outgoing<Resp> {
     pub(crate) charge: usize,
 }
 
-/// Bytes a frame holds while queued: its message's body and payload, and room for its
-/// header.
-pub(crate) fn queued_size<Resp: Message>(frame: &Frame<Resp>) -> usize {
-    match &frame.body {
-        morpc_codec::FrameBody::Message(m) => FRAME_HEADER + message_bytes(m),
-        _ => FRAME_HEADER,
-    }
-}
-
-/// Room a queued frame's header is charged for.
+/// Room a queued frame's header is charged for, besides its message's body and payload.
 const FRAME_HEADER: usize = 64;
 
 /// What every session of one connection shares.
@@ -145,18 +136,12 @@ pub(crate) struct SessionShared<Resp> {
 }
 
 impl<Resp: Message> SessionShared<Resp> {
-    /// Queues `frame` if the queue and the budget have room now. Otherwise gives the
-    /// frame back when there is no room (`Some`), or drops it when the connection is gone
-    /// (`None`).
-    /// `size` is the message's size when the caller already knows it.
+    /// Queues `frame`, whose message holds `size` bytes (body and payload; 0 for a pong),
+    /// if the queue and the budget have room now. Otherwise gives the frame back when
+    /// there is no room (`Some`), or drops it when the connection is gone (`None`).
     #[inline]
-    fn try_queue_sized(
-        &self,
-        frame: Frame<Resp>,
-        size: Option<usize>,
-    ) -> Result<(), Option<Frame<Resp>>> {
-        let size = size.map_or_else(|| queued_size(&frame), |s| FRAME_HEADER + s);
-        let Some(charge) = self.budget.try_take(size) else {
+    fn try_queue(&self, frame: Frame<Resp>, size: usize) -> Result<(), Option<Frame<Resp>>> {
+        let Some(charge) = self.budget.try_take(FRAME_HEADER + size) else {
             return Err(Some(frame));
         };
         match self.tx.try_send(Outgoing { frame, charge }) {
@@ -172,17 +157,18 @@ impl<Resp: Message> SessionShared<Resp> {
         }
     }
 
-    /// Queues `frame`, waiting for queue room and budget until `deadline` (but never
-    /// longer than the write timeout).
+    /// Queues `frame` (whose message holds `size` bytes), waiting for queue room and
+    /// budget until `deadline` (but never longer than the write timeout).
     ///
     /// # Errors
     /// `Busy` when there was no room in time, `SessionClosed` when the connection closed.
     pub(crate) async fn queue(
         &self,
         frame: Frame<Resp>,
+        size: usize,
         deadline: Option<Instant>,
     ) -> Result<(), ServerError> {
-        match self.queue_or_wait(frame, deadline, None) {
+        match self.queue_or_wait(frame, size, deadline) {
             Ok(()) => Ok(()),
             Err(Queue::Closed) => Err(ServerError::SessionClosed),
             Err(Queue::Wait(wait)) => wait.await,
@@ -196,13 +182,15 @@ impl<Resp: Message> SessionShared<Resp> {
     fn queue_or_wait(
         &self,
         frame: Frame<Resp>,
+        size: usize,
         deadline: Option<Instant>,
-        size: Option<usize>,
     ) -> Result<(), Queue<'_>> {
-        match self.try_queue_sized(frame, size) {
+        match self.try_queue(frame, size) {
             Ok(()) => Ok(()),
             Err(None) => Err(Queue::Closed),
-            Err(Some(frame)) => Err(Queue::Wait(Box::pin(self.wait_to_queue(frame, deadline)))),
+            Err(Some(frame)) => Err(Queue::Wait(Box::pin(
+                self.wait_to_queue(frame, size, deadline),
+            ))),
         }
     }
 
@@ -210,6 +198,7 @@ impl<Resp: Message> SessionShared<Resp> {
     async fn wait_to_queue(
         &self,
         frame: Frame<Resp>,
+        size: usize,
         deadline: Option<Instant>,
     ) -> Result<(), ServerError> {
         let limit = morpc_backend::connection::deadline_after(
@@ -219,7 +208,7 @@ impl<Resp: Message> SessionShared<Resp> {
         let deadline = deadline.map_or(limit, |d| d.min(limit));
         let queued = async {
             // Given back if the wait is cancelled or the connection is gone.
-            let held = self.budget.take_held(queued_size(&frame)).await;
+            let held = self.budget.take_held(FRAME_HEADER + size).await;
             let charge = held.charge();
             match self.tx.send(Outgoing { frame, charge }).await {
                 // The queued frame holds the charge now; the writer gives it back.
@@ -301,15 +290,14 @@ impl<Resp: Message> ClientSession<Resp> {
     pub async fn write(&self, response: Resp) -> Result<(), ServerError> {
         let size = self.shared.codec.check_message(&response)?;
         // Only the boxed wait lives across the await, keeping this future small.
-        let wait =
-            match self
-                .shared
-                .queue_or_wait(Frame::message(response), self.deadline, Some(size))
-            {
-                Ok(()) => return Ok(()),
-                Err(Queue::Closed) => return Err(ServerError::SessionClosed),
-                Err(Queue::Wait(wait)) => wait,
-            };
+        let wait = match self
+            .shared
+            .queue_or_wait(Frame::message(response), size, self.deadline)
+        {
+            Ok(()) => return Ok(()),
+            Err(Queue::Closed) => return Err(ServerError::SessionClosed),
+            Err(Queue::Wait(wait)) => wait,
+        };
         wait.await
     }
 
@@ -322,7 +310,7 @@ impl<Resp: Message> ClientSession<Resp> {
     pub fn write_oneway(&self, response: Resp) -> Result<(), ServerError> {
         let size = self.shared.codec.check_message(&response)?;
         self.shared
-            .try_queue_sized(Frame::message(response), Some(size))
+            .try_queue(Frame::message(response), size)
             .map_err(|frame| match frame {
                 Some(_) => ServerError::QueueFull,
                 None => ServerError::SessionClosed,

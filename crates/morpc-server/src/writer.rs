@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use morpc_backend::connection::{ByteBudget, FrameWriter, WriteBound, WriteError};
+use morpc_backend::connection::{ByteBudget, FrameWriter};
 use morpc_codec::{FrameBody, Framing, Message};
 use tokio::sync::mpsc;
 
@@ -27,7 +27,7 @@ pub(crate) async fn write_loop<H, Resp: Message>(
 ) {
     let batch_size = shared.config.batch_send_size.max(1);
     let numbered = shared.codec.framing() == Framing::V07;
-    let bound = WriteBound::Stall(shared.config.write_timeout);
+    let stall = shared.config.write_timeout;
     let mut batch: Vec<Outgoing<Resp>> = Vec::with_capacity(batch_size);
     let stopped = control.token.cancelled();
     tokio::pin!(stopped);
@@ -48,12 +48,15 @@ pub(crate) async fn write_loop<H, Resp: Message>(
         // Counted first: the loop may stop early, and the whole batch goes back.
         let charged: usize = batch.iter().map(|o| o.charge).sum();
         for Outgoing { frame, .. } in batch.drain(..) {
-            if let (Some(filter), FrameBody::Message(m)) = (&shared.config.filter, &frame.body) {
-                if !filter(m) {
+            if let FrameBody::Message(m) = &frame.body {
+                if shared
+                    .config
+                    .filter
+                    .as_ref()
+                    .is_some_and(|filter| !filter(m))
+                {
                     continue;
                 }
-            }
-            if let FrameBody::Message(m) = &frame.body {
                 control.check_response_id(m.id());
             }
             if let Err(e) = writer.encode(&shared.codec, &frame) {
@@ -72,7 +75,7 @@ pub(crate) async fn write_loop<H, Resp: Message>(
         let written = tokio::select! {
             biased;
             () = &mut stopped => None,
-            r = writer.flush(bound) => Some(r),
+            r = writer.flush(stall) => Some(r),
         };
         budget.release(charged);
         let Some(written) = written else { break };
@@ -80,13 +83,7 @@ pub(crate) async fn write_loop<H, Resp: Message>(
             Ok(sent) => metrics::batch_written(messages, sent),
             Err(e) => {
                 metrics::partly_written(writer.last_written());
-                let reason = match e {
-                    WriteError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                        CloseReason::WriteTimeout(shared.config.write_timeout)
-                    }
-                    WriteError::Io(e) => CloseReason::from(e),
-                    other => CloseReason::Io(Arc::new(std::io::Error::other(other.to_string()))),
-                };
+                let reason = CloseReason::from(e);
                 tracing::debug!(%reason, "write failed");
                 control.close_with(reason);
                 break;

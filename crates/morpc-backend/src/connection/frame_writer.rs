@@ -2,7 +2,7 @@
 //! payloads kept as their own chunks (never copied), one vectored write sequence and one
 //! flush per batch, bounded in time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use morpc_codec::{Codec, CodecError, Frame, Message};
@@ -14,22 +14,12 @@ use crate::BoxWriter;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WriteError {
-    /// Writing the socket failed, or the peer accepted no bytes within the stall bound.
+    /// Writing the socket failed.
     #[error("write failed: {0}")]
-    Io(#[from] std::io::Error),
-    /// The batch was not written by its deadline.
-    #[error("write deadline exceeded")]
-    Deadline,
-}
-
-/// How long writing one batch may take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteBound {
-    /// Every write must make progress within this (a peer that stops reading is closed
-    /// after it, whatever deadline its frames carried).
-    Stall(Duration),
-    /// The whole batch must be written by this instant (the earliest deadline in it).
-    Deadline(Instant),
+    Io(std::io::Error),
+    /// The peer accepted no bytes for the stall bound: it stopped reading.
+    #[error("the peer accepted no bytes for {0:?}")]
+    Stalled(Duration),
 }
 
 /// The write half of one connection and its batch buffer.
@@ -99,27 +89,26 @@ impl FrameWriter {
     }
 
     /// Writes the batch with vectored writes, flushes once, and returns the bytes written.
+    /// Every write must make progress within `stall`: a peer that stops reading fails the
+    /// batch after it, however long a slow but reading peer takes for the whole batch.
     /// On error the batch is dropped.
     ///
     /// # Errors
-    /// [`WriteError::Io`] (a stall is `TimedOut`), [`WriteError::Deadline`].
-    pub async fn flush(&mut self, bound: WriteBound) -> Result<usize, WriteError> {
+    /// [`WriteError::Stalled`], [`WriteError::Io`].
+    pub async fn flush(&mut self, stall: Duration) -> Result<usize, WriteError> {
         let bytes = self.pending_bytes();
         if !self.buf.is_empty() {
             self.chunks.push(self.buf.split().freeze());
         }
-        let (stall, deadline) = match bound {
-            WriteBound::Stall(stall) => (Some(stall), None),
-            WriteBound::Deadline(at) => (None, Some(at)),
-        };
-        let write = crate::io::write_chunks(&mut self.io, &mut self.chunks, stall);
-        let written = match deadline {
-            None => write.await.map_err(WriteError::from),
-            Some(at) => match tokio::time::timeout_at(at.into(), write).await {
-                Ok(r) => r.map_err(WriteError::from),
-                Err(_) => Err(WriteError::Deadline),
-            },
-        };
+        let written = crate::io::write_chunks(&mut self.io, &mut self.chunks, Some(stall))
+            .await
+            .map_err(|e| {
+                if crate::io::is_stall(&e) {
+                    WriteError::Stalled(stall)
+                } else {
+                    WriteError::Io(e)
+                }
+            });
         self.last_written = match written {
             Ok(()) => bytes,
             // Chunks are advanced past what was written, even when the write failed or
@@ -161,12 +150,9 @@ mod tests {
         let frame = Frame::message(RawMessage::with_payload("x", vec![0u8; 8192]));
         writer.encode(&codec, &frame).unwrap();
         let total = writer.pending_bytes();
-        let err = writer
-            .flush(WriteBound::Stall(Duration::from_secs(1)))
-            .await
-            .unwrap_err();
+        let err = writer.flush(Duration::from_secs(1)).await.unwrap_err();
         assert!(
-            matches!(&err, WriteError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            matches!(err, WriteError::Stalled(d) if d == Duration::from_secs(1)),
             "{err:?}"
         );
         assert_eq!(writer.last_written(), 1024, "of {total}");

@@ -17,7 +17,7 @@ mod supervise;
 
 pub use budget::{ByteBudget, Held, SharedBudget, message_bytes};
 pub use frame_reader::{FrameReader, ReadError};
-pub use frame_writer::{FrameWriter, WriteBound, WriteError};
+pub use frame_writer::{FrameWriter, WriteError};
 pub use read_timer::{ReadLimits, ReadTimeout, ReadTimer};
 pub use stream_numbering::StreamNumbering;
 pub use supervise::{TaskPanic, catch_panic, panic_message};
