@@ -125,18 +125,45 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             }),
         });
         let connection = if shared.config.connect_on_create {
-            let timeout = shared.config.connect_timeout;
-            let tls = shared.config.tls_settings();
-            let (reader, writer) = crate::transport::dial(&shared.address, timeout, tls).await?;
+            let (reader, writer) = shared.config.connect(&shared.address).await?;
             Some(writer::Connection::start(&shared, reader, writer))
         } else {
             None
         };
-        tokio::spawn(shared.pending.clone().expire(shared.closed.clone()));
+        tokio::spawn(
+            shared
+                .pending
+                .clone()
+                .expire(shared.closed.clone(), shared.canceller.clone()),
+        );
         tokio::spawn(writer::run(shared.clone(), rx, connection));
         Ok(Self {
             handle: Arc::new(Handle { shared }),
         })
+    }
+
+    /// A backend over one established connection (any byte stream: an in-memory pipe, a
+    /// tunnel, a stream accepted elsewhere) instead of one it dials. It cannot reconnect:
+    /// once that connection is lost, in-flight requests fail with the cause and the
+    /// backend becomes [`Unusable`](BackendError::Unusable). Its
+    /// [`address`](Backend::address) is `io`. To connect and reconnect over a transport
+    /// of your own, give the configuration a [`Connector`](crate::Connector) instead.
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// None today; the `Result` keeps the signature of [`create`](Backend::create).
+    pub async fn from_io<Io>(io: Io, mut config: BackendConfig<Req>) -> Result<Self, BackendError>
+    where
+        Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (reader, writer) = tokio::io::split(io);
+        let given: crate::Connected = (Box::pin(reader), Box::pin(writer));
+        config.connector = Some(Arc::new(crate::transport::Given(parking_lot::Mutex::new(
+            Some(given),
+        ))));
+        config.connect_on_create = true;
+        config.reconnect.window = std::time::Duration::ZERO;
+        Self::create(Address::Tcp("io".to_owned()), config).await
     }
 
     /// Queues `msg` as a request and returns the future of its response. The id is
@@ -198,16 +225,19 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             });
         }
         let id = shared.next_id();
+        let keep_headers = opts.keep_headers;
         let item = match shared.message_item(msg, id, ItemKind::Request, opts) {
             Ok(item) => item,
             Err((error, message)) => return Err(SendRejected { error, message }),
         };
         let deadline = item.deadline;
         let (tx, rx) = oneshot::channel();
-        let swept = shared.pending.insert_request(id, tx, deadline);
+        let (header_tx, header_rx) = keep_headers.then(oneshot::channel).unzip();
+        let swept = shared.pending.insert_request(id, tx, deadline, header_tx);
         // Built before queueing: if the caller drops the send mid-wait, the future's drop
         // unregisters the request.
-        let future = ResponseFuture::new(id, rx, deadline, !swept, self.handle.clone());
+        let mut future = ResponseFuture::new(id, rx, deadline, !swept, self.handle.clone());
+        future.headers = header_rx;
         match shared.try_enqueue_now(item) {
             Ok(()) => Ok(Started::Queued(future)),
             Err((None, item)) if !may_wait => {

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use morpc_codec::{CodecConfig, TraceContext};
 
 /// A write filter: returns `false` to drop a queued message before it is written. It sees
@@ -116,6 +117,28 @@ pub struct BackendConfig<Req> {
     #[cfg(feature = "rustls-ring")]
     #[cfg_attr(feature = "serde", serde(skip))]
     pub(crate) tls: Option<crate::TlsClient>,
+    /// Establishes connections instead of dialling the address.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub(crate) connector: Option<Arc<dyn crate::Connector>>,
+    /// Called with each response no request waits for any more.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub(crate) orphan_hook: Option<OrphanHook>,
+}
+
+/// A callback for responses whose request no longer waits (it timed out, was dropped or
+/// cancelled): Go's orphan-response hook, so callers that pool buffers can release them.
+pub type OrphanHook = Arc<dyn Fn(OrphanResponse) + Send + Sync>;
+
+/// A response that arrived for a request nobody waits for any more, handed to the
+/// [`OrphanHook`]: the decoded message of type `Resp` as `Box<dyn Any>` (downcast it),
+/// and its request id.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct OrphanResponse {
+    /// The id the response carried.
+    pub id: u64,
+    /// The decoded message (the backend's `Resp`).
+    pub message: Box<dyn Any + Send>,
 }
 
 impl<Req> Clone for BackendConfig<Req> {
@@ -138,6 +161,8 @@ impl<Req> Clone for BackendConfig<Req> {
             filter: self.filter.clone(),
             #[cfg(feature = "rustls-ring")]
             tls: self.tls.clone(),
+            connector: self.connector.clone(),
+            orphan_hook: self.orphan_hook.clone(),
         }
     }
 }
@@ -160,6 +185,8 @@ impl<Req> fmt::Debug for BackendConfig<Req> {
             .field("read_buffer_size", &self.read_buffer_size)
             .field("codec", &self.codec)
             .field("filter", &self.filter.as_ref().map(|_| "<fn>"))
+            .field("connector", &self.connector.as_ref().map(|_| "<connector>"))
+            .field("orphan_hook", &self.orphan_hook.as_ref().map(|_| "<fn>"))
             .finish()
     }
 }
@@ -192,6 +219,8 @@ impl<Req> Default for BackendConfig<Req> {
             filter: None,
             #[cfg(feature = "rustls-ring")]
             tls: None,
+            connector: None,
+            orphan_hook: None,
         }
     }
 }
@@ -310,6 +339,22 @@ impl<Req> BackendConfig<Req> {
         self
     }
 
+    /// Establishes connections through `connector` instead of dialling the address: a
+    /// tunnel, an in-process pipe, a simulated network. Reconnects go through it too;
+    /// the TLS setting does not apply to what it returns.
+    pub fn connector(mut self, connector: Arc<dyn crate::Connector>) -> Self {
+        self.connector = Some(connector);
+        self
+    }
+
+    /// Calls `hook` with every response that arrives for a request nobody waits for any
+    /// more (timed out, dropped, cancelled), instead of only dropping it; runs on the
+    /// connection's reader task, so keep it short.
+    pub fn orphan_hook(mut self, hook: OrphanHook) -> Self {
+        self.orphan_hook = Some(hook);
+        self
+    }
+
     /// Secures connections with TLS (feature `rustls-ring`).
     #[cfg(feature = "rustls-ring")]
     pub fn tls(mut self, tls: crate::TlsClient) -> Self {
@@ -318,6 +363,21 @@ impl<Req> BackendConfig<Req> {
     }
 
     /// The TLS settings dials use.
+    /// Connects to `address` as configured: through the connector, or by dialling it.
+    pub(crate) async fn connect(
+        &self,
+        address: &crate::Address,
+    ) -> Result<crate::Connected, crate::BackendError> {
+        crate::transport::connect(
+            address,
+            self.connect_timeout,
+            self.connector.as_deref(),
+            self.tls_settings(),
+        )
+        .await
+    }
+
+    /// The TLS settings dialled connections use.
     pub(crate) fn tls_settings(&self) -> crate::transport::Tls<'_> {
         #[cfg(feature = "rustls-ring")]
         return self.tls.as_ref();
@@ -350,7 +410,14 @@ pub struct SendOptions {
     pub(crate) trace: TraceContext,
     /// Opaque argument handed to the write filter.
     pub(crate) arg: Option<Arc<dyn Any + Send + Sync>>,
+    /// Custom header values (boxed: rarely set, and the options move with every send).
+    pub(crate) headers: Option<Box<HeaderValues>>,
+    /// Whether the response's frame headers are kept for the caller.
+    pub(crate) keep_headers: bool,
 }
+
+/// Values for user-registered V07 header codecs, by codec name.
+pub type HeaderValues = Vec<(&'static str, Bytes)>;
 
 impl fmt::Debug for SendOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -359,6 +426,8 @@ impl fmt::Debug for SendOptions {
             .field("timeout", &self.timeout)
             .field("trace", &self.trace)
             .field("arg", &self.arg.as_ref().map(|_| "<any>"))
+            .field("headers", &self.headers)
+            .field("keep_headers", &self.keep_headers)
             .finish()
     }
 }
@@ -395,6 +464,30 @@ impl SendOptions {
     pub fn with_trace(mut self, trace: TraceContext) -> Self {
         self.trace = trace;
         self
+    }
+
+    /// Adds a custom header value: written by the header codec registered under `name`
+    /// in the codec configuration (V07; a name no codec is registered for is not
+    /// written). See `docs/extensions.md`.
+    pub fn with_header(mut self, name: &'static str, value: Bytes) -> Self {
+        let headers = self.headers.get_or_insert_with(Box::default);
+        match headers.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => headers.push((name, value)),
+        }
+        self
+    }
+
+    /// Keeps the response's frame headers (deadline, trace context, custom header
+    /// values) for [`ResponseFuture::with_headers`](crate::ResponseFuture::with_headers).
+    pub fn with_response_headers(mut self) -> Self {
+        self.keep_headers = true;
+        self
+    }
+
+    /// The custom header values set with [`with_header`](SendOptions::with_header).
+    pub fn headers(&self) -> &[(&'static str, Bytes)] {
+        self.headers.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// Sets the opaque argument handed to the write filter.

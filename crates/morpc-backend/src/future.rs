@@ -9,6 +9,8 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
+use morpc_codec::FrameHeaders;
+
 use crate::BackendError;
 use crate::pending::PendingTable;
 
@@ -54,6 +56,8 @@ pub struct ResponseFuture<Resp> {
     started: Option<Instant>,
     /// Set once the future has produced its output.
     done: bool,
+    /// The response's frame headers, when the send asked for them.
+    pub(crate) headers: Option<oneshot::Receiver<FrameHeaders>>,
 }
 
 impl<Resp> Drop for ResponseFuture<Resp> {
@@ -92,6 +96,7 @@ impl<Resp> ResponseFuture<Resp> {
             lease,
             started: crate::metrics::ENABLED.then(Instant::now),
             done: false,
+            headers: None,
         }
     }
 
@@ -112,6 +117,24 @@ impl<Resp> ResponseFuture<Resp> {
     /// The request's deadline.
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// Resolves to the response and the headers its frame carried: the time the server
+    /// had left, its trace context, and the values of custom header codecs (V07). The
+    /// send must have asked for them
+    /// ([`SendOptions::with_response_headers`](crate::SendOptions::with_response_headers));
+    /// otherwise, and with V05, the headers are empty.
+    ///
+    /// # Errors
+    /// As the future itself.
+    pub async fn with_headers(mut self) -> Result<(Resp, FrameHeaders), BackendError> {
+        let headers = self.headers.take();
+        let response = (&mut self).await?;
+        // Sent before the response, so here now if it was asked for.
+        let headers = headers
+            .and_then(|mut rx| rx.try_recv().ok())
+            .unwrap_or_default();
+        Ok((response, headers))
     }
 }
 
@@ -139,10 +162,19 @@ impl<Resp> Future for ResponseFuture<Resp> {
             .as_mut()
             .is_some_and(|t| t.as_mut().poll(cx).is_ready());
         if timed_out {
-            if this.lease.pending().remove(this.id).is_none() {
-                // The reader already took the entry: its result may be here now.
-                if let Ok(result) = this.rx.try_recv() {
-                    return this.finish(result);
+            match this.lease.pending().remove(this.id) {
+                // Written: its server may still be working on it (cancel extension).
+                Some(crate::pending::Pending::Request(_, epoch, _))
+                    if epoch != crate::pending::UNWRITTEN =>
+                {
+                    this.lease.cancel(this.id);
+                }
+                Some(_) => {}
+                None => {
+                    // The reader already took the entry: its result may be here now.
+                    if let Ok(result) = this.rx.try_recv() {
+                        return this.finish(result);
+                    }
                 }
             }
             return this.finish(Err(BackendError::Timeout));

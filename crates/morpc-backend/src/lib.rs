@@ -47,7 +47,8 @@ mod writer;
 pub use address::{Address, BoxReader, BoxWriter};
 pub use backend::{Backend, SendRejected};
 pub use config::{
-    BackendConfig, DEFAULT_BATCH_SEND_SIZE, ReconnectPolicy, SendOptions, WriteFilter,
+    BackendConfig, DEFAULT_BATCH_SEND_SIZE, HeaderValues, OrphanHook, OrphanResponse,
+    ReconnectPolicy, SendOptions, WriteFilter,
 };
 pub use error::{BackendError, ConnectionLost};
 pub use factory::{BackendFactory, RemoteBackendFactory};
@@ -61,3 +62,4 @@ pub use rustls;
 pub use stream::BackendStream;
 #[cfg(feature = "rustls-ring")]
 pub use transport::TlsClient;
+pub use transport::{ConnectFuture, Connected, Connector};

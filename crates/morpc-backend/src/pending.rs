@@ -24,9 +24,13 @@ use tokio_util::sync::CancellationToken;
 use crate::BackendError;
 use crate::connection::{ByteBudget, now};
 use crate::ids::IdBuildHasher;
+use crate::shared::Canceller;
 
 /// Completes one request.
 pub(crate) type ResponseSender<Resp> = oneshot::Sender<Result<Resp, BackendError>>;
+
+/// Where a response's frame headers go, for a request whose caller asked for them.
+pub(crate) type HeaderSender = oneshot::Sender<morpc_codec::FrameHeaders>;
 
 /// What waits on an id.
 ///
@@ -34,8 +38,9 @@ pub(crate) type ResponseSender<Resp> = oneshot::Sender<Result<Resp, BackendError
 /// unwritten), so that breaking one connection fails only what it carried: see
 /// [`PendingTable::fail_connection`].
 pub(crate) enum Pending<Resp> {
-    /// A request's response future, and its connection's epoch.
-    Request(ResponseSender<Resp>, u64),
+    /// A request's response future, its connection's epoch, and where its response's
+    /// headers go when the caller asked for them.
+    Request(ResponseSender<Resp>, u64, Option<HeaderSender>),
     /// A `ping()` waiting for its pong, and its connection's epoch.
     Ping(oneshot::Sender<Result<(), BackendError>>, u64),
     /// An open stream.
@@ -158,11 +163,14 @@ impl<Resp> PendingTable<Resp> {
         id: u64,
         tx: ResponseSender<Resp>,
         deadline: Instant,
+        headers: Option<HeaderSender>,
     ) -> bool {
         let in_order = {
             let mut shard = self.shard(id).lock();
             let shard = &mut *shard;
-            shard.map.insert(id, Pending::Request(tx, UNWRITTEN));
+            shard
+                .map
+                .insert(id, Pending::Request(tx, UNWRITTEN, headers));
             let in_order = shard
                 .deadlines
                 .back()
@@ -219,7 +227,7 @@ impl<Resp> PendingTable<Resp> {
     /// connection may have failed it, and then it must not be written).
     pub(crate) fn mark_written(&self, id: u64, epoch: u64) -> bool {
         match self.shard(id).lock().map.get_mut(&id) {
-            Some(Pending::Request(_, written) | Pending::Ping(_, written)) => {
+            Some(Pending::Request(_, written, _) | Pending::Ping(_, written)) => {
                 *written = epoch;
                 true
             }
@@ -253,7 +261,7 @@ impl<Resp> PendingTable<Resp> {
     /// caller retry a request the server runs.
     pub(crate) fn fail_connection(&self, epoch: u64, err: &BackendError) {
         self.fail_where(err, |pending| match pending {
-            Pending::Request(_, written) | Pending::Ping(_, written) => *written <= epoch,
+            Pending::Request(_, written, _) | Pending::Ping(_, written) => *written <= epoch,
             Pending::Stream(_) => true,
         });
     }
@@ -284,8 +292,9 @@ impl<Resp> PendingTable<Resp> {
     }
 
     /// Times out every request whose deadline is `now` or earlier and prunes completed
-    /// ones; returns the earliest deadline still pending.
-    fn sweep(&self, now: Instant) -> Option<Instant> {
+    /// ones; returns the earliest deadline still pending. `cancel` is called with each
+    /// timed-out request that was written (its server may still be working on it).
+    fn sweep(&self, now: Instant, cancel: Option<&Canceller>) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut expired = Vec::new();
         for shard in &self.shards {
@@ -296,8 +305,8 @@ impl<Resp> PendingTable<Resp> {
                     shard.deadlines.pop_front();
                 } else if deadline <= now {
                     shard.deadlines.pop_front();
-                    if let Some(Pending::Request(tx, _)) = shard.map.remove(&id) {
-                        expired.push(tx);
+                    if let Some(Pending::Request(tx, epoch, _)) = shard.map.remove(&id) {
+                        expired.push((tx, id, epoch != UNWRITTEN));
                     }
                 } else {
                     next = Some(next.map_or(deadline, |n| n.min(deadline)));
@@ -308,21 +317,29 @@ impl<Resp> PendingTable<Resp> {
         if !expired.is_empty() {
             self.note_removal();
         }
-        for tx in expired {
+        for (tx, id, written) in expired {
             let _ = tx.send(Err(BackendError::Timeout));
+            if let (true, Some(cancel)) = (written, cancel) {
+                cancel(id);
+            }
         }
         next
     }
 
-    /// The sweeper: times requests out at their deadlines until `stop` is cancelled. One
-    /// task per backend replaces a timer per request.
-    pub(crate) async fn expire(self: Arc<Self>, stop: CancellationToken) {
+    /// The sweeper: times requests out at their deadlines until `stop` is cancelled,
+    /// sending a cancel frame through `cancel` (cancel extension) for those that were
+    /// written. One task per backend replaces a timer per request.
+    pub(crate) async fn expire(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        cancel: Option<Canceller>,
+    ) {
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
         loop {
             // While sweeping, any new deadline must wake us again (see `insert_request`).
             self.next_wake.store(u64::MAX, Ordering::Release);
-            let next = self.sweep(now());
+            let next = self.sweep(now(), cancel.as_ref());
             self.next_wake
                 .store(next.map_or(u64::MAX, |n| self.nanos(n)), Ordering::Release);
             let sleep = async {
@@ -344,7 +361,7 @@ impl<Resp> PendingTable<Resp> {
 /// Fails one waiter with `err`.
 pub(crate) fn fail<Resp>(pending: Pending<Resp>, err: BackendError) {
     match pending {
-        Pending::Request(tx, _) => {
+        Pending::Request(tx, ..) => {
             let _ = tx.send(Err(err));
         }
         Pending::Ping(tx, _) => {
@@ -359,15 +376,15 @@ pub(crate) fn fail<Resp>(pending: Pending<Resp>, err: BackendError) {
 pub(crate) enum Delivery<Resp> {
     /// Handed to its stream, or dropped because the stream's receiver is gone.
     Done,
-    /// Complete this request with the message.
-    Request(ResponseSender<Resp>, Resp),
+    /// Complete this request with the message (its headers first, when asked for).
+    Request(ResponseSender<Resp>, Resp, Option<HeaderSender>),
     /// The stream's buffer, or the connection's stream budget, is full: wait for room
     /// (backpressure) for the message of this many bytes.
     StreamFull(mpsc::Sender<StreamItem<Resp>>, Arc<StreamEnd>, Resp, usize),
     /// The stream saw a sequence gap and was removed.
     Gap(Pending<Resp>, BackendError),
-    /// Nobody waits for this id.
-    Unknown,
+    /// Nobody waits for this id: the message back.
+    Unknown(Resp),
 }
 
 impl<Resp> PendingTable<Resp> {
@@ -384,10 +401,10 @@ impl<Resp> PendingTable<Resp> {
         budget: &ByteBudget,
     ) -> Delivery<Resp> {
         let delivery = self.with_shard(id, |map| match map.get_mut(&id) {
-            None | Some(Pending::Ping(..)) => Delivery::Unknown,
+            None | Some(Pending::Ping(..)) => Delivery::Unknown(msg),
             Some(Pending::Request(..)) => match map.remove(&id) {
-                Some(Pending::Request(tx, _)) => Delivery::Request(tx, msg),
-                _ => Delivery::Unknown,
+                Some(Pending::Request(tx, _, headers)) => Delivery::Request(tx, msg, headers),
+                _ => Delivery::Unknown(msg),
             },
             Some(Pending::Stream(slot)) => match seq {
                 Some(received) if received != slot.next_seq => {
@@ -439,7 +456,7 @@ mod tests {
         let mut rx = std::collections::HashMap::new();
         for id in 1..=3u64 {
             let (tx, r) = oneshot::channel();
-            table.insert_request(id, tx, deadline);
+            table.insert_request(id, tx, deadline, None);
             rx.insert(id, r);
         }
         // 1 was written on connection 1, 2 on connection 2 (the writer reconnected while
@@ -467,7 +484,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(60);
         for id in 0..100_000u64 {
             let (tx, _rx) = oneshot::channel();
-            assert!(table.insert_request(id, tx, deadline));
+            assert!(table.insert_request(id, tx, deadline, None));
             table.remove(id);
         }
         assert_eq!(table.len(), 0);
@@ -483,22 +500,22 @@ mod tests {
         let table = PendingTable::<()>::default();
         let now = Instant::now();
         let (tx, _rx) = oneshot::channel();
-        assert!(table.insert_request(0, tx, now + Duration::from_secs(60)));
+        assert!(table.insert_request(0, tx, now + Duration::from_secs(60), None));
         let (tx, _rx) = oneshot::channel();
         // Same shard (ids 0 and 16), earlier deadline: the caller keeps its own timer.
-        assert!(!table.insert_request(16, tx, now + Duration::from_millis(1)));
+        assert!(!table.insert_request(16, tx, now + Duration::from_millis(1), None));
     }
 
     #[tokio::test]
     async fn the_sweeper_times_requests_out_at_their_deadline() {
         let table = Arc::new(PendingTable::<()>::default());
         let stop = CancellationToken::new();
-        tokio::spawn(table.clone().expire(stop.clone()));
+        tokio::spawn(table.clone().expire(stop.clone(), None));
         let started = Instant::now();
         let mut receivers = Vec::new();
         for id in 0..100u64 {
             let (tx, rx) = oneshot::channel();
-            table.insert_request(id, tx, started + Duration::from_millis(50));
+            table.insert_request(id, tx, started + Duration::from_millis(50), None);
             receivers.push(rx);
         }
         for rx in receivers {

@@ -118,7 +118,12 @@ fn dispatch<'a, Req: Message, Resp: Message>(
     shared: &'a Shared<Req, Resp>,
     frame: Frame<Resp>,
 ) -> Option<StreamStall<'a>> {
-    let msg = match frame.body {
+    let Frame {
+        body,
+        headers,
+        stream_seq,
+    } = frame;
+    let msg = match body {
         FrameBody::Message(msg) => msg,
         FrameBody::Pong(id) => {
             if let Some(Pending::Ping(tx, _)) = shared.pending.remove(id) {
@@ -133,26 +138,41 @@ fn dispatch<'a, Req: Message, Resp: Message>(
         _ => return None,
     };
     let id = msg.id();
-    match shared.pending.deliver(
-        id,
-        frame.stream_seq,
-        msg,
-        message_bytes,
-        &shared.stream_budget,
-    ) {
+    match shared
+        .pending
+        .deliver(id, stream_seq, msg, message_bytes, &shared.stream_budget)
+    {
         Delivery::Done => {}
-        Delivery::Request(tx, msg) => {
-            let _ = tx.send(Ok(msg));
+        Delivery::Request(tx, msg, header_tx) => {
+            // Before the response: its future takes them once it has the response.
+            if let Some(header_tx) = header_tx {
+                let _ = header_tx.send(headers);
+            }
+            // The future may have gone between the lookup and now.
+            if let Err(Ok(msg)) = tx.send(Ok(msg)) {
+                orphan(shared, id, msg);
+            }
         }
         Delivery::StreamFull(tx, end, msg, bytes) => {
             return Some(Box::pin(wait_for_stream(shared, id, tx, end, msg, bytes)));
         }
         Delivery::Gap(pending, err) => crate::pending::fail(pending, err),
-        Delivery::Unknown => {
+        Delivery::Unknown(msg) => orphan(shared, id, msg),
+    }
+    None
+}
+
+/// A response nobody waits for: to the orphan hook, or dropped.
+fn orphan<Req, Resp: Message>(shared: &Shared<Req, Resp>, id: u64, msg: Resp) {
+    match &shared.config.orphan_hook {
+        Some(hook) => hook(crate::OrphanResponse {
+            id,
+            message: Box::new(msg),
+        }),
+        None => {
             tracing::debug!(address = %shared.address, id, "dropping message with unknown id");
         }
     }
-    None
 }
 
 /// Hands `msg` (of `bytes`) to a stream whose buffer, or the connection's stream budget,

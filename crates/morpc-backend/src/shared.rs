@@ -76,6 +76,8 @@ pub(crate) struct ItemExtras {
     trace: TraceContext,
     /// Opaque argument for the write filter.
     arg: Option<Arc<dyn Any + Send + Sync>>,
+    /// Custom header values.
+    headers: crate::config::HeaderValues,
 }
 
 impl<Req> WriteItem<Req> {
@@ -86,12 +88,14 @@ impl<Req> WriteItem<Req> {
         kind: ItemKind,
         opts: SendOptions,
     ) -> Self {
-        let extras = (!opts.trace.is_empty() || opts.arg.is_some()).then(|| {
-            Box::new(ItemExtras {
-                trace: opts.trace,
-                arg: opts.arg,
-            })
-        });
+        let extras =
+            (!opts.trace.is_empty() || opts.arg.is_some() || opts.headers.is_some()).then(|| {
+                Box::new(ItemExtras {
+                    trace: opts.trace,
+                    arg: opts.arg,
+                    headers: opts.headers.map(|h| *h).unwrap_or_default(),
+                })
+            });
         Self {
             body,
             id,
@@ -106,6 +110,14 @@ impl<Req> WriteItem<Req> {
     /// The trace context to send (all zeros for none).
     pub(crate) fn trace(&self) -> TraceContext {
         self.extras.as_ref().map(|e| e.trace).unwrap_or_default()
+    }
+
+    /// Takes the custom header values to send.
+    pub(crate) fn take_headers(&mut self) -> crate::config::HeaderValues {
+        self.extras
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.headers))
+            .unwrap_or_default()
     }
 
     /// The write filter's argument.

@@ -1,7 +1,9 @@
 //! Dialling a backend's connection: TCP or Unix, optionally wrapped in TLS (feature
 //! `rustls-ring`).
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::net::{TcpStream, UnixStream};
@@ -63,6 +65,91 @@ pub(crate) type Tls<'a> = Option<&'a TlsClient>;
 /// The TLS settings a dial uses (nothing without the `rustls-ring` feature).
 #[cfg(not(feature = "rustls-ring"))]
 pub(crate) type Tls<'a> = Option<&'a std::convert::Infallible>;
+
+/// The halves of an established connection, as a [`Connector`] returns them.
+pub type Connected = (BoxReader, BoxWriter);
+
+/// The future a [`Connector`] returns.
+pub type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<Connected>> + Send>>;
+
+/// How a backend establishes its connections, instead of dialling TCP or Unix itself:
+/// a tunnel, an in-process pipe, a simulated network. Set with
+/// [`BackendConfig::connector`](crate::BackendConfig::connector); every backend of a
+/// client's pools then connects (and reconnects) through it.
+///
+/// The connection it returns is used as it is: the backend's TLS settings do not apply
+/// (secure it in the connector), and the connect timeout bounds the call.
+///
+/// Implemented for closures `Fn(&Address) -> ConnectFuture`:
+///
+/// ```
+/// use std::sync::Arc;
+/// use morpc_backend::{Address, BackendConfig, ConnectFuture, Connector};
+/// use morpc_backend::codec::RawMessage;
+///
+/// // Connects every address through an in-memory pipe served elsewhere.
+/// let connector = |_: &Address| -> ConnectFuture {
+///     Box::pin(async {
+///         let (ours, _theirs) = tokio::io::duplex(64 * 1024);
+///         let (r, w) = tokio::io::split(ours);
+///         Ok((Box::pin(r) as _, Box::pin(w) as _))
+///     })
+/// };
+/// let config: BackendConfig<RawMessage> = BackendConfig::new().connector(Arc::new(connector));
+/// # let _ = config;
+/// ```
+pub trait Connector: Send + Sync + 'static {
+    /// Establishes a connection to `address`.
+    fn connect(&self, address: &Address) -> ConnectFuture;
+}
+
+impl<F> Connector for F
+where
+    F: Fn(&Address) -> ConnectFuture + Send + Sync + 'static,
+{
+    fn connect(&self, address: &Address) -> ConnectFuture {
+        self(address)
+    }
+}
+
+/// The connector of [`Backend::from_io`](crate::Backend::from_io): the one connection it
+/// was given, then an error (such a backend cannot reconnect).
+pub(crate) struct Given(pub(crate) parking_lot::Mutex<Option<Connected>>);
+
+impl Connector for Given {
+    fn connect(&self, _: &Address) -> ConnectFuture {
+        let given = self.0.lock().take();
+        Box::pin(async move {
+            given.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "a backend over a given connection cannot reconnect",
+                )
+            })
+        })
+    }
+}
+
+/// Connects to `address` within `timeout`: through `connector` when one is set,
+/// otherwise by dialling it (TLS handshake included).
+pub(crate) async fn connect(
+    address: &Address,
+    timeout: Duration,
+    connector: Option<&dyn Connector>,
+    tls: Tls<'_>,
+) -> Result<(BoxReader, BoxWriter), BackendError> {
+    let Some(connector) = connector else {
+        return dial(address, timeout, tls).await;
+    };
+    let result = match tokio::time::timeout(timeout, connector.connect(address)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
+    };
+    result.map_err(|e| BackendError::Connect {
+        address: address.to_string(),
+        source: e.into(),
+    })
+}
 
 /// Connects to `address` within `timeout` (TLS handshake included).
 pub(crate) async fn dial(

@@ -197,7 +197,7 @@ async fn connect<Req: Message, Resp: Message>(
     let attempt = tokio::select! {
         biased;
         () = shared.closed.cancelled() => return Err(shared.closed_error()),
-        r = crate::transport::dial(&shared.address, shared.config.connect_timeout, shared.config.tls_settings()) => r,
+        r = shared.config.connect(&shared.address) => r,
     };
     metrics::connected(attempt.is_ok(), started.elapsed());
     match attempt {
@@ -286,7 +286,7 @@ fn encode<Req: Message, Resp>(
     out: &mut FrameWriter,
     now: Instant,
 ) -> bool {
-    for item in batch.drain(..) {
+    for mut item in batch.drain(..) {
         let left = item.deadline.saturating_duration_since(now);
         let headers = FrameHeaders {
             deadline: Some(match item.kind {
@@ -295,7 +295,7 @@ fn encode<Req: Message, Resp>(
                 ItemKind::Request | ItemKind::Stream => left,
             }),
             trace: item.trace(),
-            extensions: Vec::new(),
+            extensions: item.take_headers(),
         };
         let (id, kind) = (item.id, item.kind);
         let frame = Frame {

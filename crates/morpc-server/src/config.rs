@@ -15,6 +15,11 @@ pub type ResponseFilter<Resp> = Arc<dyn Fn(&Resp) -> bool + Send + Sync>;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, bound = ""))]
 pub struct ServerConfig<Resp> {
+    /// The server's name, in its logs, spans and metric labels (Go's `NewRPCServer(name, …)`).
+    pub(crate) name: String,
+    /// Whether handlers whose request's deadline passed, or whose client cancelled it,
+    /// are stopped (dropped).
+    pub(crate) auto_cancel: bool,
     /// Most queued responses encoded into one buffer and written with one vectored write.
     pub(crate) batch_send_size: usize,
     /// Capacity of each connection's response queue.
@@ -67,6 +72,8 @@ pub struct ServerConfig<Resp> {
 impl<Resp> Clone for ServerConfig<Resp> {
     fn clone(&self) -> Self {
         Self {
+            name: self.name.clone(),
+            auto_cancel: self.auto_cancel,
             batch_send_size: self.batch_send_size,
             session_buffer_size: self.session_buffer_size,
             concurrency: self.concurrency,
@@ -92,6 +99,8 @@ impl<Resp> Clone for ServerConfig<Resp> {
 impl<Resp> fmt::Debug for ServerConfig<Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConfig")
+            .field("name", &self.name)
+            .field("auto_cancel", &self.auto_cancel)
             .field("batch_send_size", &self.batch_send_size)
             .field("session_buffer_size", &self.session_buffer_size)
             .field("concurrency", &self.concurrency)
@@ -113,6 +122,7 @@ impl<Resp> fmt::Debug for ServerConfig<Resp> {
 }
 
 impl<Resp> Default for ServerConfig<Resp> {
+    /// Named `morpc`, handlers stopped at their deadline (`auto_cancel`),
     /// `batch_send_size` 64 (as the client), `session_buffer_size` 1024, concurrency 1,
     /// 10 000 connections, 10 s grace period, 10 s write timeout, 10 s first-frame and
     /// partial-frame timeouts, no idle timeout, 16 MiB of queued writes and 16 MiB of
@@ -120,6 +130,8 @@ impl<Resp> Default for ServerConfig<Resp> {
     /// numbered streams per connection, the default V07 codec, no filter.
     fn default() -> Self {
         Self {
+            name: "morpc".to_owned(),
+            auto_cancel: true,
             batch_send_size: 64,
             session_buffer_size: 1024,
             concurrency: 1,
@@ -146,6 +158,29 @@ impl<Resp> ServerConfig<Resp> {
     /// The defaults (see [`Default`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The server's name (default `morpc`): the `server` field of its logs and spans and
+    /// the `server` label of its metrics, so several servers in one process (a node that
+    /// serves several services, as Go's `NewRPCServer(name, …)`) tell apart.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Whether the server stops handlers nobody waits for (default `true`): a handler
+    /// still running when its request's deadline passes, or when its client's cancel
+    /// frame arrives (cancel extension), is dropped at its next `.await` and answers
+    /// nothing; a request whose deadline passed before its handler could start (behind
+    /// an in-order handler, or arriving with no time left) is not run at all. Both are
+    /// counted (`morpc_server_requests_expired_total`) and the connection serves on.
+    ///
+    /// `false` (Go's `DisableAutoCancelContext`) runs every handler to its end; its
+    /// [`CancelSignal`](crate::CancelSignal) still fires, so it can stop by itself.
+    /// Either way a handler is dropped when its connection closes.
+    pub fn auto_cancel(mut self, on: bool) -> Self {
+        self.auto_cancel = on;
+        self
     }
 
     /// Responses per write batch (at least 1).
@@ -299,6 +334,11 @@ impl<Resp> ServerConfig<Resp> {
         return self.tls.as_ref();
         #[cfg(not(feature = "rustls-ring"))]
         None
+    }
+
+    /// The server's name.
+    pub fn server_name(&self) -> &str {
+        &self.name
     }
 
     /// The codec configuration.

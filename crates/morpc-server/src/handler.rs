@@ -7,11 +7,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use tokio::time::Sleep;
+
 use morpc_backend::connection::panic_message;
 use morpc_codec::{FrameHeaders, Message, TraceContext};
 
 use crate::metrics;
-use crate::{ClientSession, CloseReason, HandlerError, ServerError};
+use crate::{CancelReason, CancelSignal, ClientSession, CloseReason, HandlerError, ServerError};
 
 /// One decoded request, with what its frame carried.
 #[derive(Debug)]
@@ -29,6 +31,28 @@ pub struct Request<Req> {
     pub stream_seq: Option<u32>,
     /// Every custom header value, including user header codecs' extensions.
     pub headers: FrameHeaders,
+    /// Fires when nobody waits for the answer any more.
+    pub(crate) signal: CancelSignal,
+}
+
+impl<Req> Request<Req> {
+    /// The request's cancellation signal: fires at its deadline, when its client cancels
+    /// it, when the connection closes, and at shutdown. Clone it into work the handler
+    /// starts elsewhere. See [`CancelSignal`].
+    pub fn cancel_signal(&self) -> CancelSignal {
+        self.signal.clone()
+    }
+
+    /// Resolves when the request is cancelled (see [`cancel_signal`](Request::cancel_signal)),
+    /// with why.
+    pub async fn cancelled(&self) -> CancelReason {
+        self.signal.cancelled().await
+    }
+
+    /// Whether the request is cancelled already.
+    pub fn is_cancelled(&self) -> bool {
+        self.signal.is_cancelled()
+    }
 }
 
 /// Handles requests. Implemented for every `Fn(Request<Req>, ClientSession<Resp>) -> impl
@@ -122,15 +146,23 @@ where
     // The clock is read only when metrics are compiled in.
     let started = metrics::ENABLED.then(Instant::now);
     let span = handler_span(&request);
+    let expires = if shared.config.auto_cancel {
+        request.deadline
+    } else {
+        None
+    };
     HandlerRun {
         handler: shared.handler.handle(request, session),
         span,
         started,
+        expires,
+        timer: None,
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A running handler: polled inside its span, a panic caught, the outcome recorded.
+    /// A running handler: polled inside its span, a panic caught, stopped at its
+    /// request's deadline (`auto_cancel`), the outcome recorded.
     ///
     /// One future instead of `catch_unwind().instrument()` around an `async fn`: each of
     /// those layers moved the whole handler future once more for every request (a quarter
@@ -140,6 +172,10 @@ pin_project_lite::pin_project! {
         handler: F,
         span: tracing::Span,
         started: Option<Instant>,
+        // The deadline at which the handler is stopped (`auto_cancel`).
+        expires: Option<Instant>,
+        // Its timer, armed only once the handler waits: most finish on their first poll.
+        timer: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -154,7 +190,22 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerRun<F> {
             std::panic::catch_unwind(AssertUnwindSafe(|| handler.poll(cx)))
         };
         let outcome = match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Pending) => {
+                let Some(at) = *this.expires else {
+                    return Poll::Pending;
+                };
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // Nobody waits for the answer: the handler is dropped with this future.
+                let _entered = this.span.enter();
+                tracing::debug!("handler stopped: its request's deadline passed");
+                metrics::request_expired(true);
+                return Poll::Ready(Ok(()));
+            }
             Ok(Poll::Ready(Ok(()))) => Ok(()),
             Ok(Poll::Ready(Err(e))) => Err(CloseReason::HandlerFailed(e.to_string().into())),
             Err(panic) => Err(CloseReason::HandlerPanicked(

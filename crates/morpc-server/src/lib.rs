@@ -19,6 +19,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod cancel;
 mod config;
 mod connection;
 mod error;
@@ -32,6 +33,7 @@ mod session;
 mod shared;
 mod writer;
 
+pub use cancel::{CancelReason, CancelSignal};
 pub use config::{ResponseFilter, ServerConfig};
 pub use error::{CloseReason, HandlerError, ServerError};
 pub use handler::{Handler, Request, SyncHandler, sync_handler};

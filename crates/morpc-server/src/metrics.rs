@@ -12,6 +12,7 @@
 //! | `morpc_server_sent_messages_total` / `morpc_server_sent_bytes_total` | counter | |
 //! | `morpc_server_write_batch_size` | histogram | |
 //! | `morpc_server_responses_dropped_total` | counter | (no queue room in time) |
+//! | `morpc_server_requests_expired_total` | counter | `when` = before_start, while_running (`auto_cancel`) |
 //! | `morpc_server_accept_failures_total` | counter | |
 
 #[cfg(feature = "metrics")]
@@ -75,6 +76,15 @@ mod imp {
         metrics::counter!("morpc_server_responses_dropped_total").increment(1);
     }
 
+    pub(crate) fn request_expired(running: bool) {
+        let when = if running {
+            "while_running"
+        } else {
+            "before_start"
+        };
+        metrics::counter!("morpc_server_requests_expired_total", "when" => when).increment(1);
+    }
+
     pub(crate) fn accept_failed() {
         metrics::counter!("morpc_server_accept_failures_total").increment(1);
     }
@@ -102,6 +112,8 @@ mod imp {
     pub(crate) fn partly_written(_bytes: usize) {}
     #[inline(always)]
     pub(crate) fn response_dropped() {}
+    #[inline(always)]
+    pub(crate) fn request_expired(_running: bool) {}
     #[inline(always)]
     pub(crate) fn accept_failed() {}
 }

@@ -15,7 +15,7 @@ use morpc_backend::IdBuildHasher;
 use morpc_backend::connection::{
     ByteBudget, FrameReader, ReadError, bounded_capacity, deadline_after,
 };
-use morpc_codec::{Codec, CodecError, Frame, FrameBody, Message, flags};
+use morpc_codec::{Codec, CodecError, Frame, FrameBody, FrameHeaders, Message, flags};
 use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 
@@ -23,7 +23,7 @@ use crate::handler::run_handler;
 use crate::metrics;
 use crate::session::{ConnControl, SessionShared};
 use crate::shared::{ServerShared, Streams};
-use crate::{ClientSession, CloseReason, Handler, Request, ServerError};
+use crate::{CancelSignal, ClientSession, CloseReason, Handler, Request, ServerError};
 
 /// Most frames read ahead while an in-order handler runs (besides the byte budget).
 const MAX_READ_AHEAD_FRAMES: usize = 64;
@@ -204,9 +204,16 @@ where
         // read, not per frame.
         let read_at = self.reader.last_read();
         let mut framed = false;
+        let auto_cancel = shared.config.auto_cancel;
+        // Set once a handler made this dispatch wait: `read_at` is stale from then on.
+        let mut waited_here = false;
         loop {
-            let (frame, received): (Frame<Req>, Instant) = match self.ahead.pop(codec) {
-                Some(popped) => popped.map_err(CloseReason::BadFrame)?,
+            let (frame, received, waited): (Frame<Req>, Instant, bool) = match self.ahead.pop(codec)
+            {
+                Some(popped) => {
+                    let (frame, at) = popped.map_err(CloseReason::BadFrame)?;
+                    (frame, at, true)
+                }
                 None => match self.reader.next_frame().map_err(CloseReason::BadFrame)? {
                     Some(frame) => {
                         if !framed {
@@ -214,22 +221,31 @@ where
                             session.control.note_frame(read_at);
                             framed = true;
                         }
-                        (frame, read_at)
+                        (frame, read_at, false)
                     }
                     None => return Ok(()),
                 },
             };
+            let deadline = frame
+                .headers
+                .deadline
+                .map(|left| deadline_after(received, left));
             let message = match frame.body {
                 FrameBody::Message(m) => m,
                 FrameBody::Ping(id) => {
-                    answer_ping(session, id).await?;
+                    answer_ping(session, id, &frame.headers).await?;
                     continue;
                 }
                 FrameBody::Cancel(id) => {
-                    // A concurrent handler is aborted (its future dropped); an in-order
-                    // one is cancelled while it runs (see `wait_in_order`).
-                    if let Some(handler) = self.handlers.remove(&id) {
-                        handler.abort();
+                    // The request's signal fires (work its handler started elsewhere may
+                    // still run), and by default a running concurrent handler is
+                    // aborted (its future dropped); an in-order one is cancelled while
+                    // it runs (see `wait_in_order`).
+                    session.control.cancel_request(id);
+                    if auto_cancel {
+                        if let Some(handler) = self.handlers.remove(&id) {
+                            handler.abort();
+                        }
                     }
                     continue;
                 }
@@ -240,23 +256,33 @@ where
             if self.ahead.take_cancelled(id) {
                 continue;
             }
-            self.sequence += 1;
             metrics::request_received();
+            // Nobody waits for a request whose deadline passed before its handler could
+            // start: arrived with no time left, or waited behind an in-order handler.
+            if auto_cancel
+                && deadline.is_some_and(|d| {
+                    frame.headers.deadline == Some(std::time::Duration::ZERO)
+                        || ((waited || waited_here) && d <= morpc_backend::connection::now())
+                })
+            {
+                tracing::debug!(id, "request not run: its deadline passed before it started");
+                metrics::request_expired(false);
+                continue;
+            }
+            self.sequence += 1;
             if frame.stream_seq.is_some() {
                 self.streams.lock().touch(id);
             }
             let request = Request {
                 message,
                 sequence: self.sequence,
-                deadline: frame
-                    .headers
-                    .deadline
-                    .map(|left| deadline_after(received, left)),
+                deadline,
                 trace: frame.headers.trace,
                 stream_seq: frame.stream_seq,
                 headers: frame.headers,
+                signal: CancelSignal::new(session.control.clone(), id, deadline),
             };
-            let client = ClientSession::new(session.clone(), request.deadline);
+            let client = ClientSession::new(session.clone(), request.deadline, request.trace);
             if shared.config.concurrency <= 1 {
                 let handler = run_handler(shared, request, client);
                 tokio::pin!(handler);
@@ -265,10 +291,13 @@ where
                 let first = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;
                 match first {
                     Poll::Ready(outcome) => outcome?,
-                    Poll::Pending => self.wait_in_order(handler, id).await?,
+                    Poll::Pending => {
+                        waited_here = true;
+                        self.wait_in_order(handler, id).await?;
+                    }
                 }
             } else {
-                self.spawn_concurrent(request, client).await?;
+                waited_here |= self.spawn_concurrent(request, client).await?;
             }
         }
     }
@@ -293,6 +322,42 @@ where
         let mut peer_done = false;
         let mut budget_spent = false;
         loop {
+            // Frames already buffered first (a ping that came in the same read as the
+            // request must not wait for the peer's next bytes), then after each read.
+            let read_at = self.reader.last_read();
+            while let Some(raw) = self.reader.next_raw().map_err(CloseReason::BadFrame)? {
+                session.control.note_frame(read_at);
+                let control_frame = codec
+                    .split_flag(&raw)
+                    .is_some_and(|f| f & (flags::PING | flags::PONG | flags::CANCEL) != 0);
+                if !control_frame {
+                    budget_spent |= !self.ahead.push_raw(raw, read_at);
+                    continue;
+                }
+                let frame: Frame<Req> = codec.decode_split(raw).map_err(CloseReason::BadFrame)?;
+                match frame.body {
+                    // Its signal fires; dropping the handler stops it.
+                    FrameBody::Cancel(c) if c == id => {
+                        session.control.cancel_request(id);
+                        if shared.config.auto_cancel {
+                            return Ok(());
+                        }
+                    }
+                    // A request still waiting in the read-ahead: never run it (or one
+                    // whose handler finished: its signal fires).
+                    FrameBody::Cancel(c) => {
+                        session.control.cancel_request(c);
+                        self.ahead.cancelled.insert(c);
+                    }
+                    FrameBody::Ping(p) => answer_ping(session, p, &frame.headers).await?,
+                    FrameBody::Message(_) => {
+                        self.ahead
+                            .frames
+                            .push_back((Waiting::Decoded(frame), read_at));
+                    }
+                    _ => {}
+                }
+            }
             let watch = !peer_done
                 && !budget_spent
                 && self.ahead.frames.len() < MAX_READ_AHEAD_FRAMES
@@ -308,50 +373,40 @@ where
                 Err(ReadError::Closed) => peer_done = true,
                 Err(e) => return Err(CloseReason::from_read(e)),
             }
-            let read_at = self.reader.last_read();
-            while let Some(raw) = self.reader.next_raw().map_err(CloseReason::BadFrame)? {
-                session.control.note_frame(read_at);
-                let control_frame = codec
-                    .split_flag(&raw)
-                    .is_some_and(|f| f & (flags::PING | flags::PONG | flags::CANCEL) != 0);
-                if !control_frame {
-                    budget_spent |= !self.ahead.push_raw(raw, read_at);
-                    continue;
-                }
-                let frame: Frame<Req> = codec.decode_split(raw).map_err(CloseReason::BadFrame)?;
-                match frame.body {
-                    // Dropping the handler cancels it.
-                    FrameBody::Cancel(c) if c == id => return Ok(()),
-                    // A request still waiting in the read-ahead: never run it.
-                    FrameBody::Cancel(c) => {
-                        self.ahead.cancelled.insert(c);
-                    }
-                    FrameBody::Ping(p) => answer_ping(session, p).await?,
-                    FrameBody::Message(_) => {
-                        self.ahead
-                            .frames
-                            .push_back((Waiting::Decoded(frame), read_at));
-                    }
-                    _ => {}
-                }
-            }
         }
     }
 
-    /// Runs a handler as its own task once the concurrency limit admits it.
+    /// Runs a handler as its own task once the concurrency limit admits it; returns
+    /// whether it had to wait for that.
     async fn spawn_concurrent(
         &mut self,
         request: Request<Req>,
         client: ClientSession<Resp>,
-    ) -> Result<(), CloseReason> {
+    ) -> Result<bool, CloseReason> {
         let (shared, session) = (self.shared, self.session);
         let id = request.message.id();
-        let permit = tokio::select! {
-            biased;
-            () = session.control.token.cancelled() => {
-                return Err(closed_reason(shared, &session.control));
+        let (permit, waited) = match self.limiter.clone().try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => {
+                let permit = tokio::select! {
+                    biased;
+                    () = session.control.token.cancelled() => {
+                        return Err(closed_reason(shared, &session.control));
+                    }
+                    p = self.limiter.clone().acquire_owned() => p.expect("never closed"),
+                };
+                // It waited for a free slot: nobody may wait for it any more.
+                if shared.config.auto_cancel
+                    && request
+                        .deadline
+                        .is_some_and(|d| d <= morpc_backend::connection::now())
+                {
+                    tracing::debug!(id, "request not run: its deadline passed before it started");
+                    metrics::request_expired(false);
+                    return Ok(true);
+                }
+                (permit, true)
             }
-            p = self.limiter.clone().acquire_owned() => p.expect("never closed"),
         };
         let shared = shared.clone();
         let closed = session.control.token.clone();
@@ -368,17 +423,23 @@ where
             self.prune_at = (2 * self.handlers.len()).max(32);
         }
         self.handlers.insert(id, handle);
-        Ok(())
+        Ok(waited)
     }
 }
 
 /// Queues the pong for ping `id` through the same queue, budget and write timeout as a
-/// response: a peer that pings but never reads is slowed and closed like any other.
+/// response: a peer that pings but never reads is slowed and closed like any other. The
+/// pong carries the ping's trace context and deadline (the time it had left when it
+/// arrived), as a Go server's does.
 async fn answer_ping<Resp: Message>(
     session: &SessionShared<Resp>,
     id: u64,
+    ping: &FrameHeaders,
 ) -> Result<(), CloseReason> {
-    match session.queue(Frame::pong(id), 0, None).await {
+    let mut pong = Frame::pong(id);
+    pong.headers.trace = ping.trace;
+    pong.headers.deadline = ping.deadline;
+    match session.queue(pong, 0, None).await {
         Ok(()) => Ok(()),
         Err(ServerError::Busy) => Err(CloseReason::WriteTimeout(session.write_timeout)),
         Err(_) => Err(session

@@ -164,7 +164,7 @@ where
     let shared = Arc::new(ServerShared::new(handler, config));
     let (reader, writer) = tokio::io::split(io);
     let closed = shared.closed.clone();
-    let control = ConnControl::new(&closed);
+    let control = ConnControl::new(&closed, &shared.shutdown);
     let _stop = closed.drop_guard();
     serve(
         shared,
@@ -312,7 +312,7 @@ async fn accept_loop<Req, Resp, H>(
         let connections = connections.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            let control = ConnControl::new(&shared.closed);
+            let control = ConnControl::new(&shared.closed, &shared.shutdown);
             // The TLS handshake runs here, not in the accept loop: a slow peer delays
             // only its own connection, for at most the first-frame timeout.
             let halves = stream

@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use morpc_backend::connection::ByteBudget;
-use morpc_codec::{Codec, Frame, Message};
+use morpc_codec::{Codec, Frame, Message, TraceContext};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
+use crate::cancel::CancelBoard;
 use crate::{CloseReason, ServerError};
 
 /// What the server knows of one connection, shared by its tasks, its sessions and the
@@ -20,6 +22,10 @@ use crate::{CloseReason, ServerError};
 pub(crate) struct ConnControl {
     /// Cancelled when the connection closes.
     pub(crate) token: CancellationToken,
+    /// The server's shutdown signal (stop reading, finish, flush).
+    pub(crate) shutdown: CancellationToken,
+    /// Requests the client cancelled while their handler ran.
+    pub(crate) cancels: CancelBoard,
     /// Why it was closed, by whoever closed it first.
     cause: OnceLock<CloseReason>,
     /// When it was accepted.
@@ -35,10 +41,13 @@ pub(crate) struct ConnControl {
 }
 
 impl ConnControl {
-    /// The control of a connection accepted now, closed with `parent`.
-    pub(crate) fn new(parent: &CancellationToken) -> Arc<Self> {
+    /// The control of a connection accepted now, closed with `parent`, of a server
+    /// that shuts down with `shutdown`.
+    pub(crate) fn new(parent: &CancellationToken, shutdown: &CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             token: parent.child_token(),
+            shutdown: shutdown.clone(),
+            cancels: CancelBoard::default(),
             cause: OnceLock::new(),
             accepted: morpc_backend::connection::now(),
             last_frame: AtomicU64::new(u64::MAX),
@@ -73,6 +82,15 @@ impl ConnControl {
         // The reader is the only writer: a load and a store, no read-modify-write.
         if id > self.highest_id.load(Ordering::Relaxed) {
             self.highest_id.store(id, Ordering::Relaxed);
+        }
+    }
+
+    /// Records the client's cancel of request `id`, if this connection received it:
+    /// its [`CancelSignal`](crate::CancelSignal) fires.
+    #[inline]
+    pub(crate) fn cancel_request(&self, id: u64) {
+        if id != 0 && id <= self.highest_id.load(Ordering::Relaxed) {
+            self.cancels.cancel(id);
         }
     }
 
@@ -114,6 +132,9 @@ pub(crate) struct Outgoing<Resp> {
     pub(crate) frame: Frame<Resp>,
     /// Its charge to the write budget.
     pub(crate) charge: usize,
+    /// The deadline of the request it answers: the writer puts the time left on it into
+    /// the frame's deadline header (`None`: the frame's header as it is).
+    pub(crate) deadline: Option<Instant>,
 }
 
 /// Room a queued frame's header is charged for, besides its message's body and payload.
@@ -140,11 +161,20 @@ impl<Resp: Message> SessionShared<Resp> {
     /// if the queue and the budget have room now. Otherwise gives the frame back when
     /// there is no room (`Some`), or drops it when the connection is gone (`None`).
     #[inline]
-    fn try_queue(&self, frame: Frame<Resp>, size: usize) -> Result<(), Option<Frame<Resp>>> {
+    fn try_queue(
+        &self,
+        frame: Frame<Resp>,
+        size: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(), Option<Frame<Resp>>> {
         let Some(charge) = self.budget.try_take(FRAME_HEADER + size) else {
             return Err(Some(frame));
         };
-        match self.tx.try_send(Outgoing { frame, charge }) {
+        match self.tx.try_send(Outgoing {
+            frame,
+            charge,
+            deadline,
+        }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(o)) => {
                 self.budget.release(o.charge);
@@ -158,7 +188,8 @@ impl<Resp: Message> SessionShared<Resp> {
     }
 
     /// Queues `frame` (whose message holds `size` bytes), waiting for queue room and
-    /// budget until `deadline` (but never longer than the write timeout).
+    /// budget until `deadline` (but never longer than the write timeout). The frame
+    /// goes out with the time left on `deadline` in its deadline header.
     ///
     /// # Errors
     /// `Busy` when there was no room in time, `SessionClosed` when the connection closed.
@@ -185,7 +216,7 @@ impl<Resp: Message> SessionShared<Resp> {
         size: usize,
         deadline: Option<Instant>,
     ) -> Result<(), Queue<'_>> {
-        match self.try_queue(frame, size) {
+        match self.try_queue(frame, size, deadline) {
             Ok(()) => Ok(()),
             Err(None) => Err(Queue::Closed),
             Err(Some(frame)) => Err(Queue::Wait(Box::pin(
@@ -205,12 +236,17 @@ impl<Resp: Message> SessionShared<Resp> {
             morpc_backend::connection::now(),
             self.write_timeout,
         );
-        let deadline = deadline.map_or(limit, |d| d.min(limit));
+        let wait_until = deadline.map_or(limit, |d| d.min(limit));
         let queued = async {
             // Given back if the wait is cancelled or the connection is gone.
             let held = self.budget.take_held(FRAME_HEADER + size).await;
             let charge = held.charge();
-            match self.tx.send(Outgoing { frame, charge }).await {
+            let outgoing = Outgoing {
+                frame,
+                charge,
+                deadline,
+            };
+            match self.tx.send(outgoing).await {
                 // The queued frame holds the charge now; the writer gives it back.
                 Ok(()) => {
                     held.keep();
@@ -222,7 +258,7 @@ impl<Resp: Message> SessionShared<Resp> {
         tokio::select! {
             biased;
             () = self.control.token.cancelled() => Err(ServerError::SessionClosed),
-            r = tokio::time::timeout_at(deadline.into(), queued) => r.unwrap_or(Err(ServerError::Busy)),
+            r = tokio::time::timeout_at(wait_until.into(), queued) => r.unwrap_or(Err(ServerError::Busy)),
         }
     }
 }
@@ -243,8 +279,11 @@ enum Queue<'a> {
 pub struct ClientSession<Resp> {
     /// The connection's shared state.
     shared: Arc<SessionShared<Resp>>,
-    /// The deadline of the request this session was handed with; bounds `write`.
+    /// The deadline of the request this session was handed with; bounds `write`, and
+    /// the time left on it goes out in each response's deadline header.
     deadline: Option<Instant>,
+    /// The trace context each response carries back (the request's, by default).
+    trace: TraceContext,
 }
 
 impl<Resp> Clone for ClientSession<Resp> {
@@ -252,6 +291,7 @@ impl<Resp> Clone for ClientSession<Resp> {
         Self {
             shared: self.shared.clone(),
             deadline: self.deadline,
+            trace: self.trace,
         }
     }
 }
@@ -261,19 +301,33 @@ impl<Resp> std::fmt::Debug for ClientSession<Resp> {
         f.debug_struct("ClientSession")
             .field("remote", &self.shared.remote)
             .field("deadline", &self.deadline)
+            .field("trace", &self.trace)
             .field("closed", &self.shared.control.token.is_cancelled())
             .finish()
     }
 }
 
 impl<Resp: Message> ClientSession<Resp> {
-    pub(crate) fn new(shared: Arc<SessionShared<Resp>>, deadline: Option<Instant>) -> Self {
-        Self { shared, deadline }
+    pub(crate) fn new(
+        shared: Arc<SessionShared<Resp>>,
+        deadline: Option<Instant>,
+        trace: TraceContext,
+    ) -> Self {
+        Self {
+            shared,
+            deadline,
+            trace,
+        }
     }
 
     /// Queues `response` for writing, waiting for room in the connection's queue and
     /// write budget until the request's deadline, and never longer than the server's
     /// write timeout.
+    ///
+    /// The response's frame carries what a Go server's does (V07): the request's trace
+    /// context (see [`with_trace`](ClientSession::with_trace)) and the time left on the
+    /// request's deadline when it is written ("none" for a session without one, see
+    /// [`with_deadline`](ClientSession::with_deadline)).
     ///
     /// The response must carry the id of the request it answers (or of the stream it
     /// belongs to): the client delivers by id, and a response to an id it does not wait
@@ -292,13 +346,39 @@ impl<Resp: Message> ClientSession<Resp> {
         // Only the boxed wait lives across the await, keeping this future small.
         let wait = match self
             .shared
-            .queue_or_wait(Frame::message(response), size, self.deadline)
+            .queue_or_wait(self.frame(response), size, self.deadline)
         {
             Ok(()) => return Ok(()),
             Err(Queue::Closed) => return Err(ServerError::SessionClosed),
             Err(Queue::Wait(wait)) => wait,
         };
         wait.await
+    }
+
+    /// [`write`](ClientSession::write) with custom header values: each `(name, value)`
+    /// is written by the header codec registered under `name` in the codec
+    /// configuration (V07 custom headers; see `docs/extensions.md`). A name no codec is
+    /// registered for is not written.
+    ///
+    /// # Errors
+    /// As for [`write`](ClientSession::write).
+    pub async fn write_with_headers(
+        &self,
+        response: Resp,
+        headers: impl IntoIterator<Item = (&'static str, Bytes)>,
+    ) -> Result<(), ServerError> {
+        let size = self.shared.codec.check_message(&response)?;
+        let mut frame = self.frame(response);
+        frame.headers.extensions.extend(headers);
+        self.shared.queue(frame, size, self.deadline).await
+    }
+
+    /// The frame of a response written through this session.
+    #[inline]
+    fn frame(&self, response: Resp) -> Frame<Resp> {
+        let mut frame = Frame::message(response);
+        frame.headers.trace = self.trace;
+        frame
     }
 
     /// Queues `response` only if there is room now; never waits.
@@ -310,7 +390,7 @@ impl<Resp: Message> ClientSession<Resp> {
     pub fn write_oneway(&self, response: Resp) -> Result<(), ServerError> {
         let size = self.shared.codec.check_message(&response)?;
         self.shared
-            .try_queue(Frame::message(response), size)
+            .try_queue(self.frame(response), size, self.deadline)
             .map_err(|frame| match frame {
                 Some(_) => ServerError::QueueFull,
                 None => ServerError::SessionClosed,
@@ -329,6 +409,13 @@ impl<Resp> ClientSession<Resp> {
         self.shared.control.token.is_cancelled()
     }
 
+    /// Resolves when the connection closes (the peer went, a bound tripped, the server
+    /// closed it, or [`close`](ClientSession::close)): for tasks that stream on a session
+    /// to stop. Cancel-safe.
+    pub async fn closed(&self) {
+        self.shared.control.token.cancelled().await;
+    }
+
     /// The peer's address (`ip:port`, or the socket path for Unix peers).
     pub fn remote_addr(&self) -> &str {
         &self.shared.remote
@@ -343,8 +430,22 @@ impl<Resp> ClientSession<Resp> {
     /// first request's deadline, for example).
     pub fn with_deadline(&self, deadline: Option<Instant>) -> Self {
         Self {
-            shared: self.shared.clone(),
             deadline,
+            ..self.clone()
+        }
+    }
+
+    /// The trace context responses through this session carry back.
+    pub fn trace(&self) -> TraceContext {
+        self.trace
+    }
+
+    /// The same session with another trace context for its responses (a handler that
+    /// opened a span of its own, say; all zeros sends none).
+    pub fn with_trace(&self, trace: TraceContext) -> Self {
+        Self {
+            trace,
+            ..self.clone()
         }
     }
 }

@@ -47,7 +47,18 @@ pub(crate) async fn write_loop<H, Resp: Message>(
         let messages = batch.len();
         // Counted first: the loop may stop early, and the whole batch goes back.
         let charged: usize = batch.iter().map(|o| o.charge).sum();
-        for Outgoing { frame, .. } in batch.drain(..) {
+        // One clock reading serves the batch's deadline headers.
+        let mut now = None;
+        for Outgoing {
+            mut frame,
+            deadline,
+            ..
+        } in batch.drain(..)
+        {
+            if let Some(deadline) = deadline {
+                let now = *now.get_or_insert_with(morpc_backend::connection::now);
+                frame.headers.deadline = Some(deadline.saturating_duration_since(now));
+            }
             if let FrameBody::Message(m) = &frame.body {
                 if shared
                     .config
