@@ -108,6 +108,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             stream_budget,
             queue_budget,
             connections: AtomicU64::new(0),
+            current: parking_lot::Mutex::new(None),
             canceller: cancel_extension.then(|| {
                 let weak = weak.clone();
                 Arc::new(move |id: u64| {
@@ -224,20 +225,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
                 message: msg,
             });
         }
-        let id = shared.next_id();
-        let keep_headers = opts.keep_headers;
-        let item = match shared.message_item(msg, id, ItemKind::Request, opts) {
-            Ok(item) => item,
-            Err((error, message)) => return Err(SendRejected { error, message }),
-        };
-        let deadline = item.deadline;
-        let (tx, rx) = oneshot::channel();
-        let (header_tx, header_rx) = keep_headers.then(oneshot::channel).unzip();
-        let swept = shared.pending.insert_request(id, tx, deadline, header_tx);
-        // Built before queueing: if the caller drops the send mid-wait, the future's drop
-        // unregisters the request.
-        let mut future = ResponseFuture::new(id, rx, deadline, !swept, self.handle.clone());
-        future.headers = header_rx;
+        let (item, future) = self.register(msg, opts)?;
         match shared.try_enqueue_now(item) {
             Ok(()) => Ok(Started::Queued(future)),
             Err((None, item)) if !may_wait => {
@@ -260,6 +248,50 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
                 drop(future);
                 Err(SendRejected::of(error, item))
             }
+        }
+    }
+
+    /// Builds the item of request `msg` and registers it in the pending table. The
+    /// future is built before the item is queued: if the caller drops the send while it
+    /// waits for room, the future's drop unregisters the request.
+    #[inline]
+    #[allow(clippy::result_large_err)]
+    fn register(
+        &self,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<(WriteItem<Req>, ResponseFuture<Resp>), SendRejected<Req>> {
+        let shared = self.shared();
+        let id = shared.next_id();
+        let keep_headers = opts.keep_headers;
+        let item = match shared.message_item(msg, id, ItemKind::Request, opts) {
+            Ok(item) => item,
+            Err((error, message)) => return Err(SendRejected { error, message }),
+        };
+        let deadline = item.deadline;
+        let (tx, rx) = oneshot::channel();
+        let (header_tx, header_rx) = keep_headers.then(oneshot::channel).unzip();
+        let swept = shared.pending.insert_request(id, tx, deadline, header_tx);
+        let mut future = ResponseFuture::new(id, rx, deadline, !swept, self.handle.clone());
+        future.headers = header_rx;
+        Ok((item, future))
+    }
+
+    /// Waits for a place in the send queue and reserves it: the returned permit sends
+    /// one request without waiting for queue room (`tower`'s `poll_ready` contract, as
+    /// `PollSender` keeps it). Dropping the permit gives the place back.
+    ///
+    /// # Errors
+    /// [`BackendError::BackendClosed`] / [`BackendError::Unusable`].
+    pub async fn reserve(&self) -> Result<SendPermit<Req, Resp>, BackendError> {
+        let shared = self.shared();
+        shared.check_open()?;
+        match shared.queue.clone().reserve_owned().await {
+            Ok(permit) => Ok(SendPermit {
+                backend: self.clone(),
+                permit,
+            }),
+            Err(_) => Err(shared.closed_error()),
         }
     }
 
@@ -491,6 +523,61 @@ enum Started<Req, Resp> {
     Queued(ResponseFuture<Resp>),
     /// The queue is full: await this for room until the deadline.
     Waiting(RequestWait<Req, Resp>),
+}
+
+/// A reserved place in a backend's send queue, from [`Backend::reserve`]: sends one
+/// request without waiting for queue room.
+pub struct SendPermit<Req, Resp> {
+    /// The backend the place is reserved on.
+    backend: Backend<Req, Resp>,
+    /// The place.
+    permit: mpsc::OwnedPermit<WriteItem<Req>>,
+}
+
+impl<Req, Resp> std::fmt::Debug for SendPermit<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendPermit")
+            .field("address", &self.backend.shared().address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req: Message, Resp: Message> SendPermit<Req, Resp> {
+    /// The backend the place is reserved on.
+    pub fn backend(&self) -> &Backend<Req, Resp> {
+        &self.backend
+    }
+
+    /// Queues `msg` as a request in the reserved place and returns the future of its
+    /// response, at once.
+    ///
+    /// # Errors
+    /// [`SendRejected`] with the message: `BackendClosed` / `Unusable` when the backend
+    /// closed since the reservation, `Codec` for a message the codec's limits cannot
+    /// carry, and `Busy` when the send queue's byte budget
+    /// (`max_queued_write_bytes`) is spent — the reservation holds a place, not bytes.
+    #[allow(clippy::result_large_err)]
+    pub fn send(
+        self,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<ResponseFuture<Resp>, SendRejected<Req>> {
+        let shared = self.backend.shared();
+        if let Err(error) = shared.check_open() {
+            return Err(SendRejected {
+                error,
+                message: msg,
+            });
+        }
+        let (mut item, future) = self.backend.register(msg, opts)?;
+        let Some(charge) = shared.queue_budget.try_take(item.charge as usize) else {
+            drop(future);
+            return Err(SendRejected::of(BackendError::Busy, item));
+        };
+        item.charge = charge as u32;
+        self.permit.send(item);
+        Ok(future)
+    }
 }
 
 /// A message [`Backend::send_or_return`] did not queue (so never wrote), and why.

@@ -460,6 +460,16 @@ impl SendOptions {
         self
     }
 
+    /// The same options with an absolute deadline turned into the timeout it leaves
+    /// now: for options kept and reused for many sends (a `tower` service's), which an
+    /// absolute deadline would make fail at once after it passed.
+    pub fn relative(mut self) -> Self {
+        if let Some(deadline) = self.deadline.take() {
+            self.timeout = Some(deadline.saturating_duration_since(crate::connection::now()));
+        }
+        self
+    }
+
     /// Sets the trace context sent with the message.
     pub fn with_trace(mut self, trace: TraceContext) -> Self {
         self.trace = trace;

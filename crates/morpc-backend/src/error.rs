@@ -92,6 +92,10 @@ pub enum ConnectionLost {
     /// codec, the write filter).
     #[error("connection task panicked: {0}")]
     TaskPanicked(Arc<str>),
+    /// Closed by this side: a stream was closed together with its connection
+    /// ([`BackendStream::close_connection`](crate::BackendStream::close_connection)).
+    #[error("closed with a stream")]
+    ClosedWithStream,
 }
 
 impl From<crate::connection::WriteError> for ConnectionLost {

@@ -40,7 +40,7 @@ impl<Req> RemoteBackendFactory<Req> {
 
 impl<Req, Resp> BackendFactory<Req, Resp> for RemoteBackendFactory<Req>
 where
-    Req: Message + Sync,
+    Req: Message,
     Resp: Message,
 {
     fn create(

@@ -45,7 +45,7 @@ mod transport;
 mod writer;
 
 pub use address::{Address, BoxReader, BoxWriter};
-pub use backend::{Backend, SendRejected};
+pub use backend::{Backend, SendPermit, SendRejected};
 pub use config::{
     BackendConfig, DEFAULT_BATCH_SEND_SIZE, HeaderValues, OrphanHook, OrphanResponse,
     ReconnectPolicy, SendOptions, WriteFilter,

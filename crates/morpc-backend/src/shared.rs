@@ -163,6 +163,8 @@ pub(crate) struct Shared<Req, Resp> {
     pub(crate) queue_budget: ByteBudget,
     /// Connections established so far (the last one's epoch).
     pub(crate) connections: AtomicU64,
+    /// The connection in use, for closing it from a stream.
+    pub(crate) current: parking_lot::Mutex<Option<Arc<crate::conn_state::ConnState>>>,
 }
 
 /// Queues a cancel frame for a request id.

@@ -156,6 +156,22 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
     }
 }
 
+impl<Req, Resp> BackendStream<Req, Resp> {
+    /// Closes the stream and the connection it runs on (Go's `Stream.Close(true)`), for
+    /// a stream whose state the caller no longer trusts: everything else in flight on
+    /// that connection fails with
+    /// [`ConnectionLost::ClosedWithStream`](crate::ConnectionLost::ClosedWithStream),
+    /// the peer sees the connection close, and the backend reconnects on its next send.
+    pub fn close_connection(&mut self) {
+        self.rx.close();
+        self.shared.pending.remove(self.id);
+        let current = self.shared.current.lock().clone();
+        if let Some(state) = current {
+            state.break_with(&self.shared, crate::ConnectionLost::ClosedWithStream);
+        }
+    }
+}
+
 impl<Req, Resp> Drop for BackendStream<Req, Resp> {
     fn drop(&mut self) {
         self.shared.pending.remove(self.id);

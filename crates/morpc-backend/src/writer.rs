@@ -42,6 +42,7 @@ impl Connection {
             epoch: shared.connections.fetch_add(1, Ordering::Relaxed) + 1,
         });
         let reader = tokio::spawn(reader::run(shared.clone(), read_half, state.clone()));
+        *shared.current.lock() = Some(state.clone());
         Self {
             writer: FrameWriter::new(writer),
             state,
@@ -102,9 +103,16 @@ async fn write_loop<Req: Message, Resp: Message>(
     let closed = shared.closed.cancelled();
     tokio::pin!(closed);
     loop {
+        // A connection broken while the writer waits (by its reader, or closed with a
+        // stream) is dropped at once, so the peer sees it close.
+        let broken = conn.as_ref().map(|c| c.state.token.clone());
         let more = tokio::select! {
             biased;
             () = &mut closed => break,
+            () = cancelled(broken.as_ref()) => {
+                conn = None;
+                continue;
+            }
             more = crate::io::next_batch(&mut rx, &mut batch, batch_size) => more,
         };
         if !more {
@@ -163,6 +171,14 @@ async fn write_loop<Req: Message, Resp: Message>(
     shared.pending.fail_all(&reason);
     if let Some(mut c) = conn {
         let _ = c.writer.shutdown().await;
+    }
+}
+
+/// Resolves when `token` is cancelled; never without one.
+async fn cancelled(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -112,7 +112,7 @@ impl<Req, Resp> Inner<Req, Resp> {
     }
 }
 
-impl<Req: Message + Sync, Resp: Message> RpcClient<Req, Resp> {
+impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// A client creating [`RemoteBackendFactory`] backends with `backend` configuration.
     /// Creates the configured initial backends before returning (failures are logged).
     pub async fn new(config: ClientConfig, backend: BackendConfig<Req>) -> Self {
@@ -484,6 +484,24 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         backend.ready().await.map_err(Into::into)
     }
 
+    /// Waits for a backend of `address` with room in its send queue and reserves a
+    /// place there: [`Reservation::send`] then sends without waiting for room (what
+    /// `tower`'s `poll_ready` promises). Dropping it gives the place back.
+    ///
+    /// # Errors
+    /// As [`ready`](RpcClient::ready).
+    pub async fn reserve(&self, address: &str) -> Result<Reservation<Req, Resp>, ClientError> {
+        let target = self.target_named(address)?;
+        let deadline = deadline_after(now(), self.inner().config.default_timeout);
+        let backend = self.select(&target, deadline).await?;
+        let permit = backend.reserve().await?;
+        Ok(Reservation {
+            client: self.clone(),
+            target,
+            permit,
+        })
+    }
+
     /// Sends a request and waits for its response.
     ///
     /// # Errors
@@ -625,5 +643,67 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             .collect();
         let drained = futures::future::join_all(backends.iter().map(|b| b.shutdown(grace))).await;
         drained.into_iter().all(|done| done)
+    }
+}
+
+/// A place reserved in the send queue of one of an address's backends, from
+/// [`RpcClient::reserve`].
+pub struct Reservation<Req, Resp> {
+    /// The client.
+    client: RpcClient<Req, Resp>,
+    /// The address's pool and breaker.
+    target: Arc<Target<Req, Resp>>,
+    /// The place.
+    permit: morpc_backend::SendPermit<Req, Resp>,
+}
+
+impl<Req, Resp> std::fmt::Debug for Reservation<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("address", self.target.pool.address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req: Message, Resp: Message> Reservation<Req, Resp> {
+    /// Sends `msg` in the reserved place (the circuit breaker still decides first). A
+    /// send the reserved backend refuses after all (it closed meanwhile, or its byte
+    /// budget is spent) takes the client's usual path: another backend, retries within
+    /// the deadline.
+    ///
+    /// # Errors
+    /// As [`RpcClient::send`].
+    pub async fn send(
+        self,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<ClientResponse<Resp>, ClientError> {
+        let Self {
+            client,
+            target,
+            permit,
+        } = self;
+        client.check_open()?;
+        let deadline = opts.resolve_deadline(client.inner().config.default_timeout);
+        let opts = opts.with_deadline(deadline);
+        let admission = match &target.breaker {
+            Some(breaker) => match breaker.allow() {
+                Some(admission) => Some(admission),
+                None => return Err(ClientError::CircuitOpen(target.pool.address().clone())),
+            },
+            None => None,
+        };
+        let outcome = Outcome::new(
+            target.breaker.clone(),
+            admission,
+            client.inner().closed_flag.clone(),
+        );
+        match permit.send(msg, opts.clone()) {
+            Ok(future) => Ok(ClientResponse::new(future, outcome)),
+            Err(SendRejected { message, .. }) => {
+                drop(outcome);
+                client.send_to_target(&target, message, opts).await
+            }
+        }
     }
 }

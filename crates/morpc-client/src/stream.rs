@@ -51,6 +51,13 @@ impl<Req: Message, Resp: Message> ClientStream<Req, Resp> {
         self.stream.close();
         self.unlock();
     }
+
+    /// Closes the stream and the connection it runs on (Go's `Stream.Close(true)`; see
+    /// [`BackendStream::close_connection`]), and releases its backend lock.
+    pub fn close_connection(&mut self) {
+        self.stream.close_connection();
+        self.unlock();
+    }
 }
 
 impl<Req, Resp> ClientStream<Req, Resp> {

@@ -8,25 +8,30 @@ use std::task::{Context, Poll};
 use morpc_backend::SendOptions;
 use morpc_codec::Message;
 
-use crate::{ClientError, RpcClient};
+use crate::{ClientError, Reservation, RpcClient};
 
 /// A boxed, sendable future.
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// An [`RpcClient`] bound to one address, as a `tower::Service<Req>`.
 ///
-/// `poll_ready` is fed by backpressure: it resolves once a backend of the address exists
-/// and has room in its send queue. `call` sends the request with the service's
-/// [`SendOptions`] and resolves with the response.
+/// `poll_ready` is fed by backpressure and keeps what it reports: it resolves once a
+/// backend of the address has room in its send queue, and reserves that room
+/// ([`RpcClient::reserve`]), so the next `call` is queued without waiting. `call` sends the
+/// request with the service's [`SendOptions`] and resolves with the response. A `call`
+/// without a ready reservation (tower's contract broken) still sends, by the client's
+/// usual path.
 pub struct ClientService<Req, Resp = Req> {
     /// The client.
     client: RpcClient<Req, Resp>,
     /// The bound address.
     address: String,
-    /// Options of every request.
+    /// Options of every request (relative: see [`RpcClient::service`]).
     options: SendOptions,
-    /// The readiness being polled, if any.
-    ready: Option<BoxFuture<Result<(), ClientError>>>,
+    /// The reservation being waited for, if any.
+    ready: Option<BoxFuture<Result<Reservation<Req, Resp>, ClientError>>>,
+    /// The reservation `poll_ready` made, for the next `call`.
+    reserved: Option<Reservation<Req, Resp>>,
 }
 
 impl<Req, Resp> std::fmt::Debug for ClientService<Req, Resp> {
@@ -34,10 +39,13 @@ impl<Req, Resp> std::fmt::Debug for ClientService<Req, Resp> {
         f.debug_struct("ClientService")
             .field("address", &self.address)
             .field("options", &self.options)
+            .field("reserved", &self.reserved.is_some())
             .finish()
     }
 }
 
+/// A clone starts without a reservation (as tower services do: each clone is polled
+/// ready on its own).
 impl<Req, Resp> Clone for ClientService<Req, Resp> {
     fn clone(&self) -> Self {
         Self {
@@ -45,12 +53,18 @@ impl<Req, Resp> Clone for ClientService<Req, Resp> {
             address: self.address.clone(),
             options: self.options.clone(),
             ready: None,
+            reserved: None,
         }
     }
 }
 
-impl<Req: Message + Sync, Resp: Message> RpcClient<Req, Resp> {
+impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// This client bound to `address` as a `tower::Service`, sending with `options`.
+    ///
+    /// The options are kept for every call, so an absolute deadline in them is turned
+    /// into the timeout it leaves now ([`SendOptions::relative`]): each call gets that
+    /// long, instead of every call after the deadline failing at once. For a deadline
+    /// per call, use tower's `timeout` layer or [`RpcClient::send`].
     pub fn service(
         &self,
         address: impl Into<String>,
@@ -59,25 +73,29 @@ impl<Req: Message + Sync, Resp: Message> RpcClient<Req, Resp> {
         ClientService {
             client: self.clone(),
             address: address.into(),
-            options,
+            options: options.relative(),
             ready: None,
+            reserved: None,
         }
     }
 }
 
-impl<Req: Message + Sync, Resp: Message> tower_service::Service<Req> for ClientService<Req, Resp> {
+impl<Req: Message, Resp: Message> tower_service::Service<Req> for ClientService<Req, Resp> {
     type Response = Resp;
     type Error = ClientError;
     type Future = BoxFuture<Result<Resp, ClientError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ClientError>> {
+        if self.reserved.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         let ready = self.ready.get_or_insert_with(|| {
             let (client, address) = (self.client.clone(), self.address.clone());
-            Box::pin(async move { client.ready(&address).await })
+            Box::pin(async move { client.reserve(&address).await })
         });
         let result = std::task::ready!(ready.as_mut().poll(cx));
         self.ready = None;
-        Poll::Ready(result)
+        Poll::Ready(result.map(|reservation| self.reserved = Some(reservation)))
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
@@ -86,6 +104,11 @@ impl<Req: Message + Sync, Resp: Message> tower_service::Service<Req> for ClientS
             self.address.clone(),
             self.options.clone(),
         );
-        Box::pin(async move { client.request(&address, request, options).await })
+        match self.reserved.take() {
+            Some(reservation) => {
+                Box::pin(async move { reservation.send(request, options).await?.await })
+            }
+            None => Box::pin(async move { client.request(&address, request, options).await }),
+        }
     }
 }

@@ -686,3 +686,101 @@ async fn closing_a_stream_as_a_sink_flushes_the_message_it_holds() {
     })
     .await;
 }
+
+/// A client whose every connection is an in-memory pipe to an echo server (`serve_io`).
+async fn piped_client(config: ClientConfig) -> RpcClient<RawMessage> {
+    let connector = |_: &Address| -> morpc_backend::ConnectFuture {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let echo = morpc_server::sync_handler(|req: Request<RawMessage>| {
+            Ok::<_, HandlerError>(req.message)
+        });
+        tokio::spawn(morpc_server::serve_io(theirs, ServerConfig::new(), echo));
+        Box::pin(async move {
+            let (r, w) = tokio::io::split(ours);
+            Ok((Box::pin(r) as _, Box::pin(w) as _))
+        })
+    };
+    RpcClient::new(config, BackendConfig::new().connector(Arc::new(connector))).await
+}
+
+#[cfg(feature = "tower")]
+#[tokio::test(start_paused = true)]
+async fn a_service_built_with_an_absolute_deadline_keeps_working_after_it() {
+    use tower::{Service, ServiceExt};
+    let c = piped_client(ClientConfig::new()).await;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut service = c.service("node-1:9000", SendOptions::deadline(deadline));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let resp = service
+        .ready()
+        .await
+        .unwrap()
+        .call(msg("after the deadline"))
+        .await
+        .unwrap();
+    assert_eq!(resp.body, "after the deadline");
+}
+
+#[cfg(feature = "tower")]
+#[tokio::test(start_paused = true)]
+async fn poll_ready_reserves_the_room_it_reports() {
+    use tower::{Service, ServiceExt};
+    let c = piped_client(ClientConfig::new()).await;
+    let mut service = c.service("node-1:9000", SendOptions::timeout(LONG));
+    // Ready twice without a call: one reservation, kept.
+    service.ready().await.unwrap();
+    service.ready().await.unwrap();
+    assert!(format!("{service:?}").contains("reserved: true"));
+    let resp = service.call(msg("reserved")).await.unwrap();
+    assert_eq!(resp.body, "reserved");
+    assert!(format!("{service:?}").contains("reserved: false"));
+    // A call without readiness still goes through.
+    assert_eq!(service.call(msg("unready")).await.unwrap().body, "unready");
+}
+
+/// A message that is `Send` but not `Sync`: the client asks no more of a request type
+/// than tonic and tarpc do.
+#[derive(Debug)]
+struct NotSync {
+    inner: RawMessage,
+    _not_sync: std::cell::Cell<()>,
+}
+
+impl morpc_codec::Message for NotSync {
+    fn id(&self) -> u64 {
+        self.inner.id
+    }
+    fn set_id(&mut self, id: u64) {
+        self.inner.id = id;
+    }
+    fn encoded_len(&self) -> usize {
+        self.inner.encoded_len()
+    }
+    fn encode(&self, dst: &mut bytes::BytesMut) {
+        self.inner.encode(dst);
+    }
+    fn decode(
+        body: bytes::Bytes,
+        payload: Option<bytes::Bytes>,
+    ) -> Result<Self, morpc_codec::CodecError> {
+        Ok(Self {
+            inner: RawMessage::decode(body, payload)?,
+            _not_sync: std::cell::Cell::new(()),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_request_type_that_is_not_sync_is_enough() {
+    let (_server, addr) = server().await;
+    let c: RpcClient<NotSync, RawMessage> =
+        RpcClient::new(ClientConfig::new(), BackendConfig::new()).await;
+    let request = NotSync {
+        inner: msg("send only"),
+        _not_sync: std::cell::Cell::new(()),
+    };
+    let resp = within("echo", c.request(&addr, request, SendOptions::new()))
+        .await
+        .unwrap();
+    assert_eq!(resp.body, "send only");
+}

@@ -65,6 +65,7 @@ where
         write_timeout: config.write_timeout,
         budget,
         codec: shared.codec.clone(),
+        server: shared.name.clone(),
     });
     let reader = FrameReader::new(
         reader,

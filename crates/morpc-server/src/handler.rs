@@ -123,7 +123,7 @@ where
                     sequence,
                     "response dropped: no room in the session queue in time"
                 );
-                crate::metrics::response_dropped();
+                session.count_dropped_response();
                 Ok(())
             }
             other => other.map_err(Into::into),
@@ -143,9 +143,9 @@ where
     Resp: Message,
     H: Handler<Req, Resp>,
 {
-    // The clock is read only when metrics are compiled in.
-    let started = metrics::ENABLED.then(Instant::now);
-    let span = handler_span(&request);
+    // The clock is read (and the name's count taken) only when metrics are compiled in.
+    let metered = metrics::ENABLED.then(|| (Instant::now(), shared.name.clone()));
+    let span = handler_span(&request, &shared.name);
     let expires = if shared.config.auto_cancel {
         request.deadline
     } else {
@@ -154,7 +154,7 @@ where
     HandlerRun {
         handler: shared.handler.handle(request, session),
         span,
-        started,
+        metered,
         expires,
         timer: None,
     }
@@ -171,7 +171,8 @@ pin_project_lite::pin_project! {
         #[pin]
         handler: F,
         span: tracing::Span,
-        started: Option<Instant>,
+        // When it started and the server's name, with metrics compiled in.
+        metered: Option<(Instant, metrics::Server)>,
         // The deadline at which the handler is stopped (`auto_cancel`).
         expires: Option<Instant>,
         // Its timer, armed only once the handler waits: most finish on their first poll.
@@ -203,7 +204,9 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerRun<F> {
                 // Nobody waits for the answer: the handler is dropped with this future.
                 let _entered = this.span.enter();
                 tracing::debug!("handler stopped: its request's deadline passed");
-                metrics::request_expired(true);
+                if let Some((_, server)) = this.metered {
+                    metrics::request_expired(server, true);
+                }
                 return Poll::Ready(Ok(()));
             }
             Ok(Poll::Ready(Ok(()))) => Ok(()),
@@ -212,8 +215,8 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerRun<F> {
                 panic_message(panic.as_ref()).into(),
             )),
         };
-        if let Some(started) = this.started {
-            metrics::handler_done(&outcome, started.elapsed());
+        if let Some((started, server)) = this.metered {
+            metrics::handler_done(server, &outcome, started.elapsed());
         }
         Poll::Ready(outcome)
     }
@@ -222,15 +225,16 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerRun<F> {
 /// The span a handler runs in: the request's sequence and, when the client sent one, its
 /// propagated trace context (V07 trace header). No span is built while nothing listens
 /// at debug level.
-fn handler_span<Req>(request: &Request<Req>) -> tracing::Span {
+fn handler_span<Req>(request: &Request<Req>, server: &str) -> tracing::Span {
     if !tracing::level_enabled!(tracing::Level::DEBUG) {
         return tracing::Span::none();
     }
     if request.trace.is_empty() {
-        return tracing::debug_span!("morpc.handle", sequence = request.sequence);
+        return tracing::debug_span!("morpc.handle", server, sequence = request.sequence);
     }
     tracing::debug_span!(
         "morpc.handle",
+        server,
         sequence = request.sequence,
         trace_id = %request.trace.trace_id_hex(),
         parent_span_id = %request.trace.span_id_hex(),

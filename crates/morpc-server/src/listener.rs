@@ -3,19 +3,42 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
+use futures::{Stream, StreamExt};
 use morpc_backend::{Address, BoxReader, BoxWriter};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 
 use crate::ServerError;
 
-/// A bound listener.
-#[derive(Debug)]
+/// A byte stream a server can serve: any established connection.
+pub(crate) trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection for T {}
+
+/// A stream of incoming connections, each with the peer's name for logs.
+pub(crate) type IncomingStream =
+    Pin<Box<dyn Stream<Item = io::Result<(Box<dyn Connection>, String)>> + Send>>;
+
+/// What the accept loop accepts from.
 pub(crate) enum Listener {
     /// A TCP listener.
     Tcp(TcpListener),
-    /// A Unix listener and its socket path.
-    Unix(UnixListener, PathBuf),
+    /// A Unix listener and the socket path the server removes when it stops (`None`
+    /// for a listener it was given).
+    Unix(UnixListener, Option<PathBuf>),
+    /// Connections from elsewhere (`serve_with_incoming`).
+    Incoming(IncomingStream),
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(l) => f.debug_tuple("Tcp").field(l).finish(),
+            Self::Unix(l, path) => f.debug_tuple("Unix").field(l).field(path).finish(),
+            Self::Incoming(_) => f.write_str("Incoming"),
+        }
+    }
 }
 
 impl Listener {
@@ -45,7 +68,7 @@ impl Listener {
             Address::Unix(path) => {
                 remove_stale_socket(path).await.map_err(bind_error)?;
                 let listener = UnixListener::bind(path).map_err(bind_error)?;
-                Ok(Self::Unix(listener, path.clone()))
+                Ok(Self::Unix(listener, Some(path.clone())))
             }
         }
     }
@@ -54,22 +77,47 @@ impl Listener {
     pub(crate) fn local_addr(&self) -> io::Result<Address> {
         match self {
             Self::Tcp(l) => Ok(Address::from(l.local_addr()?)),
-            Self::Unix(_, path) => Ok(Address::Unix(path.clone())),
+            Self::Unix(l, _) => {
+                let addr = l.local_addr()?;
+                let path = addr.as_pathname().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "an unnamed Unix socket")
+                })?;
+                Ok(Address::Unix(path.to_owned()))
+            }
+            Self::Incoming(_) => Ok(Address::Tcp("incoming".to_owned())),
         }
     }
 
-    /// Accepts one connection and the peer's address.
-    pub(crate) async fn accept(&self) -> io::Result<(Accepted, String)> {
+    /// The socket file to remove when the server stops.
+    pub(crate) fn socket_file(&self) -> Option<PathBuf> {
+        match self {
+            Self::Unix(_, path) => path.clone(),
+            _ => None,
+        }
+    }
+
+    /// Accepts one connection and the peer's address. `Ok(None)`: an incoming stream
+    /// ended (no connection will come any more).
+    pub(crate) async fn accept(&mut self) -> io::Result<Option<(Accepted, String)>> {
         match self {
             Self::Tcp(l) => {
                 let (stream, peer) = l.accept().await?;
                 stream.set_nodelay(true)?;
-                Ok((Accepted::Tcp(stream), peer.to_string()))
+                Ok(Some((Accepted::Tcp(stream), peer.to_string())))
             }
-            Self::Unix(l, path) => {
+            Self::Unix(l, _) => {
                 let (stream, _) = l.accept().await?;
-                Ok((Accepted::Unix(stream), format!("unix://{}", path.display())))
+                let local = l.local_addr()?;
+                let name = local
+                    .as_pathname()
+                    .map_or_else(|| "unix".to_owned(), |p| format!("unix://{}", p.display()));
+                Ok(Some((Accepted::Unix(stream), name)))
             }
+            Self::Incoming(incoming) => match incoming.next().await {
+                Some(Ok((io, peer))) => Ok(Some((Accepted::Other(io), peer))),
+                Some(Err(e)) => Err(e),
+                None => Ok(None),
+            },
         }
     }
 }
@@ -81,6 +129,14 @@ pub(crate) enum Accepted {
     Tcp(TcpStream),
     /// A Unix-socket connection.
     Unix(UnixStream),
+    /// A connection from an incoming stream.
+    Other(Box<dyn Connection>),
+}
+
+impl std::fmt::Debug for Box<dyn Connection> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connection")
+    }
 }
 
 /// Longest a TLS handshake may take when the first-frame timeout is disabled.
@@ -102,6 +158,7 @@ impl Accepted {
             return match self {
                 Self::Tcp(s) => secure(acceptor, s, limit).await,
                 Self::Unix(s) => secure(acceptor, s, limit).await,
+                Self::Other(s) => secure(acceptor, s, limit).await,
             };
         }
         #[cfg(not(feature = "rustls-ring"))]
@@ -113,6 +170,10 @@ impl Accepted {
             }
             Self::Unix(s) => {
                 let (r, w) = s.into_split();
+                (Box::pin(r), Box::pin(w))
+            }
+            Self::Other(s) => {
+                let (r, w) = tokio::io::split(s);
                 (Box::pin(r), Box::pin(w))
             }
         })

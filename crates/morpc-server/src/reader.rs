@@ -187,7 +187,7 @@ where
                 r = self.reader.read() => r,
             };
             match read {
-                Ok(n) => metrics::bytes_read(n),
+                Ok(n) => metrics::bytes_read(&shared.name, n),
                 Err(e) => return CloseReason::from_read(e),
             }
             if let Err(reason) = self.dispatch_buffered().await {
@@ -256,7 +256,7 @@ where
             if self.ahead.take_cancelled(id) {
                 continue;
             }
-            metrics::request_received();
+            metrics::request_received(&shared.name);
             // Nobody waits for a request whose deadline passed before its handler could
             // start: arrived with no time left, or waited behind an in-order handler.
             if auto_cancel
@@ -266,7 +266,7 @@ where
                 })
             {
                 tracing::debug!(id, "request not run: its deadline passed before it started");
-                metrics::request_expired(false);
+                metrics::request_expired(&shared.name, false);
                 continue;
             }
             self.sequence += 1;
@@ -369,7 +369,7 @@ where
                 read = self.reader.read(), if watch => read,
             };
             match read {
-                Ok(n) => metrics::bytes_read(n),
+                Ok(n) => metrics::bytes_read(&shared.name, n),
                 Err(ReadError::Closed) => peer_done = true,
                 Err(e) => return Err(CloseReason::from_read(e)),
             }
@@ -402,7 +402,7 @@ where
                         .is_some_and(|d| d <= morpc_backend::connection::now())
                 {
                     tracing::debug!(id, "request not run: its deadline passed before it started");
-                    metrics::request_expired(false);
+                    metrics::request_expired(&shared.name, false);
                     return Ok(true);
                 }
                 (permit, true)

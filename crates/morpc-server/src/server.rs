@@ -76,8 +76,109 @@ impl RpcServer {
             .parse()
             .map_err(|_| ServerError::InvalidAddress(address.to_owned()))?;
         let listener = Listener::bind(&address).await?;
+        Self::serve(listener, config, handler)
+    }
+
+    /// Serves connections accepted from a TCP listener bound elsewhere (with options of
+    /// your own, or handed over by a supervisor), like [`start`](RpcServer::start)
+    /// serves the one it binds. Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ServerError::Bind`] when the listener's address cannot be read.
+    pub fn start_tcp_listener<Req, Resp, H>(
+        listener: tokio::net::TcpListener,
+        config: ServerConfig<Resp>,
+        handler: H,
+    ) -> Result<Self, ServerError>
+    where
+        Req: Message,
+        Resp: Message,
+        H: Handler<Req, Resp>,
+    {
+        Self::serve(Listener::Tcp(listener), config, handler)
+    }
+
+    /// Serves connections accepted from a Unix listener bound elsewhere. The server
+    /// does not remove its socket file when it stops (it did not create it). Must be
+    /// called within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ServerError::Bind`] when the listener's address cannot be read.
+    pub fn start_unix_listener<Req, Resp, H>(
+        listener: tokio::net::UnixListener,
+        config: ServerConfig<Resp>,
+        handler: H,
+    ) -> Result<Self, ServerError>
+    where
+        Req: Message,
+        Resp: Message,
+        H: Handler<Req, Resp>,
+    {
+        Self::serve(Listener::Unix(listener, None), config, handler)
+    }
+
+    /// Serves every connection `incoming` yields (tonic's `serve_with_incoming`): a
+    /// tunnel's streams, in-memory pipes, a simulated network's sockets. Each connection
+    /// is served as an accepted one is (TLS when configured, every bound, eviction at
+    /// `max_connections`) and [`shutdown`](RpcServer::shutdown) and
+    /// [`close`](RpcServer::close) stop them the same way. An error from the stream is
+    /// logged and backed off like a failed accept; the end of the stream stops accepting
+    /// (connections already served go on). [`local_addr`](RpcServer::local_addr) is
+    /// `incoming`. Must be called within a tokio runtime.
+    ///
+    /// ```
+    /// use morpc_server::{HandlerError, Request, RpcServer, ServerConfig, sync_handler};
+    /// use morpc_server::codec::RawMessage;
+    ///
+    /// # async fn demo() -> Result<(), morpc_server::ServerError> {
+    /// let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    /// let incoming = futures::stream::iter([Ok::<_, std::io::Error>(server_end)]);
+    /// let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+    /// let server = RpcServer::start_with_incoming(incoming, ServerConfig::new(), echo)?;
+    /// # drop(client_end);
+    /// server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// None today; the `Result` keeps the signature of the other constructors.
+    pub fn start_with_incoming<Req, Resp, H, S, Io>(
+        incoming: S,
+        config: ServerConfig<Resp>,
+        handler: H,
+    ) -> Result<Self, ServerError>
+    where
+        Req: Message,
+        Resp: Message,
+        H: Handler<Req, Resp>,
+        S: futures::Stream<Item = std::io::Result<Io>> + Send + 'static,
+        Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use futures::StreamExt;
+        let mut n = 0u64;
+        let incoming = incoming.map(move |io| {
+            n += 1;
+            io.map(|io| {
+                let io: Box<dyn crate::listener::Connection> = Box::new(io);
+                (io, format!("incoming#{n}"))
+            })
+        });
+        Self::serve(Listener::Incoming(Box::pin(incoming)), config, handler)
+    }
+
+    /// Starts the accept loop on `listener`.
+    fn serve<Req, Resp, H>(
+        listener: Listener,
+        config: ServerConfig<Resp>,
+        handler: H,
+    ) -> Result<Self, ServerError>
+    where
+        Req: Message,
+        Resp: Message,
+        H: Handler<Req, Resp>,
+    {
         let local_addr = listener.local_addr().map_err(|e| ServerError::Bind {
-            address: address.to_string(),
+            address: format!("{listener:?}"),
             source: e.into(),
         })?;
         let control = Arc::new(Control {
@@ -85,17 +186,14 @@ impl RpcServer {
             closed: CancellationToken::new(),
             tasks: TaskTracker::new(),
             grace_period: config.grace_period,
-            unix_path: Mutex::new(match &listener {
-                Listener::Unix(_, path) => Some(path.clone()),
-                Listener::Tcp(_) => None,
-            }),
+            unix_path: Mutex::new(listener.socket_file()),
         });
         let shared = Arc::new(ServerShared {
             shutdown: control.shutdown.clone(),
             closed: control.closed.clone(),
             ..ServerShared::new(handler, config)
         });
-        tracing::info!(address = %local_addr, "morpc server listening");
+        tracing::info!(server = %shared.config.name, address = %local_addr, "morpc server listening");
         control
             .tasks
             .spawn(accept_loop(listener, shared, control.tasks.clone()));
@@ -249,7 +347,7 @@ fn choose_victim(
 /// Accepts connections until shutdown, at most `max_connections` at once: a connection
 /// that arrives at the limit is admitted by evicting another (see [`choose_victim`]).
 async fn accept_loop<Req, Resp, H>(
-    listener: Listener,
+    mut listener: Listener,
     shared: Arc<ServerShared<H, Resp>>,
     tasks: TaskTracker,
 ) where
@@ -269,15 +367,19 @@ async fn accept_loop<Req, Resp, H>(
             r = listener.accept() => r,
         };
         let (stream, remote) = match accepted {
-            Ok(conn) => {
+            Ok(Some(conn)) => {
                 accept_failures.succeeded();
                 conn
+            }
+            Ok(None) => {
+                tracing::info!(server = %shared.config.name, "incoming connections ended; serving those accepted");
+                return;
             }
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning, and
                 // log once per run of failures, not 50 times a second.
                 let (pause, first) = accept_failures.failed();
-                crate::metrics::accept_failed();
+                crate::metrics::accept_failed(&shared.name);
                 if first {
                     tracing::warn!(error = %e, "accept failed; backing off until it succeeds again");
                 } else {
@@ -329,10 +431,11 @@ async fn accept_loop<Req, Resp, H>(
                 }
             };
             let _registered = connections.register(control.clone());
-            tracing::debug!(%remote, "connection accepted");
-            crate::metrics::connection_accepted();
+            tracing::debug!(server = %shared.name, %remote, "connection accepted");
+            crate::metrics::connection_accepted(&shared.name);
+            let name = shared.name.clone();
             let reason = serve(shared, reader, writer, remote.clone(), control).await;
-            crate::metrics::connection_closed(&reason);
+            crate::metrics::connection_closed(&name, &reason);
             match &reason {
                 // Expected closes, and the bounds a misbehaving peer trips (logged at
                 // debug: a flood of silent connections must not become a flood of log
@@ -342,9 +445,9 @@ async fn accept_loop<Req, Resp, H>(
                 | CloseReason::SessionClosed
                 | CloseReason::ReadTimeout(_)
                 | CloseReason::Evicted => {
-                    tracing::debug!(%remote, %reason, "connection closed");
+                    tracing::debug!(server = %name, %remote, %reason, "connection closed");
                 }
-                _ => tracing::warn!(%remote, %reason, "connection closed"),
+                _ => tracing::warn!(server = %name, %remote, %reason, "connection closed"),
             }
         });
     }

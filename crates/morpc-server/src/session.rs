@@ -154,6 +154,8 @@ pub(crate) struct SessionShared<Resp> {
     pub(crate) budget: Arc<ByteBudget>,
     /// The connection's codec, whose limits a response is checked against when queued.
     pub(crate) codec: Codec,
+    /// The server's name (metric label).
+    pub(crate) server: crate::metrics::Server,
 }
 
 impl<Resp: Message> SessionShared<Resp> {
@@ -399,6 +401,11 @@ impl<Resp: Message> ClientSession<Resp> {
 }
 
 impl<Resp> ClientSession<Resp> {
+    /// Counts a response dropped for want of queue room in time.
+    pub(crate) fn count_dropped_response(&self) {
+        crate::metrics::response_dropped(&self.shared.server);
+    }
+
     /// Closes the connection: queued responses are dropped and the peer sees it close.
     pub fn close(&self) {
         self.shared.control.close_with(CloseReason::SessionClosed);

@@ -24,6 +24,8 @@ pub(crate) struct ServerShared<H, Resp> {
     pub(crate) closed: CancellationToken,
     /// Bytes all connections together may hold (queued writes and read-ahead).
     pub(crate) budget: Arc<SharedBudget>,
+    /// The server's name (`ServerConfig::name`), for logs, spans and metric labels.
+    pub(crate) name: Arc<str>,
 }
 
 impl<H, Resp> ServerShared<H, Resp> {
@@ -32,6 +34,7 @@ impl<H, Resp> ServerShared<H, Resp> {
         Self {
             codec: Codec::new(config.codec.clone()),
             budget: SharedBudget::new(config.max_buffered_bytes),
+            name: Arc::from(config.name.as_str()),
             handler,
             config,
             shutdown: CancellationToken::new(),

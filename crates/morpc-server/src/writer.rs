@@ -91,9 +91,9 @@ pub(crate) async fn write_loop<H, Resp: Message>(
         budget.release(charged);
         let Some(written) = written else { break };
         match written {
-            Ok(sent) => metrics::batch_written(messages, sent),
+            Ok(sent) => metrics::batch_written(&shared.name, messages, sent),
             Err(e) => {
-                metrics::partly_written(writer.last_written());
+                metrics::partly_written(&shared.name, writer.last_written());
                 let reason = CloseReason::from(e);
                 tracing::debug!(%reason, "write failed");
                 control.close_with(reason);

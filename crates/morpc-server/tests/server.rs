@@ -839,3 +839,63 @@ async fn a_broken_connection_tells_its_requests_why() {
     let err = pending.await.unwrap_err();
     assert!(matches!(err, BackendError::BackendClosed), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_server_serves_any_incoming_stream_of_connections_and_shuts_them_down() {
+    let (connect, incoming) =
+        futures::channel::mpsc::unbounded::<std::io::Result<tokio::io::DuplexStream>>();
+    let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+    let server = RpcServer::start_with_incoming(incoming, ServerConfig::new(), echo).unwrap();
+    assert_eq!(server.local_addr().to_string(), "incoming");
+    let mut backends = Vec::new();
+    for _ in 0..2 {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        connect.unbounded_send(Ok(theirs)).unwrap();
+        let backend: Backend<RawMessage> =
+            Backend::from_io(ours, BackendConfig::new()).await.unwrap();
+        backends.push(backend);
+    }
+    for (i, backend) in backends.iter().enumerate() {
+        let body = format!("pipe {i}");
+        let echoed = within(
+            "echo",
+            backend.request(msg(body.clone()), SendOptions::new()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(echoed.body, body);
+    }
+    // An error from the stream is survived like a failed accept.
+    connect
+        .unbounded_send(Err(std::io::Error::other("a tunnel hiccup")))
+        .unwrap();
+    assert_echoes(&backends[0], "after the hiccup").await;
+    within("shutdown", server.shutdown()).await;
+    for backend in &backends {
+        let after = backend
+            .request(msg("after shutdown"), SendOptions::new())
+            .await;
+        assert!(after.is_err(), "{after:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_serves_listeners_bound_elsewhere() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+    let server = RpcServer::start_tcp_listener(listener, ServerConfig::new(), echo).unwrap();
+    assert_eq!(server.local_addr(), &Address::from(bound));
+    assert_echoes(&client(&server).await, "tcp").await;
+    server.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("given.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
+    let server = RpcServer::start_unix_listener(listener, ServerConfig::new(), echo).unwrap();
+    assert_eq!(server.local_addr(), &Address::Unix(path.clone()));
+    assert_echoes(&client(&server).await, "unix").await;
+    server.shutdown().await;
+    assert!(path.exists(), "the socket file belongs to whoever bound it");
+}

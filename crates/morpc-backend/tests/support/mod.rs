@@ -41,6 +41,23 @@ pub struct Seen {
     pub deadlines: Mutex<Vec<Option<Duration>>>,
     /// Sum of payload bytes received.
     pub payload_bytes: AtomicUsize,
+    /// Ids of every cancel frame, in arrival order.
+    pub cancels: Mutex<Vec<u64>>,
+}
+
+/// Serves one in-memory connection in `mode`; returns the client's end and what the
+/// peer sees.
+pub fn pipe_peer(mode: Mode, codec: CodecConfig) -> (tokio::io::DuplexStream, Arc<Seen>) {
+    let (client, server) = tokio::io::duplex(256 * 1024);
+    let seen = Arc::new(Seen::default());
+    tokio::spawn(serve(
+        server,
+        mode,
+        Codec::new(codec),
+        seen.clone(),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    (client, seen)
 }
 
 /// A running test peer.
@@ -204,7 +221,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             };
             match frame.body {
                 FrameBody::Ping(id) if mode != Mode::Silent => answers.push(Frame::pong(id)),
-                FrameBody::Ping(_) | FrameBody::Pong(_) | FrameBody::Cancel(_) => {}
+                FrameBody::Cancel(id) => seen.cancels.lock().push(id),
+                FrameBody::Ping(_) | FrameBody::Pong(_) => {}
                 FrameBody::Message(msg) => {
                     seen.ids.lock().push(msg.id);
                     seen.deadlines.lock().push(frame.headers.deadline);
