@@ -254,7 +254,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     /// Builds the item of request `msg` and registers it in the pending table. The
     /// future is built before the item is queued: if the caller drops the send while it
     /// waits for room, the future's drop unregisters the request.
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::result_large_err)]
     fn register(
         &self,
@@ -263,7 +263,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     ) -> Result<(WriteItem<Req>, ResponseFuture<Resp>), SendRejected<Req>> {
         let shared = self.shared();
         let id = shared.next_id();
-        let keep_headers = opts.keep_headers;
+        let keep_headers = opts.keeps_headers();
         let item = match shared.message_item(msg, id, ItemKind::Request, opts) {
             Ok(item) => item,
             Err((error, message)) => return Err(SendRejected { error, message }),

@@ -406,15 +406,29 @@ pub struct SendOptions {
     pub(crate) deadline: Option<Instant>,
     /// Relative timeout.
     pub(crate) timeout: Option<Duration>,
+    /// The rarely set parts, boxed: the options move with every send, and the box moves
+    /// on into the queued item as it is.
+    pub(crate) extras: Option<Box<SendExtras>>,
+}
+
+/// The rarely set parts of a send's options (and of its queued item).
+#[derive(Clone, Default)]
+pub(crate) struct SendExtras {
     /// The span context sent in the V07 trace header.
     pub(crate) trace: TraceContext,
     /// Opaque argument handed to the write filter.
     pub(crate) arg: Option<Arc<dyn Any + Send + Sync>>,
-    /// Custom header values (boxed: rarely set, and the options move with every send).
-    pub(crate) headers: Option<Box<HeaderValues>>,
+    /// Custom header values.
+    pub(crate) headers: HeaderValues,
     /// Whether the response's frame headers are kept for the caller.
     pub(crate) keep_headers: bool,
 }
+
+/// The trace context of options without one.
+static NO_TRACE: TraceContext = TraceContext {
+    trace_id: [0; 16],
+    span_id: [0; 8],
+};
 
 /// Values for user-registered V07 header codecs, by codec name.
 pub type HeaderValues = Vec<(&'static str, Bytes)>;
@@ -424,10 +438,17 @@ impl fmt::Debug for SendOptions {
         f.debug_struct("SendOptions")
             .field("deadline", &self.deadline)
             .field("timeout", &self.timeout)
-            .field("trace", &self.trace)
-            .field("arg", &self.arg.as_ref().map(|_| "<any>"))
-            .field("headers", &self.headers)
-            .field("keep_headers", &self.keep_headers)
+            .field("trace", self.trace())
+            .field(
+                "arg",
+                &self
+                    .extras
+                    .as_ref()
+                    .and_then(|e| e.arg.as_ref())
+                    .map(|_| "<any>"),
+            )
+            .field("headers", &self.headers())
+            .field("keep_headers", &self.keeps_headers())
             .finish()
     }
 }
@@ -472,7 +493,7 @@ impl SendOptions {
 
     /// Sets the trace context sent with the message.
     pub fn with_trace(mut self, trace: TraceContext) -> Self {
-        self.trace = trace;
+        self.extras_mut().trace = trace;
         self
     }
 
@@ -480,7 +501,7 @@ impl SendOptions {
     /// in the codec configuration (V07; a name no codec is registered for is not
     /// written). See `docs/extensions.md`.
     pub fn with_header(mut self, name: &'static str, value: Bytes) -> Self {
-        let headers = self.headers.get_or_insert_with(Box::default);
+        let headers = &mut self.extras_mut().headers;
         match headers.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
             None => headers.push((name, value)),
@@ -491,24 +512,34 @@ impl SendOptions {
     /// Keeps the response's frame headers (deadline, trace context, custom header
     /// values) for [`ResponseFuture::with_headers`](crate::ResponseFuture::with_headers).
     pub fn with_response_headers(mut self) -> Self {
-        self.keep_headers = true;
+        self.extras_mut().keep_headers = true;
         self
     }
 
     /// The custom header values set with [`with_header`](SendOptions::with_header).
     pub fn headers(&self) -> &[(&'static str, Bytes)] {
-        self.headers.as_deref().map_or(&[], Vec::as_slice)
+        self.extras.as_deref().map_or(&[], |e| e.headers.as_slice())
     }
 
     /// Sets the opaque argument handed to the write filter.
     pub fn with_arg(mut self, arg: Arc<dyn Any + Send + Sync>) -> Self {
-        self.arg = Some(arg);
+        self.extras_mut().arg = Some(arg);
         self
     }
 
     /// The trace context sent with the message.
     pub fn trace(&self) -> &TraceContext {
-        &self.trace
+        self.extras.as_ref().map_or(&NO_TRACE, |e| &e.trace)
+    }
+
+    /// Whether the response's headers are kept (`with_response_headers`).
+    pub(crate) fn keeps_headers(&self) -> bool {
+        self.extras.as_ref().is_some_and(|e| e.keep_headers)
+    }
+
+    /// The rarely set parts, created on first use.
+    fn extras_mut(&mut self) -> &mut SendExtras {
+        self.extras.get_or_insert_with(Box::default)
     }
 
     /// The deadline these options give, with `default` as timeout when they have none.

@@ -57,8 +57,8 @@ pub(crate) struct WriteItem<Req> {
     pub(crate) id: u64,
     /// When the caller stops caring; sent as the deadline header.
     pub(crate) deadline: Instant,
-    /// Trace context and filter argument, when the caller set either.
-    pub(crate) extras: Option<Box<ItemExtras>>,
+    /// The rarely set parts of the send's options (trace, filter argument, headers).
+    pub(crate) extras: Option<Box<crate::config::SendExtras>>,
     /// The stream sequence number (V07 stream messages).
     pub(crate) stream_seq: Option<u32>,
     /// What the item is.
@@ -70,16 +70,6 @@ pub(crate) struct WriteItem<Req> {
     pub(crate) charge: u32,
 }
 
-/// The rarely set parts of a send's options.
-pub(crate) struct ItemExtras {
-    /// The span context for the V07 trace header.
-    trace: TraceContext,
-    /// Opaque argument for the write filter.
-    arg: Option<Arc<dyn Any + Send + Sync>>,
-    /// Custom header values.
-    headers: crate::config::HeaderValues,
-}
-
 impl<Req> WriteItem<Req> {
     pub(crate) fn new(
         body: FrameBody<Req>,
@@ -88,19 +78,11 @@ impl<Req> WriteItem<Req> {
         kind: ItemKind,
         opts: SendOptions,
     ) -> Self {
-        let extras =
-            (!opts.trace.is_empty() || opts.arg.is_some() || opts.headers.is_some()).then(|| {
-                Box::new(ItemExtras {
-                    trace: opts.trace,
-                    arg: opts.arg,
-                    headers: opts.headers.map(|h| *h).unwrap_or_default(),
-                })
-            });
         Self {
             body,
             id,
             deadline,
-            extras,
+            extras: opts.extras,
             stream_seq: None,
             kind,
             charge: 0,

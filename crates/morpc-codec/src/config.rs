@@ -127,9 +127,11 @@ impl CodecConfig {
     }
 
     /// Enables the morpc-rs cancel extension (V07 only): frames with flag 0x80 carry the
-    /// id of a request whose response is no longer wanted, so a morpc-rs server can stop
-    /// its handler. Off by default: a Go peer would misread such a frame. Both ends must
-    /// enable it.
+    /// id of a request whose response is no longer wanted (its future was dropped, or it
+    /// timed out after it was written), so a morpc-rs server can stop its handler. Both
+    /// ends must enable it. Off by default: a morpc-rs server without it, in strict flag
+    /// checking, closes the connection on such a frame; Go main ignores the bit (its
+    /// server keeps working).
     pub fn cancel_extension(mut self, on: bool) -> Self {
         self.cancel_extension = on;
         self
@@ -148,6 +150,10 @@ impl CodecConfig {
 
     /// Removes every header codec (V07 frames then never set flag 0x04). Not what Go
     /// peers expect: MatrixOne always registers the deadline and trace headers.
+    ///
+    /// **Never use it against a Go main server**: a V07 frame without headers (flag
+    /// `0x00`) makes Go hand its handler a nil context, and the usual `cs.Write(ctx, …)`
+    /// then panics the whole Go process. See `docs/wire-format.md`.
     pub fn without_headers(mut self) -> Self {
         self.headers.clear();
         self

@@ -12,18 +12,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use morpc_backend::IdBuildHasher;
-use morpc_backend::connection::{
-    ByteBudget, FrameReader, ReadError, bounded_capacity, deadline_after,
-};
+use morpc_backend::connection::{ByteBudget, FrameReader, ReadError, bounded_capacity};
 use morpc_codec::{Codec, CodecError, Frame, FrameBody, FrameHeaders, Message, flags};
 use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::handler::run_handler;
 use crate::metrics;
-use crate::session::{ConnControl, SessionShared};
+use crate::session::{ConnControl, NO_EXPIRY, SessionShared};
 use crate::shared::{ServerShared, Streams};
-use crate::{CancelSignal, ClientSession, CloseReason, Handler, Request, ServerError};
+use crate::{ClientSession, CloseReason, Handler, Request, ServerError};
 
 /// Most frames read ahead while an in-order handler runs (besides the byte budget).
 const MAX_READ_AHEAD_FRAMES: usize = 64;
@@ -203,33 +201,31 @@ where
         // Deadlines are rebuilt against when the frames were read: one clock read per
         // read, not per frame.
         let read_at = self.reader.last_read();
+        let read_nanos = session.control.nanos(read_at);
         let mut framed = false;
         let auto_cancel = shared.config.auto_cancel;
         // Set once a handler made this dispatch wait: `read_at` is stale from then on.
         let mut waited_here = false;
         loop {
-            let (frame, received, waited): (Frame<Req>, Instant, bool) = match self.ahead.pop(codec)
-            {
-                Some(popped) => {
-                    let (frame, at) = popped.map_err(CloseReason::BadFrame)?;
-                    (frame, at, true)
-                }
-                None => match self.reader.next_frame().map_err(CloseReason::BadFrame)? {
-                    Some(frame) => {
-                        if !framed {
-                            // Once per read that completed a frame, not per frame.
-                            session.control.note_frame(read_at);
-                            framed = true;
-                        }
-                        (frame, read_at, false)
+            let (frame, received, received_nanos, waited): (Frame<Req>, Instant, u64, bool) =
+                match self.ahead.pop(codec) {
+                    Some(popped) => {
+                        let (frame, at) = popped.map_err(CloseReason::BadFrame)?;
+                        (frame, at, session.control.nanos(at), true)
                     }
-                    None => return Ok(()),
-                },
-            };
-            let deadline = frame
-                .headers
-                .deadline
-                .map(|left| deadline_after(received, left));
+                    None => match self.reader.next_frame().map_err(CloseReason::BadFrame)? {
+                        Some(frame) => {
+                            if !framed {
+                                // Once per read that completed a frame, not per frame.
+                                session.control.note_frame(read_nanos);
+                                framed = true;
+                            }
+                            (frame, read_at, read_nanos, false)
+                        }
+                        None => return Ok(()),
+                    },
+                };
+            let deadline = ConnControl::deadline(received, received_nanos, frame.headers.deadline);
             let message = match frame.body {
                 FrameBody::Message(m) => m,
                 FrameBody::Ping(id) => {
@@ -260,7 +256,7 @@ where
             // Nobody waits for a request whose deadline passed before its handler could
             // start: arrived with no time left, or waited behind an in-order handler.
             if auto_cancel
-                && deadline.is_some_and(|d| {
+                && deadline.at.is_some_and(|d| {
                     frame.headers.deadline == Some(std::time::Duration::ZERO)
                         || ((waited || waited_here) && d <= morpc_backend::connection::now())
                 })
@@ -276,13 +272,13 @@ where
             let request = Request {
                 message,
                 sequence: self.sequence,
-                deadline,
+                deadline: deadline.at,
                 trace: frame.headers.trace,
                 stream_seq: frame.stream_seq,
                 headers: frame.headers,
-                signal: CancelSignal::new(session.control.clone(), id, deadline),
+                control: session.control.clone(),
             };
-            let client = ClientSession::new(session.clone(), request.deadline, request.trace);
+            let client = ClientSession::new(session.clone(), deadline.expiry, request.trace);
             if shared.config.concurrency <= 1 {
                 let handler = run_handler(shared, request, client);
                 tokio::pin!(handler);
@@ -326,7 +322,7 @@ where
             // request must not wait for the peer's next bytes), then after each read.
             let read_at = self.reader.last_read();
             while let Some(raw) = self.reader.next_raw().map_err(CloseReason::BadFrame)? {
-                session.control.note_frame(read_at);
+                session.control.note_frame(session.control.nanos(read_at));
                 let control_frame = codec
                     .split_flag(&raw)
                     .is_some_and(|f| f & (flags::PING | flags::PONG | flags::CANCEL) != 0);
@@ -439,7 +435,7 @@ async fn answer_ping<Resp: Message>(
     let mut pong = Frame::pong(id);
     pong.headers.trace = ping.trace;
     pong.headers.deadline = ping.deadline;
-    match session.queue(pong, 0, None).await {
+    match session.queue(pong, 0, NO_EXPIRY).await {
         Ok(()) => Ok(()),
         Err(ServerError::Busy) => Err(CloseReason::WriteTimeout(session.write_timeout)),
         Err(_) => Err(session

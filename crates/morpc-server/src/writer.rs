@@ -4,6 +4,7 @@
 //! timeout; written bytes go back to the write budget.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use morpc_backend::connection::{ByteBudget, FrameWriter};
 use morpc_codec::{FrameBody, Framing, Message};
@@ -11,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::CloseReason;
 use crate::metrics;
-use crate::session::{ConnControl, Outgoing};
+use crate::session::{ConnControl, NO_EXPIRY, Outgoing};
 use crate::shared::{ServerShared, Streams};
 
 /// Writes queued responses in batches until every session is gone (then flushes and
@@ -50,14 +51,13 @@ pub(crate) async fn write_loop<H, Resp: Message>(
         // One clock reading serves the batch's deadline headers.
         let mut now = None;
         for Outgoing {
-            mut frame,
-            deadline,
-            ..
+            mut frame, expiry, ..
         } in batch.drain(..)
         {
-            if let Some(deadline) = deadline {
-                let now = *now.get_or_insert_with(morpc_backend::connection::now);
-                frame.headers.deadline = Some(deadline.saturating_duration_since(now));
+            if expiry != NO_EXPIRY {
+                let now =
+                    *now.get_or_insert_with(|| control.nanos(morpc_backend::connection::now()));
+                frame.headers.deadline = Some(Duration::from_nanos(expiry.saturating_sub(now)));
             }
             if let FrameBody::Message(m) = &frame.body {
                 if shared
