@@ -151,6 +151,19 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     /// of your own, give the configuration a [`Connector`](crate::Connector) instead.
     /// Must be called within a tokio runtime.
     ///
+    /// ```
+    /// use morpc_backend::{Backend, BackendConfig};
+    /// use morpc_backend::codec::RawMessage;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), morpc_backend::BackendError> {
+    /// // One end of an in-memory pipe; a server (`morpc_server::serve_io`) holds the other.
+    /// let (ours, _theirs) = tokio::io::duplex(64 * 1024);
+    /// let backend: Backend<RawMessage> = Backend::from_io(ours, BackendConfig::new()).await?;
+    /// assert_eq!(backend.address().to_string(), "io");
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// None today; the `Result` keeps the signature of [`create`](Backend::create).
     pub async fn from_io<Io>(io: Io, mut config: BackendConfig<Req>) -> Result<Self, BackendError>
@@ -280,6 +293,18 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
     /// Waits for a place in the send queue and reserves it: the returned permit sends
     /// one request without waiting for queue room (`tower`'s `poll_ready` contract, as
     /// `PollSender` keeps it). Dropping the permit gives the place back.
+    ///
+    /// ```no_run
+    /// # use morpc_backend::{Backend, SendOptions};
+    /// # use morpc_backend::codec::RawMessage;
+    /// # async fn demo(backend: Backend<RawMessage>) -> Result<(), morpc_backend::BackendError> {
+    /// let permit = backend.reserve().await?;     // waits for room, keeps it
+    /// let response = permit
+    ///     .send(RawMessage::new("q"), SendOptions::new())
+    ///     .map_err(|rejected| rejected.error)?   // never waits
+    ///     .await?;
+    /// # let _ = response; Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`BackendError::BackendClosed`] / [`BackendError::Unusable`].

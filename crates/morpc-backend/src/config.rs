@@ -350,6 +350,22 @@ impl<Req> BackendConfig<Req> {
     /// Calls `hook` with every response that arrives for a request nobody waits for any
     /// more (timed out, dropped, cancelled), instead of only dropping it; runs on the
     /// connection's reader task, so keep it short.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use morpc_backend::{BackendConfig, OrphanResponse};
+    /// use morpc_backend::codec::RawMessage;
+    ///
+    /// let config: BackendConfig<RawMessage> = BackendConfig::new().orphan_hook(Arc::new(
+    ///     |orphan: OrphanResponse| {
+    ///         if let Ok(message) = orphan.message.downcast::<RawMessage>() {
+    ///             // Give `message`'s buffers back to a pool, count it ...
+    ///             let _ = (orphan.id, message);
+    ///         }
+    ///     },
+    /// ));
+    /// # let _ = config;
+    /// ```
     pub fn orphan_hook(mut self, hook: OrphanHook) -> Self {
         self.orphan_hook = Some(hook);
         self
@@ -500,6 +516,21 @@ impl SendOptions {
     /// Adds a custom header value: written by the header codec registered under `name`
     /// in the codec configuration (V07; a name no codec is registered for is not
     /// written). See `docs/extensions.md`.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use morpc_backend::{Backend, SendOptions};
+    /// use morpc_backend::codec::RawMessage;
+    ///
+    /// # async fn demo(backend: Backend<RawMessage>) -> Result<(), morpc_backend::BackendError> {
+    /// // A clock value for a registered "hlc" header codec, and the server's back.
+    /// let opts = SendOptions::timeout(Duration::from_secs(1))
+    ///     .with_header("hlc", 42u64.to_be_bytes().to_vec().into())
+    ///     .with_response_headers();
+    /// let (response, headers) = backend.send(RawMessage::new("q"), opts).await?.with_headers().await?;
+    /// println!("{:?} {:?}", response.body, headers.extension("hlc"));
+    /// # Ok(()) }
+    /// ```
     pub fn with_header(mut self, name: &'static str, value: Bytes) -> Self {
         let headers = &mut self.extras_mut().headers;
         match headers.iter_mut().find(|(n, _)| *n == name) {

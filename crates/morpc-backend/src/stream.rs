@@ -162,6 +162,16 @@ impl<Req, Resp> BackendStream<Req, Resp> {
     /// that connection fails with
     /// [`ConnectionLost::ClosedWithStream`](crate::ConnectionLost::ClosedWithStream),
     /// the peer sees the connection close, and the backend reconnects on its next send.
+    ///
+    /// ```no_run
+    /// # use morpc_backend::Backend;
+    /// # use morpc_backend::codec::RawMessage;
+    /// # fn demo(backend: Backend<RawMessage>) -> Result<(), morpc_backend::BackendError> {
+    /// let mut stream = backend.new_stream(16)?;
+    /// // ... a sequence gap, a protocol mix-up: start over on a fresh connection.
+    /// stream.close_connection();
+    /// # Ok(()) }
+    /// ```
     pub fn close_connection(&mut self) {
         self.rx.close();
         self.shared.pending.remove(self.id);

@@ -178,6 +178,15 @@ impl<Resp> ServerConfig<Resp> {
     /// `false` (Go's `DisableAutoCancelContext`) runs every handler to its end; its
     /// [`CancelSignal`](crate::CancelSignal) still fires, so it can stop by itself.
     /// Either way a handler is dropped when its connection closes.
+    ///
+    /// ```
+    /// use morpc_server::ServerConfig;
+    /// use morpc_server::codec::RawMessage;
+    ///
+    /// // A transaction service whose handlers must finish what they started.
+    /// let config: ServerConfig<RawMessage> = ServerConfig::new().name("txn").auto_cancel(false);
+    /// assert_eq!(config.server_name(), "txn");
+    /// ```
     pub fn auto_cancel(mut self, on: bool) -> Self {
         self.auto_cancel = on;
         self

@@ -404,6 +404,23 @@ impl<Resp: Message> ClientSession<Resp> {
     /// configuration (V07 custom headers; see `docs/extensions.md`). A name no codec is
     /// registered for is not written.
     ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use morpc_server::{ClientSession, HandlerError, Request};
+    /// use morpc_server::codec::RawMessage;
+    ///
+    /// // Answers with the request's clock (an "hlc" header codec on both ends) plus one.
+    /// async fn tick(req: Request<RawMessage>, session: ClientSession<RawMessage>) -> Result<(), HandlerError> {
+    ///     let theirs = req.headers.extension("hlc").map_or(0, |v| {
+    ///         u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]))
+    ///     });
+    ///     let ours = Bytes::copy_from_slice(&(theirs + 1).to_be_bytes());
+    ///     session.write_with_headers(req.message, [("hlc", ours)]).await?;
+    ///     Ok(())
+    /// }
+    /// # let _ = tick;
+    /// ```
+    ///
     /// # Errors
     /// As for [`write`](ClientSession::write).
     pub async fn write_with_headers(

@@ -121,3 +121,49 @@ async fn a_custom_header_is_framed_after_deadline_and_trace() {
     assert_eq!(&frame[46..54], &1u64.to_be_bytes(), "the request id");
     assert_eq!(&frame[54..], b"b");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_response_header_is_framed_after_deadline_and_trace_too() {
+    use morpc_codec::{Codec, Frame};
+    use tokio::io::AsyncWriteExt;
+
+    let handler = |req: Request<RawMessage>, session: ClientSession<RawMessage>| async move {
+        session
+            .write_with_headers(req.message, [("hlc", clock(0x1112_1314_1516_1718))])
+            .await?;
+        Ok::<_, HandlerError>(())
+    };
+    let (mut peer, server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(serve_io(
+        server,
+        ServerConfig::new().codec(codec().checksum(false)),
+        handler,
+    ));
+    let mut request = RawMessage::new("b");
+    request.id = 9;
+    let mut out = BytesMut::new();
+    Codec::new(codec().checksum(false))
+        .encode(
+            &Frame::message(request)
+                .with_headers(FrameHeaders::with_deadline(Duration::from_secs(1))),
+            &mut out,
+        )
+        .unwrap();
+    peer.write_all(&out).await.unwrap();
+    let mut frame = vec![0; 4 + 1 + 8 + 25 + 8 + 8 + 1];
+    within("the response", peer.read_exact(&mut frame))
+        .await
+        .unwrap();
+    assert_eq!(frame[4], 0x04);
+    assert_eq!(
+        &frame[5..13],
+        &1_000_000_000i64.to_be_bytes(),
+        "the time left (paused clock)"
+    );
+    assert_eq!(
+        &frame[38..46],
+        &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]
+    );
+    assert_eq!(&frame[46..54], &9u64.to_be_bytes());
+    assert_eq!(&frame[54..], b"b");
+}

@@ -85,6 +85,7 @@ pub mod prelude {
     };
     pub use morpc_codec::{CodecConfig, Framing, Message, RawMessage};
     pub use morpc_server::{
-        ClientSession, HandlerError, Request, RpcServer, ServerConfig, ServerError, sync_handler,
+        CancelReason, ClientSession, HandlerError, Request, RpcServer, ServerConfig, ServerError,
+        sync_handler,
     };
 }

@@ -35,7 +35,7 @@ fn echo_round_trips(requests: usize, opts: SendOptions) {
         .unwrap();
     runtime.block_on(async {
         let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));
-        let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), echo)
+        let server = RpcServer::start("127.0.0.1:0", ServerConfig::new().name("echo"), echo)
             .await
             .unwrap();
         let addr = server.local_addr().to_string();
@@ -87,6 +87,18 @@ fn client_and_server_record_the_metric_set() {
         50
     );
     assert_eq!(counter(&snapshot, "morpc_server_requests_total", None), 50);
+    // Every server metric is labelled with the server's name.
+    let server_samples: Vec<&Sample> = snapshot
+        .iter()
+        .filter(|(name, _, _)| name.starts_with("morpc_server_"))
+        .collect();
+    assert!(!server_samples.is_empty());
+    for (name, labels, _) in server_samples {
+        assert!(
+            labels.iter().any(|(k, v)| k == "server" && v == "echo"),
+            "{name} {labels:?}"
+        );
+    }
     assert_eq!(
         counter(
             &snapshot,
@@ -189,6 +201,10 @@ fn spans_carry_the_propagated_trace_ids_on_both_sides() {
         .expect("a server handler span");
     assert!(
         handle.contains(&trace_id) && handle.contains(&span_id),
+        "{handle}"
+    );
+    assert!(
+        handle.contains("server=\"echo\"") || handle.contains("server=echo"),
         "{handle}"
     );
 }
