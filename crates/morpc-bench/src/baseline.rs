@@ -24,7 +24,7 @@ type Pending = Mutex<HashMap<u64, oneshot::Sender<Bytes>, IdBuildHasher>>;
 /// for the workload (see `docs/performance.md`), so that the floor is as high as we know
 /// how to make it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum YieldTo {
+pub enum YieldTo {
     /// Let the tasks that are ready run (no I/O driver poll): faster with few
     /// connections (1.72 M -> 1.90 M round trips/s at 1 × 256 in flight).
     ReadyTasks,
@@ -36,7 +36,7 @@ pub(crate) enum YieldTo {
 impl YieldTo {
     /// The faster choice for `conns` connections. Measured at 1 and 1 000 connections;
     /// the switch at 64 in between is a guess, not a measurement.
-    pub(crate) fn for_connections(conns: usize) -> Self {
+    pub fn for_connections(conns: usize) -> Self {
         if conns >= 64 {
             Self::IoDriver
         } else {
@@ -46,8 +46,8 @@ impl YieldTo {
 }
 
 /// One baseline connection.
-#[derive(Clone)]
-pub(crate) struct BaselineClient {
+#[derive(Clone, Debug)]
+pub struct BaselineClient {
     /// Callers waiting for responses.
     pending: Arc<Pending>,
     /// Requests for the writer.
@@ -58,7 +58,7 @@ pub(crate) struct BaselineClient {
 
 impl BaselineClient {
     /// Connects and starts the writer and reader tasks.
-    pub(crate) async fn connect(addr: &str, yield_to: YieldTo) -> std::io::Result<Self> {
+    pub async fn connect(addr: &str, yield_to: YieldTo) -> std::io::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (mut r, mut w) = stream.into_split();
@@ -132,7 +132,7 @@ impl BaselineClient {
     }
 
     /// Sends `body` and waits for its echo.
-    pub(crate) async fn request(&self, body: Bytes) -> Option<Bytes> {
+    pub async fn request(&self, body: Bytes) -> Option<Bytes> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (otx, orx) = oneshot::channel();
         self.pending.lock().insert(id, otx);
@@ -142,7 +142,7 @@ impl BaselineClient {
 }
 
 /// Serves the baseline echo on `listener` forever.
-pub(crate) async fn serve(listener: TcpListener) {
+pub async fn serve(listener: TcpListener) {
     while let Ok((stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {

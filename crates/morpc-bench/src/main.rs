@@ -17,26 +17,25 @@
 //! cargo run --release -p morpc-bench -- --workers 1 --inflight 256   # one process
 //! ```
 
-mod baseline;
-mod report;
-
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
 use morpc_backend::{Address, Backend, BackendConfig, SendOptions};
 use morpc_client::{ClientConfig, RpcClient};
 use morpc_codec::{CodecConfig, Framing, RawMessage};
 use morpc_server::{ClientSession, HandlerError, Request, RpcServer, ServerConfig};
 
-use crate::baseline::{BaselineClient, YieldTo};
-use crate::report::{ProcUsage, RunReport};
+use morpc_bench::baseline;
+use morpc_bench::harness::{
+    Plan, Recorder, TaskTally, Window, baseline_load, finish, floor_in_process, measure,
+    timed_loop, workers_runtime,
+};
+use morpc_bench::report::RunReport;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -188,6 +187,19 @@ struct RunArgs {
     json: bool,
 }
 
+impl RunArgs {
+    /// What the harness needs to know of this run.
+    fn plan(&self) -> Plan {
+        Plan {
+            warmup: self.warmup,
+            duration: self.duration,
+            progress: self.duration > 3.0 && !self.json,
+            conns: self.conns,
+            bytes_per_op: (self.size + self.payload) as u64,
+        }
+    }
+}
+
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -243,40 +255,31 @@ async fn start_server(
     Ok(RpcServer::start(addr, config, handler).await?)
 }
 
-/// A multi-thread runtime of `workers` workers.
-fn workers_runtime(workers: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 /// Both runs in one process: each server on its own runtime, the load on another.
 fn run_in_process(
     args: &RunArgs,
     workers: usize,
 ) -> Result<Vec<RunReport>, Box<dyn std::error::Error>> {
     let mut reports = Vec::new();
+    let plan = args.plan();
     if !args.baseline {
         let server_rt = workers_runtime(workers);
         let server = server_rt.block_on(start_server("127.0.0.1:0", args.wire, args.batch))?;
         let addr = server.local_addr().to_string();
-        reports.push(measure("morpc", args, None, |window| {
+        reports.push(measure("morpc", &plan, None, |window| {
             workers_runtime(workers).block_on(morpc_load(args, &addr, window))
         })?);
         drop(server);
         server_rt.shutdown_background();
     }
     if !args.no_baseline && args.mode == Mode::Unary || args.baseline {
-        let server_rt = workers_runtime(workers);
-        let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        let addr = listener.local_addr()?.to_string();
-        server_rt.spawn(baseline::serve(listener));
-        reports.push(measure("baseline", args, None, |window| {
-            workers_runtime(workers).block_on(baseline_load(args, &addr, window))
-        })?);
-        server_rt.shutdown_background();
+        // The baseline frame carries body and payload as one body.
+        reports.push(floor_in_process(
+            &plan,
+            workers,
+            args.inflight,
+            args.size + args.payload,
+        )?);
     }
     Ok(reports)
 }
@@ -313,8 +316,8 @@ impl ServerProcess {
         Ok(Self { child, addr })
     }
 
-    fn usage(&self) -> ProcUsage {
-        ProcUsage::read(&self.child.id().to_string())
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -346,287 +349,33 @@ fn run(mut args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             .clone()
             .or_else(|| server.as_ref().map(|s| s.addr.clone()))
             .unwrap();
-        reports.push(measure("morpc", &args, server.as_ref(), |window| {
-            runtime(args.client_threads).block_on(morpc_load(&args, &addr, window))
-        })?);
+        reports.push(measure(
+            "morpc",
+            &args.plan(),
+            server.as_ref().map(ServerProcess::pid),
+            |window| runtime(args.client_threads).block_on(morpc_load(&args, &addr, window)),
+        )?);
     }
     if !args.no_baseline && !external && args.mode == Mode::Unary || args.baseline {
         let server = ServerProcess::start(true, &args)?;
         let addr = server.addr.clone();
-        reports.push(measure("baseline", &args, Some(&server), |window| {
-            runtime(args.client_threads).block_on(baseline_load(&args, &addr, window))
-        })?);
+        reports.push(measure(
+            "baseline",
+            &args.plan(),
+            Some(server.pid()),
+            |window| {
+                runtime(args.client_threads).block_on(baseline_load(
+                    args.conns,
+                    args.inflight,
+                    args.size + args.payload,
+                    &addr,
+                    window,
+                ))
+            },
+        )?);
     }
     print_reports(&args, &reports);
     Ok(())
-}
-
-/// The phase of a run, flipped by the pacer thread (see `pace`): caller tasks read it
-/// with one relaxed load per operation instead of reading the clock.
-const WARMUP: u8 = 0;
-/// Operations completed in this phase are counted.
-const MEASURE: u8 = 1;
-/// Caller tasks stop.
-const STOP: u8 = 2;
-
-/// The run's phase and the live operation counter for progress.
-#[derive(Clone)]
-struct Window {
-    phase: Arc<AtomicU8>,
-    progress: Arc<AtomicU64>,
-}
-
-impl Window {
-    /// Whether caller tasks should keep going.
-    fn running(&self) -> bool {
-        self.phase.load(Ordering::Relaxed) != STOP
-    }
-
-    /// Whether operations completing now are counted.
-    fn measuring(&self) -> bool {
-        self.phase.load(Ordering::Relaxed) == MEASURE
-    }
-}
-
-/// What the caller tasks counted. One per run: a histogram is tens of KiB, so one per
-/// connection would show up in the per-connection memory figures; tasks flush into it
-/// every `FLUSH_EVERY` operations, which keeps its lock cold.
-struct TaskTally {
-    latency: Histogram<u64>,
-    ops: u64,
-    errors: u64,
-}
-
-/// The run's tally, shared by every caller task.
-type SharedTally = Arc<parking_lot::Mutex<TaskTally>>;
-
-impl TaskTally {
-    fn new() -> Self {
-        Self {
-            // 1 ns .. 60 s at 2 significant digits: fixed size, 1% precision.
-            latency: Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("histogram"),
-            ops: 0,
-            errors: 0,
-        }
-    }
-
-    fn shared() -> SharedTally {
-        Arc::new(parking_lot::Mutex::new(Self::new()))
-    }
-}
-
-/// Operations a caller task counts locally before adding them to its connection's tally.
-const FLUSH_EVERY: usize = 64;
-
-/// One caller task's counts, added to the connection's tally every `FLUSH_EVERY`
-/// operations and when dropped, so the harness costs no lock or shared atomic per
-/// operation.
-struct Recorder {
-    tally: SharedTally,
-    window: Window,
-    ops: u64,
-    errors: u64,
-    seen: usize,
-    latencies: Vec<u64>,
-}
-
-impl Recorder {
-    fn new(tally: SharedTally, window: Window) -> Self {
-        Self {
-            tally,
-            window,
-            ops: 0,
-            errors: 0,
-            seen: 0,
-            latencies: Vec::with_capacity(FLUSH_EVERY),
-        }
-    }
-
-    /// Whether the task should run another operation.
-    fn running(&self) -> bool {
-        self.window.running()
-    }
-
-    /// Counts one completed operation, with its latency when it is timed.
-    fn record(&mut self, ok: bool, latency: Option<Duration>) {
-        self.seen += 1;
-        if self.window.measuring() {
-            if !ok {
-                self.errors += 1;
-            } else {
-                self.ops += 1;
-                if let Some(latency) = latency {
-                    self.latencies.push(latency.as_nanos() as u64);
-                }
-            }
-        }
-        if self.seen == FLUSH_EVERY {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        self.window
-            .progress
-            .fetch_add(self.seen as u64, Ordering::Relaxed);
-        self.seen = 0;
-        let mut tally = self.tally.lock();
-        tally.ops += std::mem::take(&mut self.ops);
-        tally.errors += std::mem::take(&mut self.errors);
-        for latency in self.latencies.drain(..) {
-            tally.latency.saturating_record(latency);
-        }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
-/// Runs timed operations until the window closes: one clock read per operation (the end
-/// of one is the start of the next).
-async fn timed_loop<F: Future<Output = bool>>(mut recorder: Recorder, mut op: impl FnMut() -> F) {
-    let mut now = Instant::now();
-    while recorder.running() {
-        let ok = op().await;
-        let end = Instant::now();
-        recorder.record(ok, Some(end - now));
-        now = end;
-    }
-}
-
-/// Waits for the caller tasks, then returns what they counted.
-async fn finish(tasks: Vec<tokio::task::JoinHandle<()>>, tally: SharedTally) -> TaskTally {
-    for t in tasks {
-        t.await.expect("caller task");
-    }
-    std::mem::replace(&mut *tally.lock(), TaskTally::new())
-}
-
-/// What the pacer saw when the window closed.
-struct Paced {
-    /// How long the measured phase really lasted.
-    measured: Duration,
-    /// Client and server resident memory at that moment, every connection still open.
-    rss_at_stop: (u64, u64),
-}
-
-/// Flips the window's phases on time (warm-up, measure, stop) from its own thread and
-/// prints a progress line every second when asked; samples client and server (`server`:
-/// its pid) memory when the window closes.
-fn pace(
-    name: &'static str,
-    window: Window,
-    warmup: Duration,
-    duration: Duration,
-    progress: bool,
-    server: Option<String>,
-) -> std::thread::JoinHandle<Paced> {
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        let measure_from = start + warmup;
-        let stop_at = measure_from + duration;
-        let mut measured_since = None;
-        let (mut last, mut second) = (0, 0);
-        let mut next_print = start + Duration::from_secs(1);
-        loop {
-            let now = Instant::now();
-            if measured_since.is_none() && now >= measure_from {
-                window.phase.store(MEASURE, Ordering::Relaxed);
-                measured_since = Some(now);
-            }
-            if now >= stop_at {
-                let rss_at_stop = (
-                    ProcUsage::read("self").rss,
-                    server.as_deref().map_or(0, |pid| ProcUsage::read(pid).rss),
-                );
-                window.phase.store(STOP, Ordering::Relaxed);
-                return Paced {
-                    measured: measured_since.map_or(Duration::ZERO, |since| now - since),
-                    rss_at_stop,
-                };
-            }
-            if progress && now >= next_print {
-                second += 1;
-                let done = window.progress.load(Ordering::Relaxed);
-                eprintln!("  {name} [{second:>3}s] {:>10} ops/s", done - last);
-                last = done;
-                next_print += Duration::from_secs(1);
-            }
-            let next_event = if measured_since.is_none() {
-                measure_from
-            } else {
-                stop_at
-            };
-            let wake = if progress {
-                next_event.min(next_print)
-            } else {
-                next_event
-            };
-            std::thread::sleep(wake.saturating_duration_since(Instant::now()));
-        }
-    })
-}
-
-fn measure(
-    name: &'static str,
-    args: &RunArgs,
-    server: Option<&ServerProcess>,
-    load: impl FnOnce(Window) -> TaskTally,
-) -> Result<RunReport, Box<dyn std::error::Error>> {
-    let start = Instant::now();
-    let window = Window {
-        phase: Arc::new(AtomicU8::new(WARMUP)),
-        progress: Arc::new(AtomicU64::new(0)),
-    };
-    let pacer = pace(
-        name,
-        window.clone(),
-        Duration::from_secs_f64(args.warmup),
-        Duration::from_secs_f64(args.duration),
-        args.duration > 3.0 && !args.json,
-        server.map(|s| s.child.id().to_string()),
-    );
-    // CPU is sampled around the whole run and scaled to the measured window.
-    let (client_before, server_before) =
-        (ProcUsage::read("self"), server.map(ServerProcess::usage));
-    let tally = load(window);
-    let total = start.elapsed();
-    let (client_after, server_after) = (ProcUsage::read("self"), server.map(ServerProcess::usage));
-    let paced = pacer.join().map_err(|_| "pacer thread panicked")?;
-    let measured = paced.measured;
-    let conns = args.conns.max(1) as u64;
-    let rss_per_conn = (
-        paced.rss_at_stop.0.saturating_sub(client_before.rss) / conns,
-        server_before.map_or(0, |b| paced.rss_at_stop.1.saturating_sub(b.rss) / conns),
-    );
-    let TaskTally {
-        latency,
-        ops,
-        errors,
-    } = tally;
-    let share = measured.as_secs_f64() / total.as_secs_f64();
-    let scaled =
-        |after: Duration, before: Duration| after.saturating_sub(before).mul_f64(share.min(1.0));
-    Ok(RunReport {
-        name,
-        ops,
-        bytes_per_op: (args.size + args.payload) as u64,
-        elapsed: measured,
-        latency,
-        client_cpu: scaled(client_after.cpu, client_before.cpu),
-        server_cpu: match (server_before, server_after) {
-            (Some(b), Some(a)) => scaled(a.cpu, b.cpu),
-            _ => Duration::ZERO,
-        },
-        client_rss: client_after.peak_rss,
-        server_rss: server_after.map_or(0, |u| u.peak_rss),
-        rss_per_conn,
-        conns: args.conns,
-        errors,
-    })
 }
 
 fn body(args: &RunArgs, first: u8) -> Bytes {
@@ -772,28 +521,6 @@ async fn morpc_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
                         }
                     }
                 }
-            }));
-        }
-    }
-    finish(tasks, tally).await
-}
-
-async fn baseline_load(args: &RunArgs, addr: &str, window: Window) -> TaskTally {
-    // The baseline frame carries body and payload as one body.
-    let body = Bytes::from(vec![0x5a; args.size + args.payload]);
-    let (mut tasks, tally) = (Vec::new(), TaskTally::shared());
-    for _ in 0..args.conns {
-        let client = BaselineClient::connect(addr, YieldTo::for_connections(args.conns))
-            .await
-            .expect("connect to the baseline server");
-        for _ in 0..args.inflight {
-            let (client, body) = (client.clone(), body.clone());
-            let recorder = Recorder::new(tally.clone(), window.clone());
-            tasks.push(tokio::spawn(async move {
-                timed_loop(recorder, || async {
-                    client.request(body.clone()).await.is_some()
-                })
-                .await;
             }));
         }
     }

@@ -6,18 +6,18 @@ use hdrhistogram::Histogram;
 
 /// CPU time and peak RSS of a process, read from `/proc`.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ProcUsage {
+pub struct ProcUsage {
     /// User + system CPU time.
-    pub(crate) cpu: Duration,
+    pub cpu: Duration,
     /// Peak resident set size in bytes.
-    pub(crate) peak_rss: u64,
+    pub peak_rss: u64,
     /// Resident set size now, in bytes.
-    pub(crate) rss: u64,
+    pub rss: u64,
 }
 
 impl ProcUsage {
     /// Reads `/proc/<pid>` (`self` for this process); zeros where unavailable.
-    pub(crate) fn read(pid: &str) -> Self {
+    pub fn read(pid: &str) -> Self {
         let ticks_per_sec = 100.0; // USER_HZ on Linux
         let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
@@ -43,42 +43,44 @@ impl ProcUsage {
 
 /// The figures of one measured run.
 #[derive(Debug)]
-pub(crate) struct RunReport {
+pub struct RunReport {
     /// `morpc` or `baseline`.
-    pub(crate) name: &'static str,
+    pub name: &'static str,
     /// Completed operations in the measured window.
-    pub(crate) ops: u64,
+    pub ops: u64,
     /// Application bytes per operation (body + payload, one direction).
-    pub(crate) bytes_per_op: u64,
+    pub bytes_per_op: u64,
     /// The measured window.
-    pub(crate) elapsed: Duration,
+    pub elapsed: Duration,
     /// Latency in nanoseconds (empty for one-way runs).
-    pub(crate) latency: Histogram<u64>,
+    pub latency: Histogram<u64>,
     /// Client CPU used during the window.
-    pub(crate) client_cpu: Duration,
+    pub client_cpu: Duration,
     /// Server CPU used during the window (zero for an external server).
-    pub(crate) server_cpu: Duration,
+    pub server_cpu: Duration,
     /// Client peak RSS.
-    pub(crate) client_rss: u64,
+    pub client_rss: u64,
     /// Server peak RSS (zero for an external server).
-    pub(crate) server_rss: u64,
+    pub server_rss: u64,
     /// Resident memory the run's connections added, per connection (client, server):
     /// RSS with every connection open at the end of the window minus RSS before they
     /// were opened. The client process runs morpc first, so the baseline's client side may
     /// reuse memory morpc freed and read low.
-    pub(crate) rss_per_conn: (u64, u64),
+    pub rss_per_conn: (u64, u64),
     /// Connections of the run.
-    pub(crate) conns: usize,
+    pub conns: usize,
     /// Failed operations.
-    pub(crate) errors: u64,
+    pub errors: u64,
 }
 
 impl RunReport {
-    pub(crate) fn ops_per_sec(&self) -> f64 {
+    /// Operations per second in the measured window.
+    pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
 
-    pub(crate) fn mib_per_sec(&self) -> f64 {
+    /// MiB per second (body and payload) in the measured window.
+    pub fn mib_per_sec(&self) -> f64 {
         self.ops_per_sec() * self.bytes_per_op as f64 / (1024.0 * 1024.0)
     }
 
@@ -94,7 +96,7 @@ impl RunReport {
     }
 
     /// Prints the human-readable summary.
-    pub(crate) fn print(&self) {
+    pub fn print(&self) {
         println!(
             "{:<9} {:>12.0} ops/s {:>10.1} MiB/s  p50 {:>9.1?} p90 {:>9.1?} p99 {:>9.1?} p99.9 {:>9.1?}",
             self.name,
@@ -128,7 +130,7 @@ impl RunReport {
     }
 
     /// The figures as JSON.
-    pub(crate) fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> serde_json::Value {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         serde_json::json!({
             "name": self.name,

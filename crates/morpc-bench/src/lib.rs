@@ -1,0 +1,7 @@
+//! The harness behind `morpc-bench`, shared with the peers workspace (`benches/peers/`):
+//! the minimal hand-written tokio request/response every figure is a ratio to
+//! ([`baseline`]), the measuring loop ([`harness`]) and the report ([`report`]).
+
+pub mod baseline;
+pub mod harness;
+pub mod report;
