@@ -4,6 +4,7 @@
 //! its own) through the session queue.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use morpc_backend::connection::{
     ByteBudget, FrameReader, FrameWriter, StreamNumbering, bounded_capacity, catch_panic,
@@ -11,7 +12,9 @@ use morpc_backend::connection::{
 use morpc_backend::{BoxReader, BoxWriter};
 use morpc_codec::Message;
 use parking_lot::Mutex;
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::reader::ConnReader;
 use crate::session::{ConnControl, SessionShared};
@@ -74,9 +77,10 @@ where
         shared.read_limits(),
     );
     let read = ConnReader::new(&shared, &session, &streams, reader).run();
-    let reason = catch_panic("reader", read)
-        .await
-        .unwrap_or_else(|panic| CloseReason::TaskPanicked(panic.to_string().into()));
+    let (reason, reader) = match catch_panic("reader", read).await {
+        Ok((reason, reader)) => (reason, Some(reader)),
+        Err(panic) => (CloseReason::TaskPanicked(panic.to_string().into()), None),
+    };
     drop(session);
     // A shutdown flushes: the writer ends once every session clone is gone and the queue
     // is written (the server's grace period bounds this). Anything else closes at once.
@@ -84,9 +88,38 @@ where
         control.close_with(reason.clone());
     }
     let _ = writer_task.await;
+    if matches!(reason, CloseReason::Shutdown) && control.cause().is_none() {
+        if let Some(reader) = reader {
+            linger(reader.into_io(), &shared.closed).await;
+        }
+    }
     // The first cause recorded (the writer's timeout, an eviction, or the reader's own
     // reason) explains the close better than what the reader saw afterwards.
     let reason = control.cause().unwrap_or(reason);
     control.token.cancel();
     reason
+}
+
+/// Longest a gracefully closed connection waits for its peer to close.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// A lingering close, after a shutdown flushed the connection and sent its FIN: reads and
+/// discards what the peer still sends (requests this server will not serve) until the
+/// peer closes too, at most `LINGER` or until the server closes. Closing with unread
+/// bytes in the receive buffer makes the kernel reset the connection, and a reset can
+/// destroy the responses just written before the peer has read them.
+async fn linger(mut io: BoxReader, closed: &CancellationToken) {
+    let mut sink = vec![0u8; 16 * 1024];
+    let drain = async {
+        while let Ok(n) = io.read(&mut sink).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        () = closed.cancelled() => {}
+        _ = tokio::time::timeout(LINGER, drain) => {}
+    }
 }

@@ -147,7 +147,8 @@ where
     /// Reads and dispatches requests until the connection must close; returns why.
     /// Admitted concurrent handlers finish on shutdown (bounded by the grace period);
     /// otherwise they are cancelled with the connection.
-    pub(crate) async fn run(mut self) -> CloseReason {
+    /// Gives the read half back with the reason, for a lingering close.
+    pub(crate) async fn run(mut self) -> (CloseReason, FrameReader) {
         let reason = self.read_until_closed().await;
         if matches!(reason, CloseReason::Shutdown) {
             while let Some(done) = self.running.join_next().await {
@@ -157,7 +158,7 @@ where
             }
         }
         self.running.abort_all();
-        reason
+        (reason, self.reader)
     }
 
     /// The read loop: a read (or a finished concurrent handler, or a stop signal), then

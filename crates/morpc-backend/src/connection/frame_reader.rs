@@ -118,6 +118,12 @@ impl FrameReader {
         Ok(n)
     }
 
+    /// The socket's read half, for a caller that is done with frames (a server draining
+    /// what a peer still sends before it closes).
+    pub fn into_io(self) -> BoxReader {
+        self.io
+    }
+
     /// Tells the reader that its owner stopped reading for a while by its own choice
     /// (the client waiting for room in a stream consumer's buffer): the peer's silence
     /// counts from now, since it could not have been heard meanwhile.
