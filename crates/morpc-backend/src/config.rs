@@ -63,12 +63,35 @@ impl ReconnectPolicy {
     }
 }
 
-/// A random number in `[0, 1)` for jitter, from the std hasher's per-process random keys.
+thread_local! {
+    /// This thread's jitter generator state (SplitMix64), seeded from the std hasher's
+    /// per-process random keys unless [`seed_jitter`] set it.
+    static JITTER: std::cell::Cell<u64> = std::cell::Cell::new({
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(Instant::now().elapsed().as_nanos() as u64);
+        hasher.finish()
+    });
+}
+
+/// Seeds the jitter of reconnect and retry backoff on this thread, for a deterministic
+/// simulation (every simulated host runs on one thread: the same seed gives the same
+/// pauses). Without it, jitter is random per process.
+pub fn seed_jitter(seed: u64) {
+    JITTER.with(|state| state.set(seed));
+}
+
+/// A random number in `[0, 1)` for jitter (SplitMix64 on this thread's state).
 pub(crate) fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+    let mut z = JITTER.with(|state| {
+        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(next);
+        next
+    });
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Configuration of a [`Backend`](crate::Backend). The setters consume and return the

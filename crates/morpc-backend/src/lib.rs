@@ -48,7 +48,7 @@ pub use address::{Address, BoxReader, BoxWriter};
 pub use backend::{Backend, SendPermit, SendRejected};
 pub use config::{
     BackendConfig, DEFAULT_BATCH_SEND_SIZE, HeaderValues, OrphanHook, OrphanResponse,
-    ReconnectPolicy, SendOptions, WriteFilter,
+    ReconnectPolicy, SendOptions, WriteFilter, seed_jitter,
 };
 pub use error::{BackendError, ConnectionLost};
 pub use factory::{BackendFactory, RemoteBackendFactory};

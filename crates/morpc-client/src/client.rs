@@ -467,6 +467,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             }
             tracing::debug!(%address, attempt, error = %error, "retrying send");
             tokio::select! {
+                biased;
                 () = self.inner().closed.cancelled() => return Err(ClientError::ClientClosed),
                 () = tokio::time::sleep(pause) => {}
             }

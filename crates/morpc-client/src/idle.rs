@@ -24,6 +24,7 @@ pub(crate) async fn idle_cleanup<Req: Message, Resp: Message>(
     };
     loop {
         tokio::select! {
+            biased;
             () = closed.cancelled() => return,
             () = tokio::time::sleep(period) => {}
         }

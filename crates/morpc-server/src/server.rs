@@ -336,10 +336,12 @@ impl Drop for Registered {
 fn choose_victim(
     connections: impl Iterator<Item = (u64, Instant, Option<Instant>)>,
 ) -> Option<u64> {
+    // The key breaks ties (connections accepted in the same instant), so the choice does
+    // not depend on the map's order.
     connections
-        .min_by_key(|(_, accepted, last_frame)| match last_frame {
-            None => (0, *accepted),
-            Some(at) => (1, *at),
+        .min_by_key(|(key, accepted, last_frame)| match last_frame {
+            None => (0, *accepted, *key),
+            Some(at) => (1, *at, *key),
         })
         .map(|(key, _, _)| key)
 }
