@@ -506,12 +506,12 @@ mod tests {
         assert!(!table.insert_request(16, tx, now + Duration::from_millis(1), None));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_sweeper_times_requests_out_at_their_deadline() {
         let table = Arc::new(PendingTable::<()>::default());
         let stop = CancellationToken::new();
         tokio::spawn(table.clone().expire(stop.clone(), None));
-        let started = Instant::now();
+        let started = now();
         let mut receivers = Vec::new();
         for id in 0..100u64 {
             let (tx, rx) = oneshot::channel();
@@ -525,7 +525,11 @@ mod tests {
                 .unwrap();
             assert!(matches!(result, Err(BackendError::Timeout)));
         }
-        assert!(started.elapsed() >= Duration::from_millis(50));
+        let took = now().duration_since(started);
+        assert!(
+            took >= Duration::from_millis(50) && took < Duration::from_millis(60),
+            "at the deadline, not before nor much after: {took:?}"
+        );
         assert_eq!(table.len(), 0);
         stop.cancel();
     }

@@ -117,8 +117,8 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn opens_after_threshold_probes_after_reset_and_closes_on_success() {
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_threshold_probes_after_reset_and_closes_on_success() {
         let breaker = Breaker::new(BreakerConfig {
             failure_threshold: 3,
             reset_timeout: Duration::from_millis(20),
@@ -131,11 +131,13 @@ mod tests {
         breaker.record(false);
         assert_eq!(breaker.state(), BreakerState::Open);
         assert_eq!(breaker.allow(), None);
-        std::thread::sleep(Duration::from_millis(25));
+        tokio::time::advance(Duration::from_millis(19)).await;
+        assert_eq!(breaker.allow(), None, "still open before the reset time");
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(
             breaker.allow(),
             Some(Admission::Probe),
-            "one probe after the reset time"
+            "one probe at the reset time"
         );
         assert_eq!(breaker.allow(), None, "only one probe at a time");
         breaker.record(false);
@@ -144,7 +146,7 @@ mod tests {
             BreakerState::Open,
             "a failed probe reopens"
         );
-        std::thread::sleep(Duration::from_millis(25));
+        tokio::time::advance(Duration::from_millis(20)).await;
         assert!(breaker.allow().is_some());
         breaker.abandon();
         assert_eq!(
