@@ -19,6 +19,35 @@ use support::{Mode, msg, pipe_peer};
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// The far end of a connection, kept by the test.
+type FarEnd = Arc<Mutex<Option<tokio::io::DuplexStream>>>;
+
+/// A connector to `node-1:9000` whose first connection is a pipe whose far end the test
+/// holds (nobody answers on it), and every later one a pipe to an echo peer; with the
+/// number of connections made.
+fn first_pipe_then_echo() -> (Arc<dyn morpc_backend::Connector>, Arc<AtomicUsize>, FarEnd) {
+    let connects = Arc::new(AtomicUsize::new(0));
+    let first_end = FarEnd::default();
+    let connector = {
+        let (connects, first_end) = (connects.clone(), first_end.clone());
+        move |address: &Address| -> ConnectFuture {
+            assert_eq!(address.to_string(), "node-1:9000");
+            let io = if connects.fetch_add(1, Ordering::SeqCst) == 0 {
+                let (ours, theirs) = tokio::io::duplex(64 * 1024);
+                *first_end.lock() = Some(theirs);
+                ours
+            } else {
+                pipe_peer(Mode::Echo, CodecConfig::default()).0
+            };
+            Box::pin(async move {
+                let (r, w) = tokio::io::split(io);
+                Ok((Box::pin(r) as _, Box::pin(w) as _))
+            })
+        }
+    };
+    (Arc::new(connector), connects, first_end)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_backend_over_a_given_pipe_serves_and_is_unusable_once_it_closes() {
     let (io, seen) = pipe_peer(Mode::Echo, CodecConfig::default());
@@ -55,27 +84,8 @@ async fn a_backend_over_a_given_pipe_serves_and_is_unusable_once_it_closes() {
 
 #[tokio::test(start_paused = true)]
 async fn a_connector_makes_every_connection_and_reconnection() {
-    let connects = Arc::new(AtomicUsize::new(0));
-    // The first connection's far end, held by the test (nobody answers on it).
-    let first_end = Arc::new(Mutex::new(None));
-    let connector = {
-        let (connects, first_end) = (connects.clone(), first_end.clone());
-        move |address: &Address| -> ConnectFuture {
-            assert_eq!(address.to_string(), "node-1:9000");
-            let io = if connects.fetch_add(1, Ordering::SeqCst) == 0 {
-                let (ours, theirs) = tokio::io::duplex(64 * 1024);
-                *first_end.lock() = Some(theirs);
-                ours
-            } else {
-                pipe_peer(Mode::Echo, CodecConfig::default()).0
-            };
-            Box::pin(async move {
-                let (r, w) = tokio::io::split(io);
-                Ok((Box::pin(r) as _, Box::pin(w) as _))
-            })
-        }
-    };
-    let config = BackendConfig::new().connector(Arc::new(connector));
+    let (connector, connects, first_end) = first_pipe_then_echo();
+    let config = BackendConfig::new().connector(connector);
     let backend: Backend<RawMessage> = Backend::create("node-1:9000".parse().unwrap(), config)
         .await
         .unwrap();
@@ -207,28 +217,11 @@ async fn responses_nobody_waits_for_go_to_the_orphan_hook() {
 async fn closing_a_stream_with_its_connection_closes_it_and_the_backend_reconnects() {
     use tokio::io::AsyncReadExt;
 
-    let connects = Arc::new(AtomicUsize::new(0));
-    let first_end = Arc::new(Mutex::new(None));
-    let connector = {
-        let (connects, first_end) = (connects.clone(), first_end.clone());
-        move |_: &Address| -> ConnectFuture {
-            let io = if connects.fetch_add(1, Ordering::SeqCst) == 0 {
-                let (ours, theirs) = tokio::io::duplex(64 * 1024);
-                *first_end.lock() = Some(theirs);
-                ours
-            } else {
-                pipe_peer(Mode::Echo, CodecConfig::default()).0
-            };
-            Box::pin(async move {
-                let (r, w) = tokio::io::split(io);
-                Ok((Box::pin(r) as _, Box::pin(w) as _))
-            })
-        }
-    };
+    let (connector, connects, first_end) = first_pipe_then_echo();
     let backend: Backend<RawMessage> = Backend::create(
         "node-1:9000".parse().unwrap(),
         BackendConfig::new()
-            .connector(Arc::new(connector))
+            .connector(connector)
             .connect_on_create(true),
     )
     .await
