@@ -2,7 +2,7 @@
 //! other one with a payload), checks each echo, and prints the round-trip rate.
 //!
 //! ```sh
-//! cargo run --release --example echo_client -- --addr 127.0.0.1:9000 --framing v07 --checksum
+//! cargo run --release --example echo_client -- --addr 127.0.0.1:9000 --framing v07   # V07 with a checksum; --no-checksum without
 //! ```
 
 use std::time::{Duration, Instant};

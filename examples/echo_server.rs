@@ -2,7 +2,7 @@
 //! back unchanged (payload included). Stops gracefully on Ctrl-C.
 //!
 //! ```sh
-//! cargo run --release --example echo_server -- --addr 127.0.0.1:9000 --framing v07 --checksum
+//! cargo run --release --example echo_server -- --addr 127.0.0.1:9000 --framing v07   # V07 with a checksum; --no-checksum without
 //! ```
 
 use clap::Parser;
@@ -24,11 +24,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    wire::init_logs("info");
     let args = Args::parse();
     let codec = args.wire.codec();
     let echo = sync_handler(|req: Request<RawMessage>| Ok::<_, HandlerError>(req.message));

@@ -59,11 +59,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             SendOptions::timeout(Duration::from_millis(500)),
         )
         .await;
+    // Which error depends on timing (the connection closing, or the connect refused);
+    // that it fails does not.
     println!(
         "a request after shutdown: {}",
-        match late {
-            Ok(_) => "answered (unexpected)".to_owned(),
-            Err(e) => format!("refused ({e})"),
+        if late.is_ok() {
+            "answered (unexpected)"
+        } else {
+            "refused"
         }
     );
     client.close();

@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use morpc::prelude::*;
 
 #[tokio::main]

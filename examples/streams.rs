@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use morpc::prelude::*;
 use parking_lot::Mutex;
 

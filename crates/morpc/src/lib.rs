@@ -11,7 +11,7 @@
 //! Request/response and a stream, end to end:
 //!
 //! ```
-//! use futures::StreamExt;
+//! // `StreamExt` (for `next`) comes with the prelude.
 //! use morpc::prelude::*;
 //! use std::time::Duration;
 //!
@@ -72,8 +72,10 @@ pub use morpc_client as client;
 pub use morpc_codec as codec;
 pub use morpc_server as server;
 
-/// The names most programs use.
+/// The names most programs use, including the `futures` traits that receiving on and
+/// feeding a stream need (`StreamExt::next`, `SinkExt::send`).
 pub mod prelude {
+    pub use futures::{SinkExt, StreamExt};
     pub use morpc_backend::{
         Address, Backend, BackendConfig, BackendError, BackendStream, ConnectionLost,
         ResponseFuture, SendOptions,
