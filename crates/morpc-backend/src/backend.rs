@@ -126,7 +126,10 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             }),
         });
         let connection = if shared.config.connect_on_create {
-            let (reader, writer) = shared.config.connect(&shared.address).await?;
+            let started = now();
+            let connected = shared.config.connect(&shared.address).await;
+            crate::metrics::connected(connected.is_ok(), started.elapsed());
+            let (reader, writer) = connected?;
             Some(writer::Connection::start(&shared, reader, writer))
         } else {
             None

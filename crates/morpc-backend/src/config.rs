@@ -278,7 +278,10 @@ impl<Req> BackendConfig<Req> {
         self
     }
 
-    /// Connect while creating the backend (creation then fails if it cannot connect).
+    /// Connect while creating the backend (creation then fails if it cannot connect);
+    /// otherwise the backend connects on its first send. `RpcClient::new` always
+    /// connects its backends before using them, so that a dead address gets the client's
+    /// retries either way.
     pub fn connect_on_create(mut self, on: bool) -> Self {
         self.connect_on_create = on;
         self

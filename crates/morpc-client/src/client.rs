@@ -115,7 +115,13 @@ impl<Req, Resp> Inner<Req, Resp> {
 impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// A client creating [`RemoteBackendFactory`] backends with `backend` configuration.
     /// Creates the configured initial backends before returning (failures are logged).
+    ///
+    /// The client connects every backend before it uses it, whatever `backend`'s
+    /// `connect_on_create` says: a send to an address that cannot be reached is then
+    /// retried by the client's [`RetryPolicy`](crate::RetryPolicy) within its deadline,
+    /// instead of failing with the first connect error of a backend connecting lazily.
     pub async fn new(config: ClientConfig, backend: BackendConfig<Req>) -> Self {
+        let backend = backend.connect_on_create(true);
         Self::with_factory(config, Arc::new(RemoteBackendFactory::new(backend))).await
     }
 }

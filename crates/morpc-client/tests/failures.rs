@@ -1,10 +1,12 @@
 //! Failure paths of `RpcClient` that used to go unnoticed: each test is named for the
 //! behaviour it pins, and each failed before the fix it came with.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use morpc_backend::{BackendConfig, SendOptions};
+use morpc_backend::{BackendConfig, BackendError, SendOptions};
 use morpc_client::{
     BreakerConfig, BreakerState, ClientConfig, ClientError, RetryPolicy, RpcClient,
 };
@@ -230,4 +232,58 @@ async fn responses_and_streams_are_fused() {
     stream.close();
     while stream.next().await.is_some() {}
     assert!(stream.is_terminated());
+}
+
+/// A connector whose every attempt fails, counting them.
+fn refusing_connector(attempts: Arc<AtomicUsize>) -> Arc<dyn morpc_backend::Connector> {
+    Arc::new(
+        move |_: &morpc_backend::Address| -> morpc_backend::ConnectFuture {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "nobody listens",
+                ))
+            })
+        },
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_address_gets_the_same_retries_whether_backends_connect_lazily_or_not() {
+    let mut seen = Vec::new();
+    for connect_on_create in [false, true] {
+        // The same jitter for both runs.
+        morpc_backend::seed_jitter(7);
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let backend = BackendConfig::new()
+            .connector(refusing_connector(attempts.clone()))
+            .connect_on_create(connect_on_create);
+        let client: RpcClient<RawMessage> = RpcClient::new(
+            ClientConfig::new().default_timeout(Duration::from_secs(1)),
+            backend,
+        )
+        .await;
+        let started = tokio::time::Instant::now();
+        let err = client
+            .request("node-1:9000", RawMessage::new("x"), SendOptions::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::Backend(BackendError::Connect { .. })),
+            "connect_on_create {connect_on_create}: {err:?}"
+        );
+        // The retry policy's pauses (5 + 10 + 20 + 40 ms, less up to half as jitter) show
+        // in the time it took.
+        seen.push((started.elapsed(), attempts.load(Ordering::SeqCst)));
+        client.close();
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "lazy and eager connects fail the same way"
+    );
+    assert!(
+        seen[0].0 >= Duration::from_millis(35),
+        "the send was retried: {seen:?}"
+    );
 }

@@ -67,9 +67,13 @@
 //! See `docs/extensions.md`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[doc(inline)]
 pub use morpc_backend as backend;
+#[doc(inline)]
 pub use morpc_client as client;
+#[doc(inline)]
 pub use morpc_codec as codec;
+#[doc(inline)]
 pub use morpc_server as server;
 
 /// The names most programs use, including the `futures` traits that receiving on and
