@@ -482,7 +482,7 @@ impl<Req, Resp> Backend<Req, Resp> {
     /// `max_queued_write_bytes` (a pool then prefers, or adds, another backend).
     pub fn busy(&self) -> bool {
         let shared = self.shared();
-        shared.queue_len() >= shared.config.busy_size()
+        shared.queue_len() >= shared.config.effective_busy_size()
             || shared.queue_budget.used() >= shared.queue_budget.limit() / 4 * 3
     }
 

@@ -195,7 +195,7 @@ impl<Req> fmt::Debug for BackendConfig<Req> {
         f.debug_struct("BackendConfig")
             .field("buffer_size", &self.buffer_size)
             .field("max_queued_write_bytes", &self.max_queued_write_bytes)
-            .field("busy_size", &self.busy_size())
+            .field("busy_size", &self.effective_busy_size())
             .field("batch_send_size", &self.batch_send_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("connect_on_create", &self.connect_on_create)
@@ -260,10 +260,18 @@ impl<Req> BackendConfig<Req> {
         self
     }
 
-    /// Queue length from which the backend reports itself busy (clamped to `1..=buffer_size`).
-    pub fn busy_size_at(mut self, n: usize) -> Self {
+    /// Queue length from which the backend reports itself busy (clamped to
+    /// `1..=buffer_size`; default ¾ of it). Read back with
+    /// [`effective_busy_size`](BackendConfig::effective_busy_size).
+    pub fn busy_size(mut self, n: usize) -> Self {
         self.busy_size = Some(n);
         self
+    }
+
+    /// The former name of [`busy_size`](BackendConfig::busy_size).
+    #[deprecated(note = "renamed to `busy_size`; the computed value is `effective_busy_size()`")]
+    pub fn busy_size_at(self, n: usize) -> Self {
+        self.busy_size(n)
     }
 
     /// Messages per write batch (at least 1).
@@ -287,7 +295,8 @@ impl<Req> BackendConfig<Req> {
         self
     }
 
-    /// Timeout of sends that carry no timeout or deadline of their own.
+    /// Timeout of sends made on a `Backend` that carry no timeout or deadline of their
+    /// own. Sends through an `RpcClient` take `ClientConfig::default_timeout` instead.
     pub fn default_timeout(mut self, d: Duration) -> Self {
         self.default_timeout = d;
         self
@@ -305,8 +314,9 @@ impl<Req> BackendConfig<Req> {
 
     /// Enables the heartbeat (V07): a ping every `d / 5`; `d` without any received byte
     /// resets the connection.
-    pub fn read_timeout(mut self, d: Option<Duration>) -> Self {
-        self.read_timeout = d;
+    /// Takes a duration, or `None` to turn the heartbeat off (the default).
+    pub fn read_timeout(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.read_timeout = d.into();
         self
     }
 
@@ -429,7 +439,7 @@ impl<Req> BackendConfig<Req> {
 
     /// The effective busy threshold: the configured value clamped to `1..=buffer_size`,
     /// or ¾ of `buffer_size` (at least 1).
-    pub fn busy_size(&self) -> usize {
+    pub fn effective_busy_size(&self) -> usize {
         let buffer = crate::connection::bounded_capacity(self.buffer_size);
         self.busy_size.unwrap_or(buffer / 4 * 3).clamp(1, buffer)
     }
@@ -616,16 +626,26 @@ mod tests {
 
     #[test]
     fn busy_size_defaults_to_three_quarters_and_is_clamped() {
-        assert_eq!(BackendConfig::<()>::new().busy_size(), 768);
-        assert_eq!(BackendConfig::<()>::new().buffer_size(1).busy_size(), 1);
+        assert_eq!(BackendConfig::<()>::new().effective_busy_size(), 768);
+        assert_eq!(
+            BackendConfig::<()>::new()
+                .buffer_size(1)
+                .effective_busy_size(),
+            1
+        );
         assert_eq!(
             BackendConfig::<()>::new()
                 .buffer_size(8)
-                .busy_size_at(100)
-                .busy_size(),
+                .busy_size(100)
+                .effective_busy_size(),
             8
         );
-        assert_eq!(BackendConfig::<()>::new().busy_size_at(0).busy_size(), 1);
+        assert_eq!(
+            BackendConfig::<()>::new()
+                .busy_size(0)
+                .effective_busy_size(),
+            1
+        );
     }
 
     #[cfg(feature = "serde")]
@@ -640,7 +660,7 @@ mod tests {
             "absent keys keep defaults"
         );
         assert_eq!(
-            config.busy_size(),
+            config.effective_busy_size(),
             1,
             "a zero buffer is clamped, not a panic"
         );

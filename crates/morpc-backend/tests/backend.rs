@@ -206,7 +206,7 @@ async fn pipelining_10000_requests_with_reordered_responses() {
 #[tokio::test]
 async fn full_queue_makes_senders_wait_then_fail_busy_without_spinning() {
     let peer = Peer::tcp(Mode::Stall, CodecConfig::default()).await;
-    let backend = peer.backend(config().buffer_size(8).busy_size_at(4)).await;
+    let backend = peer.backend(config().buffer_size(8).busy_size(4)).await;
     let payload = Bytes::from(vec![0u8; 1 << 20]);
     let mut became_busy = false;
     for _ in 0..256 {

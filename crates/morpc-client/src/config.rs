@@ -190,7 +190,10 @@ impl ClientConfig {
         self
     }
 
-    /// Timeout of operations without their own deadline (creation waits, streams).
+    /// The deadline of a send through the client that has no timeout or deadline of its
+    /// own, and of other operations without one (creation waits, opening streams). Sends
+    /// through an `RpcClient` take it from here, not from `BackendConfig::default_timeout`
+    /// (which applies to sends made on a `Backend` directly).
     pub fn default_timeout(mut self, d: Duration) -> Self {
         self.default_timeout = d;
         self

@@ -231,10 +231,17 @@ impl<Resp> ServerConfig<Resp> {
         self
     }
 
-    /// Largest accepted frame body (see [`CodecConfig::max_body_size`]).
-    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+    /// Largest accepted message body (see [`CodecConfig::max_body_size`]), as the client
+    /// calls it.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.codec = self.codec.max_body_size(bytes);
         self
+    }
+
+    /// The former name of [`max_body_size`](ServerConfig::max_body_size).
+    #[deprecated(note = "renamed to `max_body_size`, the client's name for it")]
+    pub fn max_frame_size(self, bytes: usize) -> Self {
+        self.max_body_size(bytes)
     }
 
     /// How long `shutdown()` waits for handlers and session flushes.
@@ -265,23 +272,23 @@ impl<Resp> ServerConfig<Resp> {
     /// handshake before it must finish within this too (a failed or late handshake is
     /// logged and the connection dropped before it is served). `None` waits forever for
     /// the first frame; the handshake is then still bounded by 10 s. Default 10 s.
-    pub fn first_frame_timeout(mut self, d: Option<Duration>) -> Self {
-        self.first_frame_timeout = d;
+    pub fn first_frame_timeout(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.first_frame_timeout = d.into();
         self
     }
 
     /// A frame that has begun arriving must progress (at least a byte) within this, or
     /// the connection is closed; `None` waits forever. Default 10 s.
-    pub fn partial_frame_timeout(mut self, d: Option<Duration>) -> Self {
-        self.partial_frame_timeout = d;
+    pub fn partial_frame_timeout(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.partial_frame_timeout = d.into();
         self
     }
 
     /// A connection whose peer sent no complete frame for this long is closed; `None`
     /// (the default) keeps quiet connections. A morpc client with a `read_timeout`
     /// heartbeats at a fifth of it, so it is never idle.
-    pub fn idle_timeout(mut self, d: Option<Duration>) -> Self {
-        self.idle_timeout = d;
+    pub fn idle_timeout(mut self, d: impl Into<Option<Duration>>) -> Self {
+        self.idle_timeout = d.into();
         self
     }
 
