@@ -101,7 +101,10 @@ fn streams(c: &mut Criterion) {
             rt.block_on(spread(iters, 256, move |n| {
                 let (client, addr) = (client.clone(), addr.clone());
                 async move {
-                    let mut stream = client.new_stream(&addr, 16, false).await.unwrap();
+                    let mut stream = client
+                        .new_stream(&addr, StreamOptions::new().buffer(16))
+                        .await
+                        .unwrap();
                     for _ in 0..n {
                         stream
                             .send(RawMessage::new(vec![7u8; 64]), SendOptions::new())
@@ -119,7 +122,10 @@ fn streams(c: &mut Criterion) {
             rt.block_on(spread(iters, 16, move |n| {
                 let (client, addr) = (client.clone(), addr.clone());
                 async move {
-                    let mut stream = client.new_stream(&addr, 16, false).await.unwrap();
+                    let mut stream = client
+                        .new_stream(&addr, StreamOptions::new().buffer(16))
+                        .await
+                        .unwrap();
                     let body = bytes::Bytes::from(vec![b'!'; 64]);
                     for _ in 0..n {
                         stream

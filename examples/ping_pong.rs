@@ -77,7 +77,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("payload: {} bytes echoed intact", payload.len());
 
     // 4. A stream: one request, five answers, in order.
-    let mut stream = client.new_stream(&addr, 16, false).await?;
+    let mut stream = client
+        .new_stream(&addr, StreamOptions::new().buffer(16))
+        .await?;
     stream
         .send(RawMessage::new("count:5"), SendOptions::new())
         .await?;

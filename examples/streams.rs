@@ -48,7 +48,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         RpcClient::new(ClientConfig::new(), BackendConfig::new()).await;
 
     // Server → client.
-    let mut down = client.new_stream(&addr, 64, false).await?;
+    let mut down = client
+        .new_stream(&addr, StreamOptions::new().buffer(64))
+        .await?;
     down.send(RawMessage::new("push:1000"), SendOptions::new())
         .await?;
     for expected in 0..1000u64 {
@@ -62,7 +64,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     down.close();
 
     // Client → server.
-    let mut up = client.new_stream(&addr, 4, false).await?;
+    let mut up = client
+        .new_stream(&addr, StreamOptions::new().buffer(4))
+        .await?;
     for i in 0..1000 {
         up.send(RawMessage::new(format!("item {i}")), SendOptions::new())
             .await?;

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::{SinkExt, StreamExt};
 use morpc_backend::{Address, Backend, BackendConfig, SendOptions};
-use morpc_client::{ClientConfig, RpcClient};
+use morpc_client::{ClientConfig, RpcClient, StreamOptions};
 use morpc_codec::{CodecConfig, Framing, RawMessage};
 use morpc_server::{ClientSession, HandlerError, Request, RpcServer, ServerConfig};
 
@@ -446,9 +446,12 @@ impl Conn {
     /// A stream with a receive buffer of 64.
     async fn stream(&self) -> AnyStream {
         match self {
-            Self::Client(client, addr) => {
-                AnyStream::Client(client.new_stream(addr, 64, false).await.expect("stream"))
-            }
+            Self::Client(client, addr) => AnyStream::Client(
+                client
+                    .new_stream(addr, StreamOptions::new().buffer(64))
+                    .await
+                    .expect("stream"),
+            ),
             Self::Backend(backend) => AnyStream::Backend(backend.new_stream(64).expect("stream")),
         }
     }

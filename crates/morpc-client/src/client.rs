@@ -551,9 +551,19 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             .map_err(Into::into)
     }
 
-    /// Opens a stream to `address` with a receive buffer of `buffer` messages. With
-    /// `lock`, the chosen backend is dedicated to this stream until it closes (Go's
-    /// `NewStream(lock)`): other sends and locked streams use other backends.
+    /// Opens a stream to `address` as `opts` say: its receive buffer, whether its backend
+    /// is dedicated to it until it closes (Go's `NewStream(lock)`: other sends and locked
+    /// streams use other backends), and how long opening may take.
+    ///
+    /// ```no_run
+    /// # use morpc_client::{RpcClient, StreamOptions};
+    /// # use morpc_codec::RawMessage;
+    /// # async fn demo(client: RpcClient<RawMessage>) -> Result<(), morpc_client::ClientError> {
+    /// let stream = client
+    ///     .new_stream("127.0.0.1:9000", StreamOptions::new().buffer(64).lock(true))
+    ///     .await?;
+    /// # drop(stream); Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`send`](RpcClient::send); [`ClientError::NoAvailableBackend`] when every
@@ -561,13 +571,18 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     pub async fn new_stream(
         &self,
         address: &str,
-        buffer: usize,
-        lock: bool,
+        opts: StreamOptions,
     ) -> Result<ClientStream<Req, Resp>, ClientError> {
+        let StreamOptions {
+            buffer,
+            lock,
+            timeout,
+        } = opts;
         let target = self.target_named(address)?;
         let span = tracing::debug_span!("morpc.stream", address = %target.pool.address(), id = tracing::field::Empty);
         async {
-            let deadline = deadline_after(now(), self.inner().config.default_timeout);
+            let timeout = timeout.unwrap_or(self.inner().config.default_timeout);
+            let deadline = deadline_after(now(), timeout);
             loop {
                 let backend = self.select(&target, deadline).await?;
                 if lock && !target.pool.lock_backend(&backend) {
@@ -712,5 +727,55 @@ impl<Req: Message, Resp: Message> Reservation<Req, Resp> {
                 client.send_to_target(&target, message, opts).await
             }
         }
+    }
+}
+
+/// How [`RpcClient::new_stream`] opens a stream. Named setters instead of positional
+/// arguments; the defaults are a buffer of 16 messages, no lock, and the client's
+/// `default_timeout` to open it.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    /// Messages the stream buffers before the reader waits for its consumer.
+    buffer: usize,
+    /// Whether the stream's backend is dedicated to it until it closes.
+    lock: bool,
+    /// The longest opening may take (finding or creating a backend).
+    timeout: Option<Duration>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            buffer: 16,
+            lock: false,
+            timeout: None,
+        }
+    }
+}
+
+impl StreamOptions {
+    /// The defaults (see the type's docs).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Messages the stream buffers before the connection's reader waits for its consumer
+    /// (at least 1).
+    pub fn buffer(mut self, messages: usize) -> Self {
+        self.buffer = messages.max(1);
+        self
+    }
+
+    /// Dedicates the chosen backend to this stream until it closes (Go's
+    /// `NewStream(lock)`).
+    pub fn lock(mut self, on: bool) -> Self {
+        self.lock = on;
+        self
+    }
+
+    /// The longest opening may take (default: the client's `default_timeout`).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
     }
 }

@@ -33,7 +33,7 @@ mod targets;
 mod tower;
 
 pub use breaker::BreakerState;
-pub use client::{Reservation, RpcClient};
+pub use client::{Reservation, RpcClient, StreamOptions};
 pub use config::{BreakerConfig, ClientConfig, RetryPolicy};
 pub use error::ClientError;
 pub use method::{MethodCallError, MethodClient};

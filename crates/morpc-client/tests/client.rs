@@ -10,7 +10,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use morpc_backend::{Address, Backend, BackendConfig, BackendError, BackendFactory, SendOptions};
 use morpc_client::{
-    BreakerConfig, BreakerState, ClientConfig, ClientError, RetryPolicy, RpcClient,
+    BreakerConfig, BreakerState, ClientConfig, ClientError, RetryPolicy, RpcClient, StreamOptions,
 };
 use morpc_codec::RawMessage;
 use morpc_server::{ClientSession, HandlerError, Request, RpcServer, ServerConfig};
@@ -494,7 +494,10 @@ async fn locked_streams_get_a_dedicated_backend() {
         .unwrap();
     let addr = server.local_addr().to_string();
     let c = client(ClientConfig::new().max_backends_per_host(2)).await;
-    let mut stream = c.new_stream(&addr, 8, true).await.unwrap();
+    let mut stream = c
+        .new_stream(&addr, StreamOptions::new().buffer(8).lock(true))
+        .await
+        .unwrap();
     stream.send(msg("s"), SendOptions::new()).await.unwrap();
     let stream_conn = within("stream echo", stream.next())
         .await
@@ -674,7 +677,10 @@ async fn closing_a_stream_as_a_sink_flushes_the_message_it_holds() {
     // A one-message send queue: the Sink holds a message whenever the queue is full.
     let c: RpcClient<RawMessage> =
         RpcClient::new(ClientConfig::new(), BackendConfig::new().buffer_size(1)).await;
-    let mut stream = c.new_stream(&addr, 8, false).await.unwrap();
+    let mut stream = c
+        .new_stream(&addr, StreamOptions::new().buffer(8))
+        .await
+        .unwrap();
     for i in 0..3 {
         within("feed", stream.feed(msg(format!("{i}"))))
             .await

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use morpc_backend::{BackendConfig, BackendError, SendOptions};
 use morpc_client::{
-    BreakerConfig, BreakerState, ClientConfig, ClientError, RetryPolicy, RpcClient,
+    BreakerConfig, BreakerState, ClientConfig, ClientError, RetryPolicy, RpcClient, StreamOptions,
 };
 use morpc_codec::RawMessage;
 
@@ -130,7 +130,10 @@ async fn extreme_sizes_and_timeouts_are_saturated_not_panics() {
         .unwrap();
     assert_eq!(resp.body, "x");
     client.ping(&addr, Duration::MAX).await.unwrap();
-    let mut stream = client.new_stream(&addr, usize::MAX, false).await.unwrap();
+    let mut stream = client
+        .new_stream(&addr, StreamOptions::new().buffer(usize::MAX))
+        .await
+        .unwrap();
     stream.send(msg("s"), forever).await.unwrap();
     use futures::StreamExt;
     assert_eq!(stream.next().await.unwrap().unwrap().body, "s");
@@ -155,7 +158,10 @@ async fn dropping_the_last_client_lets_in_flight_requests_and_streams_finish() {
         .send(&addr, msg("in flight"), SendOptions::new())
         .await
         .unwrap();
-    let mut stream = client.new_stream(&addr, 4, false).await.unwrap();
+    let mut stream = client
+        .new_stream(&addr, StreamOptions::new().buffer(4))
+        .await
+        .unwrap();
     drop(client);
     // Before, both failed with ClientClosed the moment the client was dropped.
     assert_eq!(response.await.unwrap().body, "in flight");
@@ -227,7 +233,10 @@ async fn responses_and_streams_are_fused() {
     assert!(!response.is_terminated());
     assert_eq!((&mut response).await.unwrap().body, "x");
     assert!(response.is_terminated(), "select! must not poll it again");
-    let mut stream = client.new_stream(&addr, 4, false).await.unwrap();
+    let mut stream = client
+        .new_stream(&addr, StreamOptions::new().buffer(4))
+        .await
+        .unwrap();
     assert!(!stream.is_terminated());
     stream.close();
     while stream.next().await.is_some() {}

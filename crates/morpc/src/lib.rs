@@ -40,7 +40,7 @@
 //! let reply = client.request(&addr, RawMessage::new("ping"), SendOptions::timeout(Duration::from_secs(1))).await?;
 //! assert_eq!(reply.body, "ping");
 //!
-//! let mut stream = client.new_stream(&addr, 16, false).await?;
+//! let mut stream = client.new_stream(&addr, StreamOptions::new().buffer(16)).await?;
 //! stream.send(RawMessage::new("count:3"), SendOptions::new()).await?;
 //! for expected in ["0", "1", "2"] {
 //!     assert_eq!(stream.next().await.unwrap()?.body, expected);
@@ -88,6 +88,7 @@ pub mod prelude {
     pub use morpc_client::ClientService;
     pub use morpc_client::{
         ClientConfig, ClientError, ClientResponse, ClientStream, ClientTarget, RpcClient,
+        StreamOptions,
     };
     pub use morpc_codec::{CodecConfig, Framing, Message, RawMessage};
     pub use morpc_server::{

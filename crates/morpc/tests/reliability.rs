@@ -572,7 +572,9 @@ async fn soak(duration: Duration) {
                         }),
                     1 => {
                         async {
-                            let mut s = client.new_stream(&addr, 8, false).await?;
+                            let mut s = client
+                                .new_stream(&addr, StreamOptions::new().buffer(8))
+                                .await?;
                             s.send(
                                 RawMessage::new(body.clone()),
                                 SendOptions::timeout(Duration::from_secs(2)),

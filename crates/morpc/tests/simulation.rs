@@ -389,7 +389,10 @@ async fn stream_round(
     timeout: Duration,
     log: &SharedLog,
 ) -> String {
-    let mut stream = match client.new_stream(server, 16, false).await {
+    let mut stream = match client
+        .new_stream(server, StreamOptions::new().buffer(16))
+        .await
+    {
         Ok(stream) => stream,
         Err(e) => return format!("stream open err {}", error_kind(&e)),
     };
