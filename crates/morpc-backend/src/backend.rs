@@ -598,11 +598,10 @@ impl<Req: Message, Resp: Message> SendPermit<Req, Resp> {
             });
         }
         let (mut item, future) = self.backend.register(msg, opts)?;
-        let Some(charge) = shared.queue_budget.try_take(item.charge as usize) else {
+        if !shared.charge_now(&mut item) {
             drop(future);
             return Err(SendRejected::of(BackendError::Busy, item));
-        };
-        item.charge = charge as u32;
+        }
         self.permit.send(item);
         Ok(future)
     }

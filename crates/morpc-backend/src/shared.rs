@@ -341,17 +341,29 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         if let Err(e) = self.check_open() {
             return Err((Some(e), item));
         }
-        let Some(charge) = self.queue_budget.try_take(item.charge as usize) else {
+        if !self.charge_now(&mut item) {
             return Err((None, item));
-        };
-        // At most the item's size: fits.
-        item.charge = charge as u32;
+        }
         match self.queue.try_send(item) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(item)) => {
                 Err((Some(self.closed_error()), self.uncharge(item)))
             }
             Err(TrySendError::Full(item)) => Err((None, self.uncharge(item))),
+        }
+    }
+
+    /// Charges `item`'s bytes to the send queue's budget if it has room now (the item's
+    /// `charge` becomes what was taken); `false` when the budget is spent.
+    #[inline]
+    pub(crate) fn charge_now(&self, item: &mut WriteItem<Req>) -> bool {
+        match self.queue_budget.try_take(item.charge as usize) {
+            // At most the item's size: fits.
+            Some(charge) => {
+                item.charge = charge as u32;
+                true
+            }
+            None => false,
         }
     }
 

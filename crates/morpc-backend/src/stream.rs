@@ -154,9 +154,7 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
         self.rx.close();
         self.shared.pending.remove(self.id);
     }
-}
 
-impl<Req, Resp> BackendStream<Req, Resp> {
     /// Closes the stream and the connection it runs on (Go's `Stream.Close(true)`), for
     /// a stream whose state the caller no longer trusts: everything else in flight on
     /// that connection fails with
@@ -173,8 +171,7 @@ impl<Req, Resp> BackendStream<Req, Resp> {
     /// # Ok(()) }
     /// ```
     pub fn close_connection(&mut self) {
-        self.rx.close();
-        self.shared.pending.remove(self.id);
+        self.close();
         let current = self.shared.current.lock().clone();
         if let Some(state) = current {
             state.break_with(&self.shared, crate::ConnectionLost::ClosedWithStream);

@@ -138,17 +138,10 @@ pub(crate) async fn connect(
     connector: Option<&dyn Connector>,
     tls: Tls<'_>,
 ) -> Result<(BoxReader, BoxWriter), BackendError> {
-    let Some(connector) = connector else {
-        return dial(address, timeout, tls).await;
-    };
-    let result = match tokio::time::timeout(timeout, connector.connect(address)).await {
-        Ok(result) => result,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
-    };
-    result.map_err(|e| BackendError::Connect {
-        address: address.to_string(),
-        source: e.into(),
-    })
+    match connector {
+        Some(connector) => within(address, timeout, connector.connect(address)).await,
+        None => dial(address, timeout, tls).await,
+    }
 }
 
 /// Connects to `address` within `timeout` (TLS handshake included).
@@ -157,7 +150,17 @@ pub(crate) async fn dial(
     timeout: Duration,
     tls: Tls<'_>,
 ) -> Result<(BoxReader, BoxWriter), BackendError> {
-    let result = match tokio::time::timeout(timeout, dial_inner(address, tls)).await {
+    within(address, timeout, dial_inner(address, tls)).await
+}
+
+/// Runs the connect attempt `attempt` to `address` within `timeout`; its failure (or the
+/// timeout, as `TimedOut`) becomes [`BackendError::Connect`].
+async fn within(
+    address: &Address,
+    timeout: Duration,
+    attempt: impl Future<Output = io::Result<Connected>>,
+) -> Result<Connected, BackendError> {
+    let result = match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
     };
