@@ -32,6 +32,16 @@ struct SlowSend<Req> {
     deadline: Instant,
 }
 
+/// A send the client and its address's breaker let through (`RpcClient::admit`).
+struct Admitted {
+    /// The options, with the deadline resolved.
+    opts: SendOptions,
+    /// The breaker bookkeeping (its probe slot, if it took one).
+    outcome: Outcome,
+    /// The deadline.
+    deadline: Instant,
+}
+
 /// State shared by the client handle, its background tasks and its futures.
 pub(crate) struct Inner<Req, Resp> {
     /// The configuration.
@@ -357,24 +367,14 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         msg: Req,
         opts: SendOptions,
     ) -> Result<ClientResponse<Resp>, Result<SlowSend<Req>, ClientError>> {
-        if let Err(e) = self.check_open() {
-            return Err(Err(e));
-        }
-        let deadline = opts.resolve_deadline(self.inner().config.default_timeout);
-        let opts = opts.with_deadline(deadline);
-        let admission = match &target.breaker {
-            Some(breaker) => match breaker.allow() {
-                Some(admission) => Some(admission),
-                None => return Err(Err(ClientError::CircuitOpen(target.pool.address().clone()))),
-            },
-            None => None,
+        let Admitted {
+            opts,
+            outcome,
+            deadline,
+        } = match self.admit(target, opts) {
+            Ok(admitted) => admitted,
+            Err(e) => return Err(Err(e)),
         };
-        // From here on, dropping this send gives a probe slot back (`Outcome`'s drop).
-        let outcome = Outcome::new(
-            target.breaker.clone(),
-            admission,
-            self.inner().closed_flag.clone(),
-        );
         // Traced sends take the slow path, which runs in their span.
         let msg = if tracing::level_enabled!(tracing::Level::DEBUG) {
             msg
@@ -394,6 +394,37 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             outcome,
             deadline,
         }))
+    }
+
+    /// Lets a send through, or not: the client must be open and the address's breaker
+    /// must admit it. Resolves its deadline. From here on, dropping the send gives a
+    /// probe slot back (`Outcome`'s drop).
+    #[inline]
+    fn admit(
+        &self,
+        target: &Arc<Target<Req, Resp>>,
+        opts: SendOptions,
+    ) -> Result<Admitted, ClientError> {
+        self.check_open()?;
+        let deadline = opts.resolve_deadline(self.inner().config.default_timeout);
+        let opts = opts.with_deadline(deadline);
+        let admission = match &target.breaker {
+            Some(breaker) => match breaker.allow() {
+                Some(admission) => Some(admission),
+                None => return Err(ClientError::CircuitOpen(target.pool.address().clone())),
+            },
+            None => None,
+        };
+        let outcome = Outcome::new(
+            target.breaker.clone(),
+            admission,
+            self.inner().closed_flag.clone(),
+        );
+        Ok(Admitted {
+            opts,
+            outcome,
+            deadline,
+        })
     }
 
     /// The rest of a send that could not complete at once: in its span when tracing at
@@ -705,26 +736,22 @@ impl<Req: Message, Resp: Message> Reservation<Req, Resp> {
             target,
             permit,
         } = self;
-        client.check_open()?;
-        let deadline = opts.resolve_deadline(client.inner().config.default_timeout);
-        let opts = opts.with_deadline(deadline);
-        let admission = match &target.breaker {
-            Some(breaker) => match breaker.allow() {
-                Some(admission) => Some(admission),
-                None => return Err(ClientError::CircuitOpen(target.pool.address().clone())),
-            },
-            None => None,
-        };
-        let outcome = Outcome::new(
-            target.breaker.clone(),
-            admission,
-            client.inner().closed_flag.clone(),
-        );
+        let Admitted {
+            opts,
+            outcome,
+            deadline,
+        } = client.admit(&target, opts)?;
         match permit.send(msg, opts.clone()) {
             Ok(future) => Ok(ClientResponse::new(future, outcome)),
+            // Refused after all: the usual slow path, with the admission already taken.
             Err(SendRejected { message, .. }) => {
-                drop(outcome);
-                client.send_to_target(&target, message, opts).await
+                let slow = SlowSend {
+                    msg: message,
+                    opts,
+                    outcome,
+                    deadline,
+                };
+                Box::pin(client.send_slow(&target, slow)).await
             }
         }
     }
