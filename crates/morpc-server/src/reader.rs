@@ -208,11 +208,11 @@ where
         // Set once a handler made this dispatch wait: `read_at` is stale from then on.
         let mut waited_here = false;
         loop {
-            let (frame, received, received_nanos, waited): (Frame<Req>, Instant, u64, bool) =
+            let (frame, received_nanos, waited): (Frame<Req>, u64, bool) =
                 match self.ahead.pop(codec) {
                     Some(popped) => {
                         let (frame, at) = popped.map_err(CloseReason::BadFrame)?;
-                        (frame, at, session.control.nanos(at), true)
+                        (frame, session.control.nanos(at), true)
                     }
                     None => match self.reader.next_frame().map_err(CloseReason::BadFrame)? {
                         Some(frame) => {
@@ -221,12 +221,12 @@ where
                                 session.control.note_frame(read_nanos);
                                 framed = true;
                             }
-                            (frame, read_at, read_nanos, false)
+                            (frame, read_nanos, false)
                         }
                         None => return Ok(()),
                     },
                 };
-            let deadline = ConnControl::deadline(received, received_nanos, frame.headers.deadline);
+            let expiry = ConnControl::expiry(received_nanos, frame.headers.deadline);
             let message = match frame.body {
                 FrameBody::Message(m) => m,
                 FrameBody::Ping(id) => {
@@ -257,10 +257,10 @@ where
             // Nobody waits for a request whose deadline passed before its handler could
             // start: arrived with no time left, or waited behind an in-order handler.
             if auto_cancel
-                && deadline.at.is_some_and(|d| {
-                    frame.headers.deadline == Some(std::time::Duration::ZERO)
-                        || ((waited || waited_here) && d <= morpc_backend::connection::now())
-                })
+                && expiry != NO_EXPIRY
+                && (frame.headers.deadline == Some(std::time::Duration::ZERO)
+                    || ((waited || waited_here)
+                        && expiry <= session.control.nanos(morpc_backend::connection::now())))
             {
                 tracing::debug!(id, "request not run: its deadline passed before it started");
                 metrics::request_expired(&shared.name, false);
@@ -273,13 +273,13 @@ where
             let request = Request {
                 message,
                 sequence: self.sequence,
-                deadline: deadline.at,
+                deadline: session.control.instant(expiry),
                 trace: frame.headers.trace,
                 stream_seq: frame.stream_seq,
                 headers: frame.headers,
                 control: session.control.clone(),
             };
-            let client = ClientSession::new(session.clone(), deadline.expiry, request.trace);
+            let client = ClientSession::new(session.clone(), expiry, request.trace);
             if shared.config.concurrency <= 1 {
                 let handler = run_handler(shared, request, client);
                 tokio::pin!(handler);
@@ -322,8 +322,9 @@ where
             // Frames already buffered first (a ping that came in the same read as the
             // request must not wait for the peer's next bytes), then after each read.
             let read_at = self.reader.last_read();
+            let read_nanos = session.control.nanos(read_at);
             while let Some(raw) = self.reader.next_raw().map_err(CloseReason::BadFrame)? {
-                session.control.note_frame(session.control.nanos(read_at));
+                session.control.note_frame(read_nanos);
                 let control_frame = codec
                     .split_flag(&raw)
                     .is_some_and(|f| f & (flags::PING | flags::PONG | flags::CANCEL) != 0);

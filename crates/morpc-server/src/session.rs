@@ -74,24 +74,24 @@ impl ConnControl {
         (at.saturating_duration_since(self.accepted).as_nanos() as u64).min(u64::MAX - 1)
     }
 
-    /// The instant `expiry` (in [`nanos`](Self::nanos)) stands for; `None` for
-    /// `NO_EXPIRY`.
+    /// The instant `expiry` (in [`nanos`](Self::nanos)) stands for (at most the far
+    /// future `deadline_after` allows); `None` for `NO_EXPIRY`.
     #[inline]
     pub(crate) fn instant(&self, expiry: u64) -> Option<Instant> {
-        (expiry != NO_EXPIRY).then(|| self.accepted + Duration::from_nanos(expiry))
+        (expiry != NO_EXPIRY).then(|| {
+            morpc_backend::connection::deadline_after(self.accepted, Duration::from_nanos(expiry))
+        })
     }
 
-    /// The deadline `left` after `at`, which is `at_nanos` in [`nanos`](Self::nanos).
+    /// The expiry (in [`nanos`](Self::nanos)) of a deadline `left` after `at_nanos`;
+    /// `NO_EXPIRY` without one.
     #[inline]
-    pub(crate) fn deadline(at: Instant, at_nanos: u64, left: Option<Duration>) -> Deadline {
+    pub(crate) fn expiry(at_nanos: u64, left: Option<Duration>) -> u64 {
         match left {
-            None => Deadline::NONE,
-            Some(left) => Deadline {
-                at: Some(morpc_backend::connection::deadline_after(at, left)),
-                expiry: at_nanos
-                    .saturating_add(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
-                    .min(u64::MAX - 1),
-            },
+            None => NO_EXPIRY,
+            Some(left) => at_nanos
+                .saturating_add(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+                .min(u64::MAX - 1),
         }
     }
 
@@ -164,28 +164,11 @@ pub(crate) struct Outgoing<Resp> {
     pub(crate) expiry: u64,
 }
 
-/// `Deadline::expiry` of no deadline.
+/// The expiry of no deadline. A deadline is kept as nanoseconds after its connection was
+/// accepted (`ConnControl::nanos`): the writer turns it into the time left with integer
+/// arithmetic (an `Instant` difference per response cost 55 instructions), and it moves
+/// with every session in 8 bytes instead of 16.
 pub(crate) const NO_EXPIRY: u64 = u64::MAX;
-
-/// A request's deadline, as an instant (for its handler) and in nanoseconds after its
-/// connection was accepted (for its session and the writer, which turns it into the time
-/// left with integer arithmetic: an `Instant` difference per response cost 55
-/// instructions, and 8 bytes move with every session instead of 16).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Deadline {
-    /// The instant.
-    pub(crate) at: Option<Instant>,
-    /// Nanoseconds after the connection was accepted (`NO_EXPIRY`: none).
-    pub(crate) expiry: u64,
-}
-
-impl Deadline {
-    /// No deadline.
-    pub(crate) const NONE: Self = Self {
-        at: None,
-        expiry: NO_EXPIRY,
-    };
-}
 
 /// Room a queued frame's header is charged for, besides its message's body and payload.
 const FRAME_HEADER: usize = 64;

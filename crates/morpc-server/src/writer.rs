@@ -54,11 +54,6 @@ pub(crate) async fn write_loop<H, Resp: Message>(
             mut frame, expiry, ..
         } in batch.drain(..)
         {
-            if expiry != NO_EXPIRY {
-                let now =
-                    *now.get_or_insert_with(|| control.nanos(morpc_backend::connection::now()));
-                frame.headers.deadline = Some(Duration::from_nanos(expiry.saturating_sub(now)));
-            }
             if let FrameBody::Message(m) = &frame.body {
                 if shared
                     .config
@@ -69,6 +64,11 @@ pub(crate) async fn write_loop<H, Resp: Message>(
                     continue;
                 }
                 control.check_response_id(m.id());
+            }
+            if expiry != NO_EXPIRY {
+                let now =
+                    *now.get_or_insert_with(|| control.nanos(morpc_backend::connection::now()));
+                frame.headers.deadline = Some(Duration::from_nanos(expiry.saturating_sub(now)));
             }
             if let Err(e) = writer.encode(&shared.codec, &frame) {
                 // Sessions refuse oversized responses; what still cannot be encoded
