@@ -2,17 +2,9 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::str::FromStr;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
 use crate::BackendError;
-
-/// The read half of a connection.
-pub type BoxReader = Pin<Box<dyn AsyncRead + Send>>;
-/// The write half of a connection.
-pub type BoxWriter = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// Where a backend connects: a TCP `host:port` or a Unix socket `unix:///path`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

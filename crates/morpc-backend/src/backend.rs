@@ -11,13 +11,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{ByteBudget, bounded_capacity, deadline_after, now};
-use crate::future::Lease;
-use crate::pending::{Pending, PendingTable, StreamEnd, StreamSlot};
-use crate::shared::{
-    CLOSED, Canceller, ItemKind, ONE_WAY_DEADLINE, OPEN, Shared, UNUSABLE, WriteItem,
-};
+use crate::driver::{CLOSED, ItemKind, ONE_WAY_DEADLINE, OPEN, Shared, UNUSABLE, WriteItem};
+use crate::pending::{Canceller, Lease, Pending, PendingTable, StreamEnd, StreamSlot};
 use crate::{
-    Address, BackendConfig, BackendError, BackendStream, ResponseFuture, SendOptions, writer,
+    Address, BackendConfig, BackendError, BackendStream, ResponseFuture, SendOptions, driver,
 };
 
 /// One connection to a morpc server (TCP or Unix), with a writer task that batches frames
@@ -130,7 +127,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             let connected = shared.config.connect(&shared.address).await;
             crate::metrics::connected(connected.is_ok(), started.elapsed());
             let (reader, writer) = connected?;
-            Some(writer::Connection::start(&shared, reader, writer))
+            Some(driver::Connection::start(&shared, reader, writer))
         } else {
             None
         };
@@ -140,7 +137,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
                 .clone()
                 .expire(shared.closed.clone(), shared.canceller.clone()),
         );
-        tokio::spawn(writer::run(shared.clone(), rx, connection));
+        tokio::spawn(driver::run_writer(shared.clone(), rx, connection));
         Ok(Self {
             handle: Arc::new(Handle { shared }),
         })

@@ -28,33 +28,29 @@
 mod address;
 mod backend;
 mod config;
-mod conn_state;
 pub mod connection;
+mod driver;
 mod error;
 mod factory;
-mod future;
 mod ids;
-pub mod io;
 mod metrics;
 mod pending;
 mod pool;
-mod reader;
-mod shared;
 mod stream;
 mod transport;
-mod writer;
 
-pub use address::{Address, BoxReader, BoxWriter};
+pub use address::Address;
 pub use backend::{Backend, SendPermit, SendRejected};
 pub use config::{
     BackendConfig, DEFAULT_BATCH_SEND_SIZE, HeaderValues, OrphanHook, OrphanResponse,
     ReconnectPolicy, SendOptions, WriteFilter, seed_jitter,
 };
+pub use connection::{BoxReader, BoxWriter};
 pub use error::{BackendError, ConnectionLost};
 pub use factory::{BackendFactory, RemoteBackendFactory};
-pub use future::ResponseFuture;
 pub use ids::{IdBuildHasher, IdHasher};
 pub use morpc_codec as codec;
+pub use pending::ResponseFuture;
 pub use pool::{Pick, Pool};
 /// The rustls crate, for building TLS configurations (feature `rustls-ring`).
 #[cfg(feature = "rustls-ring")]

@@ -8,9 +8,8 @@ use morpc_codec::{Framing, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::ReusableBoxFuture;
 
-use crate::backend::Handle;
-use crate::pending::{StreamEnd, StreamItem};
-use crate::shared::{Enqueue, ItemKind, Shared, WriteItem};
+use crate::driver::{Enqueue, ItemKind, Shared, WriteItem};
+use crate::pending::{Lease, StreamEnd, StreamItem};
 use crate::{BackendError, SendOptions};
 
 /// A bidirectional stream over one backend connection.
@@ -29,7 +28,7 @@ pub struct BackendStream<Req, Resp> {
     /// The backend the stream lives on.
     shared: Arc<Shared<Req, Resp>>,
     /// Keeps the backend open while the stream exists, even with no `Backend` left.
-    _lease: Arc<Handle<Req, Resp>>,
+    _lease: Arc<dyn Lease<Resp>>,
     /// The sequence number of the next sent message (V07).
     next_seq: u32,
     /// Messages delivered by the reader, each with its charge to the stream budget.
@@ -61,7 +60,7 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
     pub(crate) fn new(
         id: u64,
         shared: Arc<Shared<Req, Resp>>,
-        lease: Arc<Handle<Req, Resp>>,
+        lease: Arc<dyn Lease<Resp>>,
         rx: mpsc::Receiver<StreamItem<Resp>>,
         end: Arc<StreamEnd>,
     ) -> Self {

@@ -68,7 +68,7 @@ impl BaselineClient {
             let mut buf = BytesMut::with_capacity(64 * 1024);
             while let Some(first) = rx.recv().await {
                 match yield_to {
-                    YieldTo::ReadyTasks => morpc_backend::io::yield_to_ready_tasks().await,
+                    YieldTo::ReadyTasks => morpc_backend::connection::yield_to_ready_tasks().await,
                     YieldTo::IoDriver => tokio::task::yield_now().await,
                 }
                 let mut chunks: Vec<Bytes> = Vec::new();
@@ -87,7 +87,7 @@ impl BaselineClient {
                     push(&mut buf, item);
                 }
                 chunks.push(buf.split().freeze());
-                if morpc_backend::io::write_chunks(&mut w, &mut chunks, None)
+                if morpc_backend::connection::write_chunks(&mut w, &mut chunks, None)
                     .await
                     .is_err()
                 {

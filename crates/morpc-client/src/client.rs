@@ -1,7 +1,7 @@
 //! `RpcClient`: an address table of pools, backend selection and growth, retries.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use morpc_backend::connection::{bounded_capacity, deadline_after, now};
@@ -17,29 +17,29 @@ use tracing::Instrument;
 use crate::breaker::{Breaker, BreakerState};
 use crate::response::Outcome;
 use crate::target::Target;
-use crate::targets::Targets;
-use crate::{ClientConfig, ClientError, ClientResponse, ClientStream, ClientTarget};
+use crate::target::Targets;
+use crate::{ClientConfig, ClientError, ClientResponse, ClientStream, StreamOptions};
 
 /// Where a send that could not complete at once goes on from.
-struct SlowSend<Req> {
+pub(crate) struct SlowSend<Req> {
     /// The message, never written yet.
-    msg: Req,
+    pub(crate) msg: Req,
     /// The options, with the deadline resolved.
-    opts: SendOptions,
+    pub(crate) opts: SendOptions,
     /// The breaker bookkeeping (its probe slot, if it took one).
-    outcome: Outcome,
+    pub(crate) outcome: Outcome,
     /// The deadline.
-    deadline: Instant,
+    pub(crate) deadline: Instant,
 }
 
 /// A send the client and its address's breaker let through (`RpcClient::admit`).
-struct Admitted {
+pub(crate) struct Admitted {
     /// The options, with the deadline resolved.
-    opts: SendOptions,
+    pub(crate) opts: SendOptions,
     /// The breaker bookkeeping (its probe slot, if it took one).
-    outcome: Outcome,
+    pub(crate) outcome: Outcome,
     /// The deadline.
-    deadline: Instant,
+    pub(crate) deadline: Instant,
 }
 
 /// State shared by the client handle, its background tasks and its futures.
@@ -151,10 +151,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             closed: CancellationToken::new(),
         });
         if !inner.config.max_idle.is_zero() {
-            tokio::spawn(crate::idle::idle_cleanup(
-                Arc::downgrade(&inner),
-                inner.closed.clone(),
-            ));
+            tokio::spawn(idle_cleanup(Arc::downgrade(&inner), inner.closed.clone()));
         }
         let client = Self {
             handle: Arc::new(Handle { inner }),
@@ -163,7 +160,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         client
     }
 
-    fn inner(&self) -> &Arc<Inner<Req, Resp>> {
+    pub(crate) fn inner(&self) -> &Arc<Inner<Req, Resp>> {
         &self.handle.inner
     }
 
@@ -196,12 +193,12 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
 
     /// The pool and breaker of the address named `name`, created empty on first use.
     #[inline]
-    fn target_named(&self, name: &str) -> Result<Arc<Target<Req, Resp>>, ClientError> {
+    pub(crate) fn target_named(&self, name: &str) -> Result<Arc<Target<Req, Resp>>, ClientError> {
         self.inner().targets.named(name, |a| self.new_target(a))
     }
 
     #[inline]
-    fn check_open(&self) -> Result<(), ClientError> {
+    pub(crate) fn check_open(&self) -> Result<(), ClientError> {
         if self.inner().closed_flag.load(Ordering::Acquire) {
             Err(ClientError::ClientClosed)
         } else {
@@ -257,7 +254,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     }
 
     /// Finds a backend for `target` by `deadline`, creating one when needed.
-    async fn select(
+    pub(crate) async fn select(
         &self,
         target: &Arc<Target<Req, Resp>>,
         deadline: Instant,
@@ -342,20 +339,6 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         Box::pin(self.send_slow(target, slow)).await
     }
 
-    /// A handle on the address named `address`, resolved once: sends through it skip the
-    /// address table (no lookup, no hashing), for callers that talk to one address a lot.
-    /// The handle keeps the address's pool and breaker; it works until the client closes.
-    ///
-    /// # Errors
-    /// [`ClientError::InvalidAddress`], [`ClientError::ClientClosed`].
-    pub fn target(&self, address: &str) -> Result<ClientTarget<Req, Resp>, ClientError> {
-        self.check_open()?;
-        Ok(ClientTarget {
-            client: self.clone(),
-            target: self.target_named(address)?,
-        })
-    }
-
     /// The synchronous part of a send: checks, the deadline, the breaker, and a backend
     /// with room right now. What is left (no backend yet, a full queue, a rejection to
     /// retry) comes back as the slow path's starting point.
@@ -400,7 +383,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     /// must admit it. Resolves its deadline. From here on, dropping the send gives a
     /// probe slot back (`Outcome`'s drop).
     #[inline]
-    fn admit(
+    pub(crate) fn admit(
         &self,
         target: &Arc<Target<Req, Resp>>,
         opts: SendOptions,
@@ -429,7 +412,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
 
     /// The rest of a send that could not complete at once: in its span when tracing at
     /// debug, waiting for a backend or for queue room, retrying rejections.
-    async fn send_slow(
+    pub(crate) async fn send_slow(
         &self,
         target: &Arc<Target<Req, Resp>>,
         slow: SlowSend<Req>,
@@ -520,24 +503,6 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         let deadline = deadline_after(now(), self.inner().config.default_timeout);
         let backend = self.backend_for(address, deadline).await?;
         backend.ready().await.map_err(Into::into)
-    }
-
-    /// Waits for a backend of `address` with room in its send queue and reserves a
-    /// place there: [`Reservation::send`] then sends without waiting for room (what
-    /// `tower`'s `poll_ready` promises). Dropping it gives the place back.
-    ///
-    /// # Errors
-    /// As [`ready`](RpcClient::ready).
-    pub async fn reserve(&self, address: &str) -> Result<Reservation<Req, Resp>, ClientError> {
-        let target = self.target_named(address)?;
-        let deadline = deadline_after(now(), self.inner().config.default_timeout);
-        let backend = self.select(&target, deadline).await?;
-        let permit = backend.reserve().await?;
-        Ok(Reservation {
-            client: self.clone(),
-            target,
-            permit,
-        })
     }
 
     /// Sends a request and waits for its response.
@@ -699,110 +664,32 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     }
 }
 
-/// A place reserved in the send queue of one of an address's backends, from
-/// [`RpcClient::reserve`].
-pub struct Reservation<Req, Resp> {
-    /// The client.
-    client: RpcClient<Req, Resp>,
-    /// The address's pool and breaker.
-    target: Arc<Target<Req, Resp>>,
-    /// The place.
-    permit: morpc_backend::SendPermit<Req, Resp>,
-}
-
-impl<Req, Resp> std::fmt::Debug for Reservation<Req, Resp> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reservation")
-            .field("address", self.target.pool.address())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<Req: Message, Resp: Message> Reservation<Req, Resp> {
-    /// Sends `msg` in the reserved place (the circuit breaker still decides first). A
-    /// send the reserved backend refuses after all (it closed meanwhile, or its byte
-    /// budget is spent) takes the client's usual path: another backend, retries within
-    /// the deadline.
-    ///
-    /// # Errors
-    /// As [`RpcClient::send`].
-    pub async fn send(
-        self,
-        msg: Req,
-        opts: SendOptions,
-    ) -> Result<ClientResponse<Resp>, ClientError> {
-        let Self {
-            client,
-            target,
-            permit,
-        } = self;
-        let Admitted {
-            opts,
-            outcome,
-            deadline,
-        } = client.admit(&target, opts)?;
-        match permit.send(msg, opts.clone()) {
-            Ok(future) => Ok(ClientResponse::new(future, outcome)),
-            // Refused after all: the usual slow path, with the admission already taken.
-            Err(SendRejected { message, .. }) => {
-                let slow = SlowSend {
-                    msg: message,
-                    opts,
-                    outcome,
-                    deadline,
-                };
-                Box::pin(client.send_slow(&target, slow)).await
-            }
+/// The idle-cleanup task of a client: once per `max_idle / 2` until the client closes, it
+/// closes backends idle for `max_idle` and forgets addresses left with nothing (so the
+/// address table does not grow with every address ever used).
+async fn idle_cleanup<Req: Message, Resp: Message>(
+    inner: Weak<Inner<Req, Resp>>,
+    closed: CancellationToken,
+) {
+    let period = match inner.upgrade() {
+        Some(inner) => {
+            (inner.config.max_idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5))
         }
-    }
-}
-
-/// How [`RpcClient::new_stream`] opens a stream. Named setters instead of positional
-/// arguments; the defaults are a buffer of 16 messages, no lock, and the client's
-/// `default_timeout` to open it.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamOptions {
-    /// Messages the stream buffers before the reader waits for its consumer.
-    buffer: usize,
-    /// Whether the stream's backend is dedicated to it until it closes.
-    lock: bool,
-    /// The longest opening may take (finding or creating a backend).
-    timeout: Option<Duration>,
-}
-
-impl Default for StreamOptions {
-    fn default() -> Self {
-        Self {
-            buffer: 16,
-            lock: false,
-            timeout: None,
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
         }
-    }
-}
-
-impl StreamOptions {
-    /// The defaults (see the type's docs).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Messages the stream buffers before the connection's reader waits for its consumer
-    /// (at least 1).
-    pub fn buffer(mut self, messages: usize) -> Self {
-        self.buffer = messages.max(1);
-        self
-    }
-
-    /// Dedicates the chosen backend to this stream until it closes (Go's
-    /// `NewStream(lock)`).
-    pub fn lock(mut self, on: bool) -> Self {
-        self.lock = on;
-        self
-    }
-
-    /// The longest opening may take (default: the client's `default_timeout`).
-    pub fn timeout(mut self, d: Duration) -> Self {
-        self.timeout = Some(d);
-        self
+        let Some(inner) = inner.upgrade() else { return };
+        let targets = inner.targets.all();
+        for target in targets {
+            target.pool.close_idle(inner.config.max_idle);
+        }
+        // An address in use holds its entry (a send in progress, a locked stream): only
+        // entries nobody else holds are forgotten.
+        inner.targets.forget_unused(Target::is_forgettable);
     }
 }

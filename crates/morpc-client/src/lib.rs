@@ -21,26 +21,28 @@
 
 mod breaker;
 mod client;
+mod client_target;
 mod config;
 mod error;
-mod idle;
 mod method;
+mod reservation;
 mod response;
 mod stream;
 mod target;
-mod targets;
 #[cfg(feature = "tower")]
 mod tower;
 
 pub use breaker::BreakerState;
-pub use client::{Reservation, RpcClient, StreamOptions};
+pub use client::RpcClient;
+pub use client_target::ClientTarget;
 pub use config::{BreakerConfig, ClientConfig, RetryPolicy};
 pub use error::ClientError;
 pub use method::{MethodCallError, MethodClient};
 pub use morpc_backend as backend;
 pub use morpc_codec as codec;
+pub use reservation::Reservation;
 pub use response::ClientResponse;
 pub use stream::ClientStream;
-pub use target::ClientTarget;
+pub use stream::StreamOptions;
 #[cfg(feature = "tower")]
 pub use tower::ClientService;

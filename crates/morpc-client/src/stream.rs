@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use morpc_backend::{Backend, BackendStream, SendOptions};
 use morpc_codec::Message;
@@ -128,5 +129,55 @@ impl<Req, Resp> ClientStream<Req, Resp> {
         lock: Option<StreamLock<Req, Resp>>,
     ) -> Self {
         Self { stream, lock }
+    }
+}
+
+/// How [`RpcClient::new_stream`](crate::RpcClient::new_stream) opens a stream. Named setters instead of positional
+/// arguments; the defaults are a buffer of 16 messages, no lock, and the client's
+/// `default_timeout` to open it.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    /// Messages the stream buffers before the reader waits for its consumer.
+    pub(crate) buffer: usize,
+    /// Whether the stream's backend is dedicated to it until it closes.
+    pub(crate) lock: bool,
+    /// The longest opening may take (finding or creating a backend).
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            buffer: 16,
+            lock: false,
+            timeout: None,
+        }
+    }
+}
+
+impl StreamOptions {
+    /// The defaults (see the type's docs).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Messages the stream buffers before the connection's reader waits for its consumer
+    /// (at least 1).
+    pub fn buffer(mut self, messages: usize) -> Self {
+        self.buffer = messages.max(1);
+        self
+    }
+
+    /// Dedicates the chosen backend to this stream until it closes (Go's
+    /// `NewStream(lock)`).
+    pub fn lock(mut self, on: bool) -> Self {
+        self.lock = on;
+        self
+    }
+
+    /// The longest opening may take (default: the client's `default_timeout`).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
     }
 }

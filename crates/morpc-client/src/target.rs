@@ -1,12 +1,18 @@
-//! One address as an `RpcClient` sees it: the backends' [`Pool`] (in `morpc-backend`)
-//! and the address's optional circuit breaker; and [`ClientTarget`], the handle on one
-//! address that users can keep.
+//! The addresses of an `RpcClient`: the table from address to [`Target`], and each
+//! address's backends ([`Pool`], in `morpc-backend`) and optional circuit breaker.
+//!
+//! Sends name their address as a string, so the table is looked up by that string first:
+//! one read lock and a multiply-per-word hash, with no parsing and no allocation. Only a
+//! name seen for the first time is parsed; names that parse to the same [`Address`]
+//! (`127.0.0.1:80` and `tcp://127.0.0.1:80`) share one target.
 
-use std::sync::Arc;
-
-use morpc_backend::{Address, Pool};
-
+use crate::ClientError;
 use crate::breaker::{Breaker, BreakerState};
+use morpc_backend::{Address, Pool};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// One address's pool and breaker.
 pub(crate) struct Target<Req, Resp> {
@@ -36,77 +42,165 @@ impl<Req, Resp> Target<Req, Resp> {
     }
 }
 
-/// One address of an [`RpcClient`](crate::RpcClient), resolved once
-/// ([`RpcClient::target`](crate::RpcClient::target)): its sends skip the client's address
-/// table. Cheap to clone; it keeps the client (and the address's pool) alive.
-pub struct ClientTarget<Req, Resp = Req> {
-    /// The client.
-    pub(crate) client: crate::RpcClient<Req, Resp>,
-    /// The address's pool and breaker.
-    pub(crate) target: Arc<Target<Req, Resp>>,
-}
+/// A hasher for address names: a multiply per eight bytes (FxHash's mix). Names come
+/// from the application's own configuration, not from peers choosing keys.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct NameHasher(u64);
 
-impl<Req, Resp> Clone for ClientTarget<Req, Resp> {
-    fn clone(&self) -> Self {
-        Self {
-            client: self.client.clone(),
-            target: self.target.clone(),
+impl Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            // The last bytes as one zero-padded word (the length goes in too, with the
+            // `str` hash's terminator), not a mix per byte.
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
         }
     }
 }
 
-impl<Req, Resp> std::fmt::Debug for ClientTarget<Req, Resp> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTarget")
-            .field("address", self.target.pool.address())
-            .finish()
+/// The targets by the names sends used, and by parsed address.
+struct Maps<Req, Resp> {
+    /// Every name a send used → its target.
+    by_name: HashMap<Box<str>, Arc<Target<Req, Resp>>, BuildHasherDefault<NameHasher>>,
+    /// Each address → its one target.
+    by_address: HashMap<Address, Arc<Target<Req, Resp>>>,
+}
+
+/// The address table.
+pub(crate) struct Targets<Req, Resp> {
+    /// Both maps, under one lock (read on the hot path).
+    maps: RwLock<Maps<Req, Resp>>,
+}
+
+impl<Req, Resp> Default for Targets<Req, Resp> {
+    fn default() -> Self {
+        Self {
+            maps: RwLock::new(Maps {
+                by_name: HashMap::default(),
+                by_address: HashMap::new(),
+            }),
+        }
     }
 }
 
-impl<Req: morpc_codec::Message, Resp: morpc_codec::Message> ClientTarget<Req, Resp> {
-    /// The address.
-    pub fn address(&self) -> &Address {
-        self.target.pool.address()
+impl<Req, Resp> Targets<Req, Resp> {
+    /// The target named `name`, if a send used that name before.
+    #[inline]
+    pub(crate) fn get_named(&self, name: &str) -> Option<Arc<Target<Req, Resp>>> {
+        self.maps.read().by_name.get(name).cloned()
     }
 
-    /// As [`RpcClient::send`](crate::RpcClient::send), to this address.
+    /// The target of `name`, created with `make` if its address has none.
     ///
     /// # Errors
-    /// As [`RpcClient::send`](crate::RpcClient::send).
-    pub async fn send(
+    /// [`ClientError::InvalidAddress`] when `name` is not an address.
+    #[inline]
+    pub(crate) fn named(
         &self,
-        msg: Req,
-        opts: morpc_backend::SendOptions,
-    ) -> Result<crate::ClientResponse<Resp>, crate::ClientError> {
-        self.client.send_to_target(&self.target, msg, opts).await
+        name: &str,
+        make: impl FnOnce(&Address) -> Target<Req, Resp>,
+    ) -> Result<Arc<Target<Req, Resp>>, ClientError> {
+        if let Some(target) = self.get_named(name) {
+            return Ok(target);
+        }
+        let address: Address = name
+            .parse()
+            .map_err(|_| ClientError::InvalidAddress(name.to_owned()))?;
+        let mut maps = self.maps.write();
+        let target = maps
+            .by_address
+            .entry(address.clone())
+            .or_insert_with(|| Arc::new(make(&address)))
+            .clone();
+        maps.by_name.insert(name.into(), target.clone());
+        Ok(target)
     }
 
-    /// As [`RpcClient::request`](crate::RpcClient::request), to this address.
-    ///
-    /// # Errors
-    /// As [`RpcClient::request`](crate::RpcClient::request).
-    pub async fn request(
+    /// The target of `address`, created with `make` if it has none.
+    pub(crate) fn of_address(
         &self,
-        msg: Req,
-        opts: morpc_backend::SendOptions,
-    ) -> Result<Resp, crate::ClientError> {
-        self.client
-            .send_to_target(&self.target, msg, opts)
-            .await?
-            .await
+        address: &Address,
+        make: impl FnOnce(&Address) -> Target<Req, Resp>,
+    ) -> Arc<Target<Req, Resp>> {
+        if let Some(target) = self.maps.read().by_address.get(address) {
+            return target.clone();
+        }
+        self.maps
+            .write()
+            .by_address
+            .entry(address.clone())
+            .or_insert_with(|| Arc::new(make(address)))
+            .clone()
     }
 
-    /// As [`RpcClient::send_oneway`](crate::RpcClient::send_oneway), to this address.
-    ///
-    /// # Errors
-    /// As [`RpcClient::send_oneway`](crate::RpcClient::send_oneway).
-    pub async fn send_oneway(
-        &self,
-        msg: Req,
-        opts: morpc_backend::SendOptions,
-    ) -> Result<(), crate::ClientError> {
-        self.client
-            .send_oneway_to_target(&self.target, msg, opts)
-            .await
+    /// The target of `name`, if there is one (without creating it).
+    pub(crate) fn find(&self, name: &str) -> Option<Arc<Target<Req, Resp>>> {
+        if let Some(target) = self.get_named(name) {
+            return Some(target);
+        }
+        let address: Address = name.parse().ok()?;
+        self.maps.read().by_address.get(&address).cloned()
+    }
+
+    /// Removes the target of `name`'s address, with every name of it.
+    pub(crate) fn remove(&self, name: &str) -> Option<Arc<Target<Req, Resp>>> {
+        let address: Address = name.parse().ok()?;
+        let mut maps = self.maps.write();
+        let removed = maps.by_address.remove(&address)?;
+        maps.by_name.retain(|_, t| !Arc::ptr_eq(t, &removed));
+        Some(removed)
+    }
+
+    /// Forgets the targets nobody outside the table holds (no send in progress, no locked
+    /// stream) for which `forgettable` is true. Under the write lock, which every creation
+    /// takes too, so no lookup races with it.
+    pub(crate) fn forget_unused(&self, forgettable: impl Fn(&Target<Req, Resp>) -> bool) {
+        let mut maps = self.maps.write();
+        let maps = &mut *maps;
+        // The table's own references to each target: one by address, one per name.
+        let mut names: HashMap<*const Target<Req, Resp>, usize> = HashMap::new();
+        for target in maps.by_name.values() {
+            *names.entry(Arc::as_ptr(target)).or_default() += 1;
+        }
+        maps.by_address.retain(|_, t| {
+            let in_table = 1 + names.get(&Arc::as_ptr(t)).copied().unwrap_or(0);
+            let held_elsewhere = Arc::strong_count(t) > in_table;
+            held_elsewhere || !forgettable(t)
+        });
+        let by_address = &maps.by_address;
+        maps.by_name.retain(|_, t| {
+            by_address
+                .get(t.pool.address())
+                .is_some_and(|kept| Arc::ptr_eq(kept, t))
+        });
+    }
+
+    /// Every target.
+    pub(crate) fn all(&self) -> Vec<Arc<Target<Req, Resp>>> {
+        self.maps.read().by_address.values().cloned().collect()
+    }
+
+    /// Takes every target out of the table.
+    pub(crate) fn drain(&self) -> Vec<Arc<Target<Req, Resp>>> {
+        let mut maps = self.maps.write();
+        maps.by_name.clear();
+        maps.by_address.drain().map(|(_, t)| t).collect()
+    }
+
+    /// Number of addresses.
+    pub(crate) fn len(&self) -> usize {
+        self.maps.read().by_address.len()
     }
 }

@@ -2,22 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::Framing;
 use crate::headers::{HeaderCodec, HeaderCodecs, default_header_codecs};
-
-/// The wire framing; both ends of a connection must use the same one.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
-#[non_exhaustive]
-pub enum Framing {
-    /// MatrixOne morpc v0.5.0: `len | flag | [msize] | message | [payload]`. No checksum,
-    /// headers, stream sequence or ping.
-    V05,
-    /// MatrixOne morpc since v0.7.0 (the default): checksum, payload length, custom
-    /// headers, stream sequence, ping/pong and LZ4 compression, each behind a flag bit.
-    #[default]
-    V07,
-}
 
 /// How the decoder treats flag bits it does not know.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

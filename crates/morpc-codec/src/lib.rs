@@ -36,6 +36,7 @@ mod codec;
 mod config;
 mod error;
 mod frame;
+mod framing;
 mod headers;
 mod lz4;
 mod message;
@@ -49,11 +50,11 @@ mod v07;
 
 pub use codec::{Codec, DECODE_GROWTH, MAX_DECODE_RESERVE};
 pub use config::{
-    CodecConfig, FlagChecking, Framing, V05_DEFAULT_MAX_FRAME, V07_DEFAULT_MAX_BODY,
-    V07_FRAME_SLACK,
+    CodecConfig, FlagChecking, V05_DEFAULT_MAX_FRAME, V07_DEFAULT_MAX_BODY, V07_FRAME_SLACK,
 };
 pub use error::{CodecError, FrameError};
 pub use frame::{Frame, FrameBody, flags};
+pub use framing::Framing;
 pub use headers::{
     DeadlineHeader, FrameHeaders, HeaderCodec, HeaderCodecs, TraceContext, TraceHeader,
     default_header_codecs,

@@ -2,15 +2,10 @@
 //! when the client's cancel frame for it arrives, when the connection closes, and when
 //! the server shuts down.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use parking_lot::Mutex;
-use tokio::sync::Notify;
-
-use crate::session::ConnControl;
+use crate::control::ConnControl;
 
 /// Why a request's [`CancelSignal`] fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,90 +140,5 @@ impl CancelSignal {
     /// The request's deadline, if its frame carried one.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
-    }
-}
-
-/// Most cancelled request ids a connection remembers for signals (the oldest go first),
-/// so that a peer sending cancel after cancel costs a bounded amount of memory.
-const REMEMBERED_CANCELS: usize = 256;
-
-/// The request ids of one connection whose client sent a cancel frame while their
-/// handler ran, and the wake-up for signals waiting on them.
-#[derive(Debug, Default)]
-pub(crate) struct CancelBoard {
-    /// Set once any id was cancelled: lets `contains` skip the lock on the usual path.
-    any: AtomicBool,
-    /// The ids, oldest first.
-    ids: Mutex<VecDeque<u64>>,
-    /// Woken at every cancel.
-    posted: Notify,
-}
-
-impl CancelBoard {
-    /// Records that the client cancelled request `id` and wakes the signals waiting.
-    pub(crate) fn cancel(&self, id: u64) {
-        {
-            let mut ids = self.ids.lock();
-            if !ids.contains(&id) {
-                if ids.len() >= REMEMBERED_CANCELS {
-                    ids.pop_front();
-                }
-                ids.push_back(id);
-            }
-        }
-        self.any.store(true, Ordering::Release);
-        self.posted.notify_waiters();
-    }
-
-    /// Whether the client cancelled request `id`.
-    pub(crate) fn contains(&self, id: u64) -> bool {
-        self.any.load(Ordering::Acquire) && self.ids.lock().contains(&id)
-    }
-
-    /// Resolves once the client cancelled request `id`.
-    async fn cancelled(&self, id: u64) {
-        loop {
-            let posted = self.posted.notified();
-            tokio::pin!(posted);
-            // Registered before checking, so a cancel in between is not missed.
-            posted.as_mut().enable();
-            if self.contains(id) {
-                return;
-            }
-            posted.await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_board_remembers_a_bounded_number_of_cancels() {
-        let board = CancelBoard::default();
-        assert!(!board.contains(1));
-        for id in 1..=(REMEMBERED_CANCELS as u64 + 10) {
-            board.cancel(id);
-            board.cancel(id);
-        }
-        assert_eq!(board.ids.lock().len(), REMEMBERED_CANCELS);
-        assert!(!board.contains(1), "the oldest were forgotten");
-        assert!(board.contains(REMEMBERED_CANCELS as u64 + 10));
-    }
-
-    #[tokio::test]
-    async fn a_waiting_signal_wakes_on_its_own_cancel_only() {
-        let board = Arc::new(CancelBoard::default());
-        let waiting = tokio::spawn({
-            let board = board.clone();
-            async move { board.cancelled(7).await }
-        });
-        tokio::task::yield_now().await;
-        board.cancel(6);
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "another request's cancel");
-        board.cancel(7);
-        waiting.await.unwrap();
     }
 }

@@ -16,8 +16,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::ConnControl;
 use crate::reader::ConnReader;
-use crate::session::{ConnControl, SessionShared};
+use crate::session::SessionShared;
 use crate::shared::{ServerShared, Streams};
 use crate::{CloseReason, Handler};
 

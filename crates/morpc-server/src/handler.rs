@@ -13,8 +13,8 @@ use tokio::time::Sleep;
 use morpc_backend::connection::panic_message;
 use morpc_codec::{FrameHeaders, Message, TraceContext};
 
+use crate::control::ConnControl;
 use crate::metrics;
-use crate::session::ConnControl;
 use crate::{CancelReason, CancelSignal, ClientSession, CloseReason, HandlerError, ServerError};
 
 /// One decoded request, with what its frame carried.

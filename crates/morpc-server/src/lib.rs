@@ -22,6 +22,7 @@
 mod cancel;
 mod config;
 mod connection;
+mod control;
 mod error;
 mod handler;
 mod listener;

@@ -17,9 +17,10 @@ use morpc_codec::{Codec, CodecError, Frame, FrameBody, FrameHeaders, Message, fl
 use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 
+use crate::control::{ConnControl, NO_EXPIRY};
 use crate::handler::run_handler;
 use crate::metrics;
-use crate::session::{ConnControl, NO_EXPIRY, SessionShared};
+use crate::session::SessionShared;
 use crate::shared::{ServerShared, Streams};
 use crate::{ClientSession, CloseReason, Handler, Request, ServerError};
 

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::serve;
+use crate::control::ConnControl;
 use crate::listener::Listener;
-use crate::session::ConnControl;
 use crate::shared::ServerShared;
 use crate::{CloseReason, Handler, ServerConfig, ServerError};
 

@@ -11,8 +11,9 @@ use morpc_codec::{FrameBody, Framing, Message};
 use tokio::sync::mpsc;
 
 use crate::CloseReason;
+use crate::control::{ConnControl, NO_EXPIRY};
 use crate::metrics;
-use crate::session::{ConnControl, NO_EXPIRY, Outgoing};
+use crate::session::Outgoing;
 use crate::shared::{ServerShared, Streams};
 
 /// Writes queued responses in batches until every session is gone (then flushes and
@@ -36,7 +37,7 @@ pub(crate) async fn write_loop<H, Resp: Message>(
         let more = tokio::select! {
             biased;
             () = &mut stopped => break,
-            more = morpc_backend::io::next_batch(&mut rx, &mut batch, batch_size) => more,
+            more = morpc_backend::connection::next_batch(&mut rx, &mut batch, batch_size) => more,
         };
         if !more {
             let _ = writer.shutdown().await;

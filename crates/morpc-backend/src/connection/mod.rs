@@ -9,18 +9,24 @@
 //! reaches into the client backend's own modules.
 
 mod budget;
-mod frame_reader;
-mod frame_writer;
+mod framed;
 mod read_timer;
 mod stream_numbering;
 mod supervise;
 
 pub use budget::{ByteBudget, Held, SharedBudget, message_bytes};
-pub use frame_reader::{FrameReader, ReadError};
-pub use frame_writer::{FrameWriter, WriteError};
+pub use framed::{
+    FrameReader, FrameWriter, ReadError, WriteError, is_stall, next_batch, write_chunks,
+    yield_to_ready_tasks,
+};
 pub use read_timer::{ReadLimits, ReadTimeout, ReadTimer};
 pub use stream_numbering::StreamNumbering;
 pub use supervise::{TaskPanic, catch_panic, panic_message};
+
+/// The read half of a connection.
+pub type BoxReader = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+/// The write half of a connection.
+pub type BoxWriter = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 
 /// The current time from tokio's clock, so that timing rules run on paused time in tests
 /// (`tokio::time::pause`); without the `test-util` feature it is `Instant::now()`.

@@ -1,17 +1,24 @@
-//! The read half of a connection, for both sides: one buffer kept compact, complete
-//! frames split off it without copying, and the read limits of [`ReadTimer`] enforced
-//! with one lazily reset timer (no timer work per read).
+//! A framed connection, for both sides. The read half ([`FrameReader`]): one buffer kept
+//! compact, complete frames split off it without copying, and the read limits of
+//! [`ReadTimer`] enforced with one lazily reset timer (no timer work per read). The write
+//! half ([`FrameWriter`]): frames encoded into one buffer, payloads kept as their own
+//! chunks (never copied), one vectored write sequence and one flush per batch, bounded in
+//! time; and the batching helpers the writers (and the benchmark's hand-written
+//! baseline) share: [`next_batch`], [`yield_to_ready_tasks`], [`write_chunks`].
 
+use std::io::IoSlice;
 use std::pin::Pin;
-use std::time::Instant;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use morpc_codec::{Codec, CodecError, DECODE_GROWTH, Frame, Message};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
+use super::{BoxReader, BoxWriter};
 use super::{ReadLimits, ReadTimeout, ReadTimer};
-use crate::BoxReader;
 
 /// Why a connection's read side stopped.
 #[derive(Debug, thiserror::Error)]
@@ -226,8 +233,271 @@ impl FrameReader {
     }
 }
 
+/// Why a batch could not be written. The connection is unusable afterwards.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// Writing the socket failed.
+    #[error("write failed: {0}")]
+    Io(std::io::Error),
+    /// The peer accepted no bytes for the stall bound: it stopped reading.
+    #[error("the peer accepted no bytes for {0:?}")]
+    Stalled(Duration),
+}
+
+/// The write half of one connection and its batch buffer.
+pub struct FrameWriter {
+    /// The socket's write half.
+    io: BoxWriter,
+    /// Headers and bodies of the batch, split into `chunks` at each payload.
+    buf: BytesMut,
+    /// What to write, in order.
+    chunks: Vec<Bytes>,
+    /// Bytes the last flush wrote, whether it succeeded or not.
+    last_written: usize,
+}
+
+impl std::fmt::Debug for FrameWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameWriter")
+            .field("pending", &self.pending_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Room reserved for each batch's small frames.
+const BATCH_BUFFER: usize = 64 * 1024;
+
+impl FrameWriter {
+    /// A writer of `io`.
+    pub fn new(io: BoxWriter) -> Self {
+        Self {
+            io,
+            buf: BytesMut::with_capacity(BATCH_BUFFER),
+            chunks: Vec::with_capacity(4),
+            last_written: 0,
+        }
+    }
+
+    /// Appends `frame` to the batch. On error nothing is appended.
+    ///
+    /// # Errors
+    /// The codec's error (too large, unsupported in this framing).
+    #[inline]
+    pub fn encode<M: Message>(
+        &mut self,
+        codec: &Codec,
+        frame: &Frame<M>,
+    ) -> Result<(), CodecError> {
+        if self.chunks.is_empty() && self.buf.is_empty() {
+            // A new batch: the previous batch's chunks are gone, so this reclaims the
+            // same allocation.
+            self.buf.reserve(BATCH_BUFFER);
+        }
+        if let Some(payload) = codec.encode(frame, &mut self.buf)? {
+            self.chunks.push(self.buf.split().freeze());
+            self.chunks.push(payload);
+        }
+        Ok(())
+    }
+
+    /// Whether nothing is waiting to be written.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.chunks.is_empty()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len() + self.chunks.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// Writes the batch with vectored writes, flushes once, and returns the bytes written.
+    /// Every write must make progress within `stall`: a peer that stops reading fails the
+    /// batch after it, however long a slow but reading peer takes for the whole batch.
+    /// On error the batch is dropped.
+    ///
+    /// # Errors
+    /// [`WriteError::Stalled`], [`WriteError::Io`].
+    pub async fn flush(&mut self, stall: Duration) -> Result<usize, WriteError> {
+        let bytes = self.pending_bytes();
+        if !self.buf.is_empty() {
+            self.chunks.push(self.buf.split().freeze());
+        }
+        let written = write_chunks(&mut self.io, &mut self.chunks, Some(stall))
+            .await
+            .map_err(|e| {
+                if is_stall(&e) {
+                    WriteError::Stalled(stall)
+                } else {
+                    WriteError::Io(e)
+                }
+            });
+        self.last_written = match written {
+            Ok(()) => bytes,
+            // Chunks are advanced past what was written, even when the write failed or
+            // its bound expired half-way.
+            Err(_) => bytes - self.chunks.iter().map(Bytes::len).sum::<usize>(),
+        };
+        self.chunks.clear();
+        written.map(|()| bytes)
+    }
+
+    /// Bytes the last [`flush`](FrameWriter::flush) wrote, also when it failed part-way
+    /// (for byte counters that must not undercount).
+    pub fn last_written(&self) -> usize {
+        self.last_written
+    }
+
+    /// Flushes and shuts the write half down (the peer reads the end of the stream).
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.io.shutdown().await
+    }
+}
+
+/// Waits for the next item of `rx` and collects it, with whatever else is queued, into
+/// `batch` (up to `max` items). Returns `false` once `rx` is closed and empty.
+///
+/// When fewer than `max` items are queued it lets the ready tasks run once first (see
+/// [`yield_to_ready_tasks`]), so that tasks woken together can enqueue before the batch
+/// is cut: under tokio a writer woken for every message otherwise writes one frame per
+/// syscall (measured on this project's machine: the yield made a client 3.5× faster at 16
+/// in flight and 10× at 256).
+pub async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> bool {
+    // `recv_many` hands the queue's permits back once per call, not once per item.
+    if rx.recv_many(batch, max).await == 0 {
+        return false;
+    }
+    if batch.len() < max {
+        yield_to_ready_tasks().await;
+        // Take what arrived meanwhile without waiting (a no-op waker: nothing is woken
+        // for a queue that is empty now).
+        let mut cx = Context::from_waker(Waker::noop());
+        let room = max - batch.len();
+        let _ = rx.poll_recv_many(&mut cx, batch, room);
+    }
+    true
+}
+
+/// Returns after the tasks that are ready now have had a turn: the caller wakes itself
+/// and goes to the back of its scheduler's run queue once.
+///
+/// Unlike `tokio::task::yield_now`, which defers the caller until the runtime has polled
+/// its I/O driver, this costs no `epoll_wait`: with a yield per written batch that was one
+/// more syscall per batch on each side (measured: 4 instead of 3 `epoll_wait` per round
+/// trip of a 16-request batch).
+pub async fn yield_to_ready_tasks() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// Most slices handed to one `write_vectored` call.
+const MAX_IO_SLICES: usize = 64;
+
+/// Writes every chunk in order with vectored writes (payload chunks are never copied),
+/// then flushes once. Chunks are advanced past what was written (a chunk written whole is
+/// left empty), so what remains in them is what was not written.
+///
+/// With `stall`, every single write (and the flush) must make progress within it: a peer
+/// that stops reading fails the write with `TimedOut` (see [`is_stall`]) after `stall`, however long the
+/// whole batch would take a slow but reading peer. The timer is only armed when a write
+/// has to wait.
+///
+/// # Errors
+/// The writer's error, `WriteZero` when it accepts no bytes, or `TimedOut` on a stall.
+pub async fn write_chunks<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    chunks: &mut [Bytes],
+    stall: Option<std::time::Duration>,
+) -> std::io::Result<()> {
+    let mut first = 0;
+    loop {
+        // Empty chunks carry nothing; a write of only empty slices would return 0.
+        while chunks.get(first).is_some_and(|c| c.is_empty()) {
+            first += 1;
+        }
+        if first == chunks.len() {
+            break;
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+        let mut count = 0;
+        for chunk in chunks[first..].iter().take(MAX_IO_SLICES) {
+            slices[count] = IoSlice::new(chunk);
+            count += 1;
+        }
+        let mut written = bounded(stall, writer.write_vectored(&slices[..count])).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let chunk = &mut chunks[first];
+            if written >= chunk.len() {
+                written -= chunk.len();
+                chunk.clear();
+                first += 1;
+            } else {
+                chunk.advance(written);
+                written = 0;
+            }
+        }
+    }
+    bounded(stall, writer.flush()).await
+}
+
+/// The cause inside the `TimedOut` error of a write that made no progress for its stall
+/// bound, so callers tell it from the operating system's own `TimedOut`.
+#[derive(Debug)]
+struct Stalled(std::time::Duration);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peer accepted no bytes for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+/// Whether `e` is the stall bound of [`write_chunks`] expiring.
+pub fn is_stall(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Stalled>())
+}
+
+/// Runs `io`, failing with `TimedOut` if it is not done within `stall` (when given).
+/// The timer is armed only if `io` cannot finish at once (most writes complete on their
+/// first poll).
+async fn bounded<T>(
+    stall: Option<std::time::Duration>,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let Some(stall) = stall else {
+        return io.await;
+    };
+    let mut io = std::pin::pin!(io);
+    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(io.as_mut().poll(cx))).await {
+        return done;
+    }
+    match tokio::time::timeout(stall, io).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            Stalled(stall),
+        )),
+    }
+}
+
 #[cfg(test)]
-mod tests {
+mod reader_tests {
     use std::time::Duration;
 
     use super::*;
@@ -375,5 +645,53 @@ mod tests {
         );
         let waited = stalled.elapsed();
         assert!(waited >= Duration::from_secs(5) && waited < Duration::from_millis(5_010));
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use morpc_codec::{CodecConfig, RawMessage};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_that_stalls_part_way_reports_what_it_wrote() {
+        // A pipe with room for 1 KiB that nobody reads.
+        let (_peer, io) = tokio::io::duplex(1024);
+        let (_, write_half) = tokio::io::split(io);
+        let mut writer = FrameWriter::new(Box::pin(write_half));
+        let codec = Codec::new(CodecConfig::default());
+        let frame = Frame::message(RawMessage::with_payload("x", vec![0u8; 8192]));
+        writer.encode(&codec, &frame).unwrap();
+        let total = writer.pending_bytes();
+        let err = writer.flush(Duration::from_secs(1)).await.unwrap_err();
+        assert!(
+            matches!(err, WriteError::Stalled(d) if d == Duration::from_secs(1)),
+            "{err:?}"
+        );
+        assert_eq!(writer.last_written(), 1024, "of {total}");
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_every_chunk_in_order_and_skips_empty_ones() {
+        let mut out = Vec::new();
+        let mut chunks = vec![
+            Bytes::new(),
+            Bytes::from_static(b"head"),
+            Bytes::new(),
+            Bytes::from(vec![7u8; 100_000]),
+            Bytes::from_static(b"tail"),
+            Bytes::new(),
+        ];
+        write_chunks(&mut out, &mut chunks, None).await.unwrap();
+        let mut want = b"head".to_vec();
+        want.extend_from_slice(&[7u8; 100_000]);
+        want.extend_from_slice(b"tail");
+        assert_eq!(out, want);
     }
 }
