@@ -45,6 +45,10 @@ pub(crate) enum ItemKind {
     OneWay,
     /// A stream message: written even when late, since it is already sequenced.
     Stream,
+    /// A stream message fed through the stream's `Sink`, with the default timeout: its
+    /// deadline counts from when it is written (the batch's clock reading), so queueing
+    /// it reads no clock. Otherwise a `Stream` item.
+    Fed,
     /// A heartbeat ping: nobody waits.
     Heartbeat,
     /// A cancel-extension frame for a dropped request: nobody waits.
@@ -55,6 +59,11 @@ impl ItemKind {
     /// Whether a pending-table entry waits for this item's answer.
     pub(crate) fn has_waiter(self) -> bool {
         matches!(self, Self::Request | Self::Ping)
+    }
+
+    /// Whether the item's deadline is set only when it is written (`Fed`).
+    pub(crate) fn deadline_from_write(self) -> bool {
+        self == Self::Fed
     }
 }
 
@@ -294,13 +303,11 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         Ok(WriteItem {
             body: FrameBody::Message(msg),
             id,
-            deadline: crate::connection::deadline_after(
-                crate::connection::now(),
-                self.config.default_timeout,
-            ),
+            // Set when it is written, or when it has to wait for room (`Fed`).
+            deadline: self.created,
             extras: None,
             stream_seq: seq,
-            kind: ItemKind::Stream,
+            kind: ItemKind::Fed,
             charge,
         })
     }
@@ -388,6 +395,14 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         &self,
         mut item: WriteItem<Req>,
     ) -> Result<(), (BackendError, WriteItem<Req>)> {
+        if item.kind.deadline_from_write() {
+            // Waiting counts against its timeout; it is not reset when it is written.
+            item.deadline = crate::connection::deadline_after(
+                crate::connection::now(),
+                self.config.default_timeout,
+            );
+            item.kind = ItemKind::Stream;
+        }
         let (deadline, bytes) = (item.deadline, item.charge as usize);
         let room = async move {
             let charge = self.queue_budget.take_held(bytes).await;
@@ -667,7 +682,11 @@ fn prepare<Req: Message, Resp>(
         // accepted, as bytes written to a socket before closing it are.
         match item.kind {
             ItemKind::Request | ItemKind::Ping => shared.pending.mark_written(item.id, epoch),
-            ItemKind::Stream | ItemKind::OneWay | ItemKind::Heartbeat | ItemKind::Cancel => true,
+            ItemKind::Stream
+            | ItemKind::Fed
+            | ItemKind::OneWay
+            | ItemKind::Heartbeat
+            | ItemKind::Cancel => true,
         }
     });
 }
@@ -701,12 +720,16 @@ fn encode<Req: Message, Resp>(
     now: Instant,
 ) -> bool {
     for mut item in batch.drain(..) {
-        let left = item.deadline.saturating_duration_since(now);
+        let left = || item.deadline.saturating_duration_since(now);
         let headers = FrameHeaders {
             deadline: Some(match item.kind {
                 ItemKind::OneWay | ItemKind::Cancel => ONE_WAY_DEADLINE,
-                ItemKind::Ping | ItemKind::Heartbeat => left.min(PING_DEADLINE_CAP),
-                ItemKind::Request | ItemKind::Stream => left,
+                ItemKind::Ping | ItemKind::Heartbeat => left().min(PING_DEADLINE_CAP),
+                ItemKind::Request | ItemKind::Stream => left(),
+                ItemKind::Fed => shared
+                    .config
+                    .default_timeout
+                    .min(crate::connection::FAR_FUTURE),
             }),
             trace: item.trace(),
             extensions: item.take_headers(),

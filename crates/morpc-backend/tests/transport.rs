@@ -285,3 +285,50 @@ async fn a_reserved_place_is_kept_for_its_send() {
         .unwrap();
     assert_eq!(after.await.unwrap().body, "after");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_message_fed_to_a_stream_carries_the_default_timeout_as_its_deadline() {
+    use futures::SinkExt;
+    use morpc_backend::codec::{Codec, FrameBody};
+
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let config = BackendConfig::new().default_timeout(Duration::from_secs(7));
+    let backend: Backend<RawMessage> = Backend::from_io(ours, config).await.unwrap();
+    let mut stream = backend.new_stream(16).unwrap();
+    stream.feed(msg("fed")).await.unwrap();
+    stream.flush().await.unwrap();
+    stream
+        .send(msg("sent"), SendOptions::timeout(Duration::from_secs(3)))
+        .await
+        .unwrap();
+
+    let codec = Codec::new(CodecConfig::default());
+    let mut buf = bytes::BytesMut::new();
+    let mut frames = Vec::new();
+    within("both frames arrive", async {
+        while frames.len() < 2 {
+            use tokio::io::AsyncReadExt;
+            assert!(theirs.read_buf(&mut buf).await.unwrap() > 0);
+            while let Some(frame) = codec.decode::<RawMessage>(&mut buf).unwrap() {
+                frames.push(frame);
+            }
+        }
+    })
+    .await;
+    let seen: Vec<_> = frames
+        .iter()
+        .map(|f| {
+            let FrameBody::Message(m) = &f.body else {
+                panic!("a message")
+            };
+            (m.body.clone(), f.stream_seq, f.headers.deadline)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("fed".into(), Some(1), Some(Duration::from_secs(7))),
+            ("sent".into(), Some(2), Some(Duration::from_secs(3))),
+        ]
+    );
+}
