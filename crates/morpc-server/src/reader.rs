@@ -271,19 +271,20 @@ where
             if frame.stream_seq.is_some() {
                 self.streams.lock().touch(id);
             }
+            let trace = frame.headers.trace;
             let request = Request {
                 message,
                 sequence: self.sequence,
                 deadline: session.control.instant(expiry),
-                trace: frame.headers.trace,
+                trace,
                 stream_seq: frame.stream_seq,
                 headers: frame.headers,
                 control: session.control.clone(),
             };
-            let client = ClientSession::new(session.clone(), expiry, request.trace);
+            let client = ClientSession::new(session.clone(), expiry, trace);
             if shared.config.concurrency <= 1 {
-                let handler = run_handler(shared, request, client);
-                tokio::pin!(handler);
+                // Built in place: every move of a handler's future is a `memcpy`.
+                let mut handler = std::pin::pin!(run_handler(shared, request, client));
                 // Most handlers finish without waiting: poll once before setting up the
                 // read-ahead (the task's own waker is registered if it does not finish).
                 let first = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;
