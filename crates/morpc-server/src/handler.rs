@@ -77,6 +77,7 @@ where
     F: Fn(Request<Req>, ClientSession<Resp>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send,
 {
+    #[inline(always)]
     fn handle(
         &self,
         request: Request<Req>,
