@@ -57,6 +57,17 @@ pub struct CodecConfig {
     /// V07 custom header codecs, in wire order.
     #[cfg_attr(feature = "serde", serde(skip, default = "default_header_codecs"))]
     headers: HeaderCodecs,
+    /// Whether `headers` are exactly the two defaults (deadline, then trace): frames then
+    /// encode and decode them without a dynamic call per header.
+    #[cfg_attr(feature = "serde", serde(skip, default = "default_headers_on"))]
+    default_headers: bool,
+}
+
+/// The default of `CodecConfig::default_headers` when a configuration is loaded (its
+/// header codecs are then the defaults).
+#[cfg(feature = "serde")]
+fn default_headers_on() -> bool {
+    true
 }
 
 impl Default for CodecConfig {
@@ -82,6 +93,7 @@ impl CodecConfig {
                 Framing::V05 => Vec::new(),
                 Framing::V07 => default_header_codecs(),
             },
+            default_headers: framing == Framing::V07,
         }
     }
 
@@ -131,6 +143,7 @@ impl CodecConfig {
     /// Appends a custom header codec after the already registered ones.
     pub fn header_codec(mut self, codec: Arc<dyn HeaderCodec>) -> Self {
         self.headers.push(codec);
+        self.default_headers = false;
         self
     }
 
@@ -142,6 +155,7 @@ impl CodecConfig {
     /// then panics the whole Go process. See `docs/wire-format.md`.
     pub fn without_headers(mut self) -> Self {
         self.headers.clear();
+        self.default_headers = false;
         self
     }
 
@@ -168,6 +182,11 @@ impl CodecConfig {
     /// The registered header codecs, in wire order.
     pub fn header_codecs(&self) -> &[Arc<dyn HeaderCodec>] {
         &self.headers
+    }
+
+    /// Whether the header codecs are exactly the two defaults, deadline then trace.
+    pub(crate) fn has_default_headers(&self) -> bool {
+        self.default_headers
     }
 
     /// The effective body limit (see [`CodecConfig::max_body_size`]).

@@ -13,6 +13,7 @@ use crate::codec::{take_u32, take_u64};
 use crate::frame::flags::{
     CANCEL, CHECKSUM, COMPRESS, CUSTOM_HEADERS, KNOWN, PAYLOAD, PING, PONG, STREAM_SEQ,
 };
+use crate::headers::{DeadlineHeader, HeaderCodec, TraceHeader};
 use crate::{
     CodecConfig, CodecError, FlagChecking, Frame, FrameBody, FrameError, FrameHeaders, Message, lz4,
 };
@@ -60,7 +61,12 @@ pub(crate) fn encode<M: Message>(
         dst.put_u32(0);
         dst.len() - 4
     });
-    if !config.header_codecs().is_empty() {
+    if config.has_default_headers() {
+        // MatrixOne's two headers, without a dynamic call each.
+        flag |= CUSTOM_HEADERS;
+        DeadlineHeader.encode(&frame.headers, dst);
+        TraceHeader.encode(&frame.headers, dst);
+    } else if !config.header_codecs().is_empty() {
         flag |= CUSTOM_HEADERS;
         for codec in config.header_codecs() {
             codec.encode(&frame.headers, dst);
@@ -151,17 +157,26 @@ pub(crate) fn decode<M: Message>(
     };
     let mut headers = FrameHeaders::default();
     if flag & CUSTOM_HEADERS != 0 {
-        if config.header_codecs().is_empty() {
-            return Err(FrameError::UnexpectedHeaders.into());
-        }
-        for codec in config.header_codecs() {
-            let used = codec.decode(&rest, &mut headers)?;
-            if used > rest.len() {
-                return Err(FrameError::Truncated { section: "headers" }.into());
-            }
+        if config.has_default_headers() {
+            // MatrixOne's two headers, without a dynamic call each.
+            let used = DeadlineHeader.decode(&rest, &mut headers)?;
             rest.advance(used);
+            let used = TraceHeader.decode(&rest, &mut headers)?;
+            rest.advance(used);
+        } else {
+            if config.header_codecs().is_empty() {
+                return Err(FrameError::UnexpectedHeaders.into());
+            }
+            for codec in config.header_codecs() {
+                let used = codec.decode(&rest, &mut headers)?;
+                if used > rest.len() {
+                    return Err(FrameError::Truncated { section: "headers" }.into());
+                }
+                rest.advance(used);
+            }
         }
     }
+
     let stream_seq = match flag & STREAM_SEQ {
         0 => None,
         _ => Some(take_u32(&mut rest, "stream sequence")?),
