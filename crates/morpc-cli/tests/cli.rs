@@ -349,33 +349,16 @@ async fn decode_goes_on_after_a_bad_frame_and_reports_its_offset() {
 
 #[tokio::test]
 async fn bench_reports_rpc_client_against_the_baseline_in_both_layouts() {
-    let out = run(&[
-        "bench",
-        "--duration",
-        "0.3",
-        "--warmup",
-        "0.1",
-        "--workers",
-        "1",
-        "--json",
-    ])
-    .await;
+    // A short run: the figures do not matter here, the report's shape does.
+    let short = ["bench", "--duration", "0.3", "--warmup", "0.1", "--json"];
+    let out = run(&[&short[..], &["--workers", "1"]].concat()).await;
     assert!(out.status.success(), "{out:?}");
     let report = json(&out);
     assert_eq!(report["workload"]["layer"], "client");
     assert_eq!(report["runs"].as_array().unwrap().len(), 2);
     assert!(report["ratio_to_baseline"].as_f64().unwrap() > 0.0);
     // Two processes: `morpc bench` starts `morpc bench-server` as its server.
-    let out = run(&[
-        "bench",
-        "--duration",
-        "0.3",
-        "--warmup",
-        "0.1",
-        "--no-baseline",
-        "--json",
-    ])
-    .await;
+    let out = run(&[&short[..], &["--no-baseline"]].concat()).await;
     assert!(out.status.success(), "{out:?}");
     let runs = &json(&out)["runs"];
     assert_eq!(runs.as_array().unwrap().len(), 1);
