@@ -6,10 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use clap::{Args, ValueEnum};
 use morpc::codec::{
-    Codec, CodecError, FlagChecking, FrameBody, FrameHeaders, Message, default_header_codecs, flags,
+    Codec, CodecError, FlagChecking, FrameBody, FrameHeaders, Message, OpaqueMessage,
+    default_header_codecs, flags,
 };
 use morpc::prelude::{CodecConfig, Framing};
 
@@ -187,7 +188,7 @@ fn inspect(codec: &Codec, frame: Bytes, report: &mut FrameReport) {
             let (kind, id) = match decoded.body {
                 FrameBody::Message(m) => {
                     let id = m.id();
-                    report.body = Some(m.body);
+                    report.body = Some(m.message.bytes);
                     report.payload = m.payload;
                     ("message", id)
                 }
@@ -415,40 +416,39 @@ fn truncate(d: Duration) -> Duration {
     Duration::from_micros(d.as_micros().min(u128::from(u64::MAX)) as u64)
 }
 
-/// A message of any layout: its body and payload as they were decoded; the id is the
-/// body's first 8 bytes (MatrixOne's layout), or 0.
+/// A message of any layout: its bytes as [`OpaqueMessage`] keeps them (the id is their
+/// first 8 bytes, MatrixOne's layout, or 0), and the payload the frame carried, which
+/// `OpaqueMessage` does not keep.
 #[derive(Debug)]
 struct Dump {
     /// The body.
-    body: Bytes,
+    message: OpaqueMessage,
     /// The payload, if the frame had one.
     payload: Option<Bytes>,
 }
 
 impl Message for Dump {
     fn id(&self) -> u64 {
-        self.body
-            .get(..8)
-            .map_or(0, |id| u64::from_be_bytes(id.try_into().expect("8 bytes")))
+        self.message.id()
     }
 
     fn set_id(&mut self, id: u64) {
-        let mut body = BytesMut::with_capacity(self.body.len().max(8));
-        body.put_u64(id);
-        body.put_slice(self.body.get(8..).unwrap_or_default());
-        self.body = body.freeze();
+        self.message.set_id(id);
     }
 
     fn encoded_len(&self) -> usize {
-        self.body.len()
+        self.message.encoded_len()
     }
 
     fn encode(&self, dst: &mut BytesMut) {
-        dst.put_slice(&self.body);
+        self.message.encode(dst);
     }
 
     fn decode(body: Bytes, payload: Option<Bytes>) -> Result<Self, CodecError> {
-        Ok(Self { body, payload })
+        Ok(Self {
+            message: OpaqueMessage::new(body),
+            payload,
+        })
     }
 
     fn payload(&self) -> Option<&Bytes> {
@@ -463,7 +463,7 @@ mod tests {
     /// A V07 frame of a message `id ‖ body`, encoded by the library.
     fn v07(config: CodecConfig, id: u64, body: &[u8], payload: Option<&[u8]>) -> Vec<u8> {
         let mut msg = Dump {
-            body: [&[0; 8][..], body].concat().into(),
+            message: OpaqueMessage::new([&[0; 8][..], body].concat()),
             payload: payload.map(Bytes::copy_from_slice),
         };
         msg.set_id(id);
