@@ -402,7 +402,7 @@ async fn silent(cli: &Cli) -> io::Result<Outcome> {
 async fn partial(cli: &Cli) -> io::Result<Outcome> {
     // Idle and partial connections each in a fresh server: memory the allocator keeps
     // after the idle ones close would otherwise be counted against the partial ones.
-    let idle_server = Server::start(cli, false)?;
+    let mut idle_server = Server::start(cli, false)?;
     let rss0_idle = idle_server.rss();
     let (idle, _) = connect_many(idle_server.addr, PARTIAL_CONNS).await;
     let (n_idle, idle_closes) = (idle.len(), Closes::default());
@@ -411,6 +411,8 @@ async fn partial(cli: &Cli) -> io::Result<Outcome> {
     let rss_idle = idle_server.rss();
     watchers.iter().for_each(JoinHandle::abort);
     let n_idle_closed = idle_closes.lock().len();
+    // Whether the idle phase's server survived, and what it warned about.
+    let Outcome(idle_health, idle_json) = idle_server.outcome(String::new(), json!({}));
     drop(idle_server);
 
     let mut server = Server::start(cli, false)?;
@@ -435,8 +437,8 @@ async fn partial(cli: &Cli) -> io::Result<Outcome> {
     let n_closed = closed.len();
     let spread = spread(&mut closed);
     let human = format!(
-        "idle: {n_idle} conns, {idle_kib} KiB each ({rss0_idle} → {rss_idle} KiB); partial 1 MiB \
-         frames (a fresh server): {n_partial} conns, {partial_kib} KiB each ({rss0} → \
+        "idle: {n_idle} conns, {idle_kib} KiB each ({rss0_idle} → {rss_idle} KiB{idle_health}); \
+         partial 1 MiB frames (a fresh server): {n_partial} conns, {partial_kib} KiB each ({rss0} → \
          {rss_partial} KiB, peak {peak} KiB); the server closed {n_closed} partial connections \
          within {hold} s (s after connect: {spread})"
     );
@@ -445,6 +447,7 @@ async fn partial(cli: &Cli) -> io::Result<Outcome> {
         "idle_closed_by_server": n_idle_closed, "partial_conns": n_partial,
         "partial_kib_per_conn": partial_kib,
         "partial_closed_by_server": n_closed, "close_after_connect_s": spread, "hold_s": hold,
+        "idle_server": idle_json,
         "rss_kib": {"idle_before": rss0_idle, "idle": rss_idle, "partial_before": rss0,
                     "partial": rss_partial, "partial_peak": peak, "partial_end": end},
     });
