@@ -176,7 +176,6 @@ pub(crate) fn decode<M: Message>(
             }
         }
     }
-
     let stream_seq = match flag & STREAM_SEQ {
         0 => None,
         _ => Some(take_u32(&mut rest, "stream sequence")?),
