@@ -40,6 +40,26 @@ async fn run_with_input(args: &[&str], input: &[u8]) -> Output {
         .unwrap()
 }
 
+/// Starts `morpc serve …` and waits (bounded) for the address it prints.
+async fn serve(args: &[&str]) -> (tokio::process::Child, String) {
+    let mut child = morpc(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("morpc started");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the server starts")
+        .unwrap()
+        .expect("a line");
+    let addr = line
+        .strip_prefix("LISTENING ")
+        .expect("LISTENING <addr>")
+        .to_owned();
+    (child, addr)
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -182,21 +202,7 @@ async fn call_exits_with_1_when_the_server_fails_the_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_echoes_until_terminated_then_shuts_down_cleanly() {
-    let mut child = morpc(&["serve", "--echo", "127.0.0.1:0", "--no-checksum"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the server starts")
-        .unwrap()
-        .expect("a line");
-    let addr = line
-        .strip_prefix("LISTENING ")
-        .expect("LISTENING <addr>")
-        .to_owned();
+    let (child, addr) = serve(&["serve", "--echo", "127.0.0.1:0", "--no-checksum"]).await;
 
     let backend = BackendConfig::new().codec(CodecConfig::new(Framing::V07).checksum(false));
     let client: RpcClient<RawMessage> = RpcClient::new(ClientConfig::new(), backend).await;
@@ -238,7 +244,7 @@ async fn serve_and_call_speak_tls_with_the_given_certificates() {
     std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
 
-    let mut server = morpc(&[
+    let serve_args = [
         "serve",
         "--echo",
         "127.0.0.1:0",
@@ -246,17 +252,8 @@ async fn serve_and_call_speak_tls_with_the_given_certificates() {
         cert,
         "--tls-key",
         key,
-    ])
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the server starts")
-        .unwrap()
-        .expect("a line");
-    let addr = line.strip_prefix("LISTENING ").unwrap().to_owned();
+    ];
+    let (mut server, addr) = serve(&serve_args).await;
 
     let out = run(&[
         "call",
