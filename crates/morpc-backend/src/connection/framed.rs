@@ -35,6 +35,13 @@ pub enum ReadError {
     Timeout(#[from] ReadTimeout),
 }
 
+/// How many buffers of large frames a reader keeps for reuse.
+const SPARE_BUFFERS: usize = 4;
+
+/// The largest buffer a reader keeps for reuse: the memory an idle connection may keep
+/// after large frames is at most [`SPARE_BUFFERS`] times this.
+const SPARE_MAX_BYTES: usize = 8 << 20;
+
 /// The read half of one connection: the socket, its buffer and its read limits.
 pub struct FrameReader {
     /// The socket's read half.
@@ -43,6 +50,16 @@ pub struct FrameReader {
     buf: BytesMut,
     /// Free room kept for a read.
     min_free: usize,
+    /// The largest frame delivered whole so far (how far the buffer may grow at once
+    /// for the next large one).
+    largest_frame: usize,
+    /// The size `buf` was allocated with when it was for a large frame (it is kept as
+    /// a spare when the reader moves on); 0 otherwise.
+    large_capacity: usize,
+    /// Handles on the buffers of the last few large frames: once a frame's user drops
+    /// it, its buffer is read into again instead of a new one being allocated (and
+    /// faulted in page by page).
+    spares: Vec<BytesMut>,
     /// The codec (for frame lengths and decoding).
     codec: Codec,
     /// The read limits and what they are checked against.
@@ -78,6 +95,9 @@ impl FrameReader {
             io,
             buf: BytesMut::with_capacity(min_free),
             min_free,
+            largest_frame: 0,
+            large_capacity: 0,
+            spares: Vec::new(),
             codec,
             timer,
             sleep,
@@ -148,6 +168,7 @@ impl FrameReader {
         match self.codec.split_frame(&mut self.buf)? {
             Some(frame) => {
                 self.timer.on_frame(self.timer.last_byte());
+                self.largest_frame = self.largest_frame.max(frame.len());
                 Ok(Some(frame))
             }
             None => {
@@ -205,17 +226,24 @@ impl FrameReader {
         &self.codec
     }
 
-    /// Makes room for the next read: at least `min_free` bytes, or half the unread ones
-    /// when more (a large frame is read in large reads).
+    /// Makes room for the next read.
     ///
     /// Called before every read, so the buffer stays compact: when no split frame refers
     /// to the buffer any more, `reserve` moves the unread tail to the front and the
     /// connection keeps reusing the same few pages; when frames still hold it (they are
     /// zero-copy slices), reading continues in a fresh buffer and the old one is freed
-    /// with its last frame. A large frame arriving in pieces grows the buffer by
-    /// [`DECODE_GROWTH`] times the bytes it holds: few large reads, a logarithmic number
-    /// of copies, memory within a constant factor of what arrived (never what the peer
-    /// claims).
+    /// with its last frame.
+    ///
+    /// A frame larger than the room reads into a buffer that ends where the frame ends:
+    /// a large message holds its own bytes for as long as it lives, not a buffer grown
+    /// by doubling. That buffer is one of the last few large frames' (see
+    /// [`SPARE_BUFFERS`]) once its frame has been dropped, or a new one: a steady flow of
+    /// large messages reuses the same memory instead of having the allocator hand back
+    /// and fault in a fresh buffer for each. The buffer never grows past what the peer
+    /// has shown, though (never to what a length prefix merely claims): to
+    /// [`DECODE_GROWTH`] times the bytes of the frame that arrived, or to the largest
+    /// frame the connection has delivered whole. A large frame arriving in pieces is
+    /// read in large reads, with a logarithmic number of copies at most.
     ///
     /// The beginning of a frame that still fits reads into the room there is: a
     /// connection holding half a frame costs what an idle one does (growing a buffer with
@@ -223,12 +251,64 @@ impl FrameReader {
     fn make_room(&mut self) {
         let len = self.buf.len();
         let free = self.buf.capacity() - len;
-        let starting_frame = len < self.min_free / 2 && free >= self.min_free / 2 && {
-            let total = self.codec.frame_total_len(&self.buf).ok().flatten();
-            total.is_some_and(|total| total > len)
+        // What the frame at the front still misses, once its length prefix is there (a
+        // bad prefix is the next split's to report).
+        let missing = match self.codec.frame_total_len(&self.buf) {
+            Ok(Some(total)) => total.saturating_sub(len),
+            _ => 0,
         };
-        if !starting_frame && free < self.min_free.max(len / 2) {
-            self.buf.reserve(self.min_free.max(DECODE_GROWTH * len));
+        if missing == 0 {
+            if free < self.min_free {
+                if self.large_capacity > 0 {
+                    self.replace_buf(BytesMut::with_capacity(self.min_free.max(len)));
+                } else {
+                    self.buf.reserve(self.min_free);
+                }
+            }
+            return;
+        }
+        let fits = free >= missing;
+        let starting_frame = len < self.min_free / 2 && free >= self.min_free / 2;
+        let large_read = free >= self.min_free.max(len / 2);
+        if fits || starting_frame || large_read {
+            return;
+        }
+        let shown = self
+            .min_free
+            .max(DECODE_GROWTH * len)
+            .max(self.largest_frame);
+        if missing > shown {
+            self.replace_buf(BytesMut::with_capacity(len + shown));
+            return;
+        }
+        // The whole frame may be held: in the buffer of an earlier large frame that has
+        // been dropped since, or in a new one.
+        let capacity = len + missing;
+        let reused = self
+            .spares
+            .iter_mut()
+            .position(|spare| spare.try_reclaim(capacity));
+        let grown = match reused {
+            Some(i) => self.spares.swap_remove(i),
+            None => BytesMut::with_capacity(capacity),
+        };
+        let size = grown.capacity();
+        self.replace_buf(grown);
+        self.large_capacity = size;
+    }
+
+    /// Moves the unread bytes into `fresh` and reads into it from now on, keeping the
+    /// old buffer among the spares when it held a large frame.
+    fn replace_buf(&mut self, mut fresh: BytesMut) {
+        fresh.extend_from_slice(&self.buf);
+        let mut old = std::mem::replace(&mut self.buf, fresh);
+        let old_capacity = std::mem::take(&mut self.large_capacity);
+        if old_capacity > 0 && old_capacity <= SPARE_MAX_BYTES {
+            old.clear();
+            if self.spares.len() == SPARE_BUFFERS {
+                self.spares.remove(0);
+            }
+            self.spares.push(old);
         }
     }
 }
@@ -581,6 +661,101 @@ mod reader_tests {
             "{copied} bytes copied for {}",
             wire.len()
         );
+    }
+
+    /// Feeds `wire` to the reader in reads of at most `step` bytes, as a socket would,
+    /// and returns the largest buffer capacity seen and how many bytes were moved.
+    fn feed(r: &mut FrameReader, wire: &[u8], step: usize) -> (usize, usize) {
+        let (mut largest, mut copied, mut at) = (0, 0, 0);
+        while at < wire.len() {
+            let before = r.buf.as_ptr();
+            r.make_room();
+            if r.buf.as_ptr() != before {
+                copied += r.buf.len();
+            }
+            largest = largest.max(r.buf.capacity());
+            let n = (r.buf.capacity() - r.buf.len())
+                .min(step)
+                .min(wire.len() - at);
+            assert!(n > 0, "no room made");
+            r.buf.extend_from_slice(&wire[at..at + n]);
+            at += n;
+        }
+        (largest, copied)
+    }
+
+    #[test]
+    fn a_large_frame_is_held_in_a_buffer_of_its_own_size() {
+        const STEP: usize = 64 * 1024;
+        let (_peer, io) = tokio::io::duplex(16);
+        let mut r = reader(io, ReadLimits::default());
+        let wire = frame_bytes(r.codec(), 1 << 20);
+        let (largest, _) = feed(&mut r, &wire, STEP);
+        assert_eq!(largest, wire.len(), "the buffer ends where the frame ends");
+        assert!(r.next_frame::<RawMessage>().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_second_large_frame_is_read_into_its_size_at_once() {
+        const STEP: usize = 64 * 1024;
+        let (_peer, io) = tokio::io::duplex(16);
+        let mut r = reader(io, ReadLimits::default());
+        let wire = frame_bytes(r.codec(), 1 << 20);
+        feed(&mut r, &wire, STEP);
+        drop(r.next_raw().unwrap().expect("the first frame"));
+        let (largest, copied) = feed(&mut r, &wire, STEP);
+        assert_eq!(largest, wire.len());
+        assert!(
+            copied <= STEP,
+            "{copied} bytes moved: the connection already delivered a frame this large"
+        );
+        assert!(r.next_raw().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_dropped_large_frame_lends_its_buffer_to_the_next_and_a_held_one_never_does() {
+        const STEP: usize = 64 * 1024;
+        let (_peer, io) = tokio::io::duplex(16);
+        let mut r = reader(io, ReadLimits::default());
+        let mut wires: Vec<Vec<u8>> = (0..3u8)
+            .map(|i| {
+                let mut w = frame_bytes(r.codec(), 1 << 20);
+                let end = w.len();
+                w[end - 1] = i;
+                w
+            })
+            .collect();
+        feed(&mut r, &wires[0], STEP);
+        let first = r.next_raw().unwrap().expect("the first frame");
+        let first_at = first.as_ptr();
+        // Held: the second frame must be read elsewhere.
+        feed(&mut r, &wires[1], STEP);
+        let second = r.next_raw().unwrap().expect("the second frame");
+        assert_ne!(second.as_ptr(), first_at);
+        assert_eq!(first.last(), Some(&0), "the held frame is intact");
+        // Dropped: the third reuses its memory.
+        drop(first);
+        feed(&mut r, &wires.pop().unwrap(), STEP);
+        let third = r.next_raw().unwrap().expect("the third frame");
+        assert_eq!(third.as_ptr(), first_at);
+        assert_eq!(third.last(), Some(&2));
+        assert_eq!(second.last(), Some(&1), "the held frame is intact");
+    }
+
+    #[test]
+    fn a_claimed_length_alone_does_not_grow_the_buffer() {
+        const STEP: usize = 64 * 1024;
+        let (_peer, io) = tokio::io::duplex(16);
+        let mut r = reader(io, ReadLimits::default());
+        let wire = frame_bytes(r.codec(), 16 << 20);
+        let sent = 3 * STEP;
+        let (largest, _) = feed(&mut r, &wire[..sent], STEP);
+        assert!(
+            largest <= DECODE_GROWTH * sent + STEP,
+            "{largest} bytes of buffer for {sent} bytes of a frame claiming {}",
+            wire.len()
+        );
+        assert!(r.next_raw().unwrap().is_none());
     }
 
     #[tokio::test(start_paused = true)]
