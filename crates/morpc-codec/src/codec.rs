@@ -223,11 +223,3 @@ pub(crate) fn take_u32(rest: &mut Bytes, section: &'static str) -> Result<u32, C
     }
     Ok(rest.get_u32())
 }
-
-/// Reads a big-endian `u64` from the front of `rest`, or reports `section` as truncated.
-pub(crate) fn take_u64(rest: &mut Bytes, section: &'static str) -> Result<u64, CodecError> {
-    if rest.len() < 8 {
-        return Err(FrameError::Truncated { section }.into());
-    }
-    Ok(rest.get_u64())
-}

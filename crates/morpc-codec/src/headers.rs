@@ -116,13 +116,21 @@ const NO_DEADLINE: i64 = i64::MAX;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DeadlineHeader;
 
-impl HeaderCodec for DeadlineHeader {
-    fn encode(&self, headers: &FrameHeaders, dst: &mut BytesMut) {
+impl DeadlineHeader {
+    /// The header's bytes.
+    #[inline]
+    pub(crate) fn bytes(headers: &FrameHeaders) -> [u8; 8] {
         let nanos = match headers.deadline {
             Some(left) => i64::try_from(left.as_nanos()).unwrap_or(NO_DEADLINE),
             None => NO_DEADLINE,
         };
-        dst.put_i64(nanos);
+        nanos.to_be_bytes()
+    }
+}
+
+impl HeaderCodec for DeadlineHeader {
+    fn encode(&self, headers: &FrameHeaders, dst: &mut BytesMut) {
+        dst.put_slice(&Self::bytes(headers));
     }
 
     fn decode(&self, src: &[u8], headers: &mut FrameHeaders) -> Result<usize, CodecError> {
@@ -148,11 +156,21 @@ const TRACE_LEN: usize = 24;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TraceHeader;
 
+impl TraceHeader {
+    /// The header's bytes.
+    #[inline]
+    pub(crate) fn bytes(headers: &FrameHeaders) -> [u8; 1 + TRACE_LEN] {
+        let mut out = [0u8; 1 + TRACE_LEN];
+        out[0] = TRACE_LEN as u8;
+        out[1..17].copy_from_slice(&headers.trace.trace_id);
+        out[17..].copy_from_slice(&headers.trace.span_id);
+        out
+    }
+}
+
 impl HeaderCodec for TraceHeader {
     fn encode(&self, headers: &FrameHeaders, dst: &mut BytesMut) {
-        dst.put_u8(TRACE_LEN as u8);
-        dst.put_slice(&headers.trace.trace_id);
-        dst.put_slice(&headers.trace.span_id);
+        dst.put_slice(&Self::bytes(headers));
     }
 
     fn decode(&self, src: &[u8], headers: &mut FrameHeaders) -> Result<usize, CodecError> {

@@ -9,7 +9,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use xxhash_rust::xxh64::{Xxh64, xxh64};
 
-use crate::codec::{take_u32, take_u64};
+use crate::codec::LEN_PREFIX;
 use crate::frame::flags::{
     CANCEL, CHECKSUM, COMPRESS, CUSTOM_HEADERS, KNOWN, PAYLOAD, PING, PONG, STREAM_SEQ,
 };
@@ -17,6 +17,10 @@ use crate::headers::{DeadlineHeader, HeaderCodec, TraceHeader};
 use crate::{
     CodecConfig, CodecError, FlagChecking, Frame, FrameBody, FrameError, FrameHeaders, Message, lz4,
 };
+
+/// The most bytes before a body with the default headers: prefix, flag, checksum,
+/// payload length, deadline and trace headers, stream sequence.
+const HEAD_MAX: usize = LEN_PREFIX + 1 + 8 + 4 + 8 + 25 + 4;
 
 /// Appends `frame` (length prefix left zero for the caller) and returns its payload.
 #[inline]
@@ -46,36 +50,52 @@ pub(crate) fn encode<M: Message>(
     if body_len == 0 && payload.is_some_and(|p| !p.is_empty()) {
         return Err(FrameError::EmptyBodyWithPayload.into());
     }
-    dst.reserve(4 + 1 + 8 + 4 + 64 + 4 + body_len);
-    dst.put_u32(0);
-    let flag_pos = dst.len();
-    dst.put_u8(0);
+    // Everything before the body goes out in one write: prefix (left zero), flag
+    // (set last), checksum (filled in last), payload length, MatrixOne's two default
+    // headers and the stream sequence.
+    dst.reserve(HEAD_MAX + body_len);
+    let start = dst.len();
+    let mut head = [0u8; HEAD_MAX];
+    let mut n = LEN_PREFIX + 1;
     let mut flag = 0;
     let checksum_pos = config.is_checksum().then(|| {
         flag |= CHECKSUM;
-        dst.put_u64(0);
-        dst.len() - 8
+        n += 8;
+        start + n - 8
     });
     let payload_len_pos = payload.map(|_| {
         flag |= PAYLOAD;
-        dst.put_u32(0);
-        dst.len() - 4
+        n += 4;
+        start + n - 4
     });
-    if config.has_default_headers() {
-        // MatrixOne's two headers, without a dynamic call each.
+    let default_headers = config.has_default_headers();
+    if default_headers {
         flag |= CUSTOM_HEADERS;
-        DeadlineHeader.encode(&frame.headers, dst);
-        TraceHeader.encode(&frame.headers, dst);
-    } else if !config.header_codecs().is_empty() {
-        flag |= CUSTOM_HEADERS;
-        for codec in config.header_codecs() {
-            codec.encode(&frame.headers, dst);
+        head[n..n + 8].copy_from_slice(&DeadlineHeader::bytes(&frame.headers));
+        n += 8;
+        let trace = TraceHeader::bytes(&frame.headers);
+        head[n..n + trace.len()].copy_from_slice(&trace);
+        n += trace.len();
+        if let Some(seq) = frame.stream_seq {
+            flag |= STREAM_SEQ;
+            head[n..n + 4].copy_from_slice(&seq.to_be_bytes());
+            n += 4;
         }
     }
-    if let Some(seq) = frame.stream_seq {
-        flag |= STREAM_SEQ;
-        dst.put_u32(seq);
+    dst.extend_from_slice(&head[..n]);
+    if !default_headers {
+        if !config.header_codecs().is_empty() {
+            flag |= CUSTOM_HEADERS;
+            for codec in config.header_codecs() {
+                codec.encode(&frame.headers, dst);
+            }
+        }
+        if let Some(seq) = frame.stream_seq {
+            flag |= STREAM_SEQ;
+            dst.put_u32(seq);
+        }
     }
+    let flag_pos = start + LEN_PREFIX;
 
     let body_start = dst.len();
     let compress = config.is_compression() && msg.is_some();
@@ -131,7 +151,11 @@ pub(crate) fn decode<M: Message>(
     config: &CodecConfig,
     mut rest: Bytes,
 ) -> Result<Frame<M>, CodecError> {
-    let flag = rest.get_u8();
+    // The fields before the body are read off the slice, and the frame advanced past
+    // them once.
+    let head: &[u8] = &rest;
+    let flag = head[0];
+    let mut at = 1;
     let known = if config.is_cancel_extension() {
         KNOWN | CANCEL
     } else {
@@ -149,37 +173,36 @@ pub(crate) fn decode<M: Message>(
     }
     let expected_sum = match flag & CHECKSUM {
         0 => None,
-        _ => Some(take_u64(&mut rest, "checksum")?),
+        _ => Some(u64::from_be_bytes(field(head, &mut at, "checksum")?)),
     };
     let payload_len = match flag & PAYLOAD {
         0 => None,
-        _ => Some(take_u32(&mut rest, "payload length")? as usize),
+        _ => Some(u32::from_be_bytes(field(head, &mut at, "payload length")?) as usize),
     };
     let mut headers = FrameHeaders::default();
     if flag & CUSTOM_HEADERS != 0 {
         if config.has_default_headers() {
             // MatrixOne's two headers, without a dynamic call each.
-            let used = DeadlineHeader.decode(&rest, &mut headers)?;
-            rest.advance(used);
-            let used = TraceHeader.decode(&rest, &mut headers)?;
-            rest.advance(used);
+            at += DeadlineHeader.decode(&head[at..], &mut headers)?;
+            at += TraceHeader.decode(&head[at..], &mut headers)?;
         } else {
             if config.header_codecs().is_empty() {
                 return Err(FrameError::UnexpectedHeaders.into());
             }
             for codec in config.header_codecs() {
-                let used = codec.decode(&rest, &mut headers)?;
-                if used > rest.len() {
+                let used = codec.decode(&head[at..], &mut headers)?;
+                if used > head.len() - at {
                     return Err(FrameError::Truncated { section: "headers" }.into());
                 }
-                rest.advance(used);
+                at += used;
             }
         }
     }
     let stream_seq = match flag & STREAM_SEQ {
         0 => None,
-        _ => Some(take_u32(&mut rest, "stream sequence")?),
+        _ => Some(u32::from_be_bytes(field(head, &mut at, "stream sequence")?)),
     };
+    rest.advance(at);
     let payload = match payload_len {
         Some(n) if n > rest.len() => {
             return Err(FrameError::SizeBeyondFrame {
@@ -223,6 +246,20 @@ pub(crate) fn decode<M: Message>(
         headers,
         stream_seq,
     })
+}
+
+/// The `N` bytes of a fixed-size field at `*at` of `head`, moving `at` past them.
+#[inline]
+fn field<const N: usize>(
+    head: &[u8],
+    at: &mut usize,
+    section: &'static str,
+) -> Result<[u8; N], CodecError> {
+    let bytes = head
+        .get(*at..*at + N)
+        .ok_or(FrameError::Truncated { section })?;
+    *at += N;
+    Ok(bytes.try_into().expect("N bytes"))
 }
 
 /// The ping id a ping or pong body carries.
