@@ -51,7 +51,7 @@ pub use factory::{BackendFactory, RemoteBackendFactory};
 pub use ids::{IdBuildHasher, IdHasher};
 pub use morpc_codec as codec;
 pub use pending::ResponseFuture;
-pub use pool::{Pick, Pool};
+pub use pool::{Pick, Pool, ReadyBackend};
 /// The rustls crate, for building TLS configurations (feature `rustls-ring`).
 #[cfg(feature = "rustls-ring")]
 pub use rustls;

@@ -4,13 +4,19 @@
 //!
 //! The slot list is behind a short `parking_lot` lock that is never held across an
 //! `.await`: factory calls and connects run in tasks of the caller that only take the
-//! lock to add their result ([`Pool::creation_done`]).
+//! lock to add their result ([`Pool::creation_done`]). Every change of it publishes a
+//! snapshot of the backends a send may use, which [`Pool::ready`] reads without a lock
+//! and without touching a counter other threads write: a send that finds a backend with
+//! room costs the pool no shared write at all.
 
+use std::cell::Cell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::connection::now;
 use crate::{Address, Backend, BackendError};
+use arc_swap::{ArcSwap, Guard};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -35,6 +41,48 @@ pub struct Pick<Req, Resp> {
     pub creating: bool,
 }
 
+/// A backend [`Pool::ready`] picked; dereferences to it. It keeps the snapshot it was
+/// picked from alive (no reference count of the backend is touched): use it for the
+/// send at hand, and clone the backend to keep it.
+pub struct ReadyBackend<Req, Resp> {
+    /// The snapshot.
+    backends: Guard<Arc<Vec<Backend<Req, Resp>>>>,
+    /// The picked backend's place in it.
+    index: usize,
+}
+
+impl<Req, Resp> std::ops::Deref for ReadyBackend<Req, Resp> {
+    type Target = Backend<Req, Resp>;
+
+    fn deref(&self) -> &Backend<Req, Resp> {
+        &self.backends[self.index]
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for ReadyBackend<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyBackend")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// This thread's round-robin turn for [`Pool::ready`]: a counter no other thread
+    /// writes (a shared one would bounce between cores on every send).
+    static TURN: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The next round-robin turn of this thread.
+#[inline]
+fn next_turn() -> usize {
+    TURN.with(|turn| {
+        let t = turn.get();
+        turn.set(t.wrapping_add(1));
+        t
+    })
+}
+
 /// How long after a failed creation new creations wait, so that sends fail fast with
 /// the cause instead of dialling a dead address in a loop.
 const CREATE_FAILURE_HOLDOFF: Duration = Duration::from_millis(100);
@@ -50,6 +98,8 @@ pub struct Pool<Req, Resp = Req> {
     address: Address,
     /// The backends, in round-robin order.
     slots: Mutex<Vec<Slot<Req, Resp>>>,
+    /// The backends not locked to a stream, as of the last change of `slots`.
+    unlocked: ArcSwap<Vec<Backend<Req, Resp>>>,
     /// Round-robin cursor.
     next: AtomicUsize,
     /// Creations in progress (changed under the `slots` lock).
@@ -76,6 +126,7 @@ impl<Req, Resp> Pool<Req, Resp> {
         Self {
             address,
             slots: Mutex::new(Vec::new()),
+            unlocked: ArcSwap::from_pointee(Vec::new()),
             next: AtomicUsize::new(0),
             creating: AtomicUsize::new(0),
             changed: Notify::new(),
@@ -94,13 +145,52 @@ impl<Req, Resp> Pool<Req, Resp> {
         &self.changed
     }
 
+    /// A backend that is open, not locked to a stream and not busy, picked round-robin
+    /// from the published snapshot without taking the pool's lock; `None` when there is
+    /// none now, for [`pick`](Pool::pick) to sort out (its choice would have been this
+    /// one: it prefers exactly such a backend, and asks for no creation then).
+    #[inline]
+    pub fn ready(&self) -> Option<ReadyBackend<Req, Resp>> {
+        let backends = self.unlocked.load();
+        let n = backends.len();
+        let start = match n {
+            0 => return None,
+            1 => 0,
+            _ => next_turn(),
+        };
+        let index = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| !backends[i].is_closed() && !backends[i].busy())?;
+        Some(ReadyBackend { backends, index })
+    }
+
+    /// Publishes the backends a send may pick from: called under the `slots` lock after
+    /// every change of them.
+    fn publish(&self, slots: &[Slot<Req, Resp>]) {
+        let unlocked = slots
+            .iter()
+            .filter(|s| !s.locked)
+            .map(|s| s.backend.clone())
+            .collect();
+        self.unlocked.store(Arc::new(unlocked));
+    }
+
+    /// Removes closed backends, publishing the change if there was one.
+    fn remove_closed(&self, slots: &mut Vec<Slot<Req, Resp>>) {
+        let before = slots.len();
+        slots.retain(|s| !s.backend.is_closed());
+        if slots.len() != before {
+            self.publish(slots);
+        }
+    }
+
     /// Picks a backend round-robin, skipping closed (which are removed), locked and —
     /// where a non-busy one exists — busy ones. Asks for one more backend (within the
     /// limit, one creation at a time) when none is usable or the pick is busy, so the
     /// pool grows only while every usable backend is busy.
     pub fn pick(&self, max: usize, auto_create: bool) -> Pick<Req, Resp> {
         let mut slots = self.slots.lock();
-        slots.retain(|s| !s.backend.is_closed());
+        self.remove_closed(&mut slots);
         let n = slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let (mut chosen, mut first_busy) = (None, None);
@@ -160,6 +250,7 @@ impl<Req, Resp> Pool<Req, Resp> {
                         backend,
                         locked: false,
                     });
+                    self.publish(&slots);
                     *self.last_failure.lock() = None;
                 }
                 Err(e) => {
@@ -181,6 +272,7 @@ impl<Req, Resp> Pool<Req, Resp> {
                 backend,
                 locked: false,
             });
+            self.publish(&slots);
             slots.len()
         };
         crate::metrics::backends(&self.address, count);
@@ -193,6 +285,7 @@ impl<Req, Resp> Pool<Req, Resp> {
         match slots.iter_mut().find(|s| s.backend.ptr_eq(backend)) {
             Some(slot) if !slot.locked => {
                 slot.locked = true;
+                self.publish(&slots);
                 true
             }
             _ => false,
@@ -201,13 +294,10 @@ impl<Req, Resp> Pool<Req, Resp> {
 
     /// Unlocks `backend` after its stream closed.
     pub fn unlock_backend(&self, backend: &Backend<Req, Resp>) {
-        if let Some(slot) = self
-            .slots
-            .lock()
-            .iter_mut()
-            .find(|s| s.backend.ptr_eq(backend))
-        {
+        let mut slots = self.slots.lock();
+        if let Some(slot) = slots.iter_mut().find(|s| s.backend.ptr_eq(backend)) {
             slot.locked = false;
+            self.publish(&slots);
         }
     }
 
@@ -225,7 +315,7 @@ impl<Req, Resp> Pool<Req, Resp> {
     /// Number of live backends.
     pub fn len(&self) -> usize {
         let mut slots = self.slots.lock();
-        slots.retain(|s| !s.backend.is_closed());
+        self.remove_closed(&mut slots);
         slots.len()
     }
 
@@ -244,6 +334,9 @@ impl<Req, Resp> Pool<Req, Resp> {
                 }
                 !is_idle && !s.backend.is_closed()
             });
+            if !idle.is_empty() {
+                self.publish(&slots);
+            }
             idle
         };
         if !idle.is_empty() {
@@ -267,11 +360,57 @@ impl<Req, Resp> Pool<Req, Resp> {
 
     /// Closes every backend.
     pub fn close_all(&self) {
-        let slots: Vec<Slot<Req, Resp>> = std::mem::take(&mut *self.slots.lock());
+        let slots: Vec<Slot<Req, Resp>> = {
+            let mut slots = self.slots.lock();
+            self.unlocked.store(Arc::new(Vec::new()));
+            std::mem::take(&mut *slots)
+        };
         crate::metrics::backends(&self.address, 0);
         for slot in slots {
             slot.backend.close();
         }
         self.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BackendConfig;
+    use morpc_codec::RawMessage;
+
+    /// A backend over a pipe, and the pipe's far end (the backend stays open while it
+    /// is held).
+    async fn backend() -> (Backend<RawMessage>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let backend = Backend::from_io(ours, BackendConfig::new()).await.unwrap();
+        (backend, theirs)
+    }
+
+    #[tokio::test]
+    async fn ready_sees_every_change_of_the_slots() {
+        let pool: Pool<RawMessage> = Pool::new("127.0.0.1:1".parse().unwrap());
+        assert!(pool.ready().is_none(), "empty");
+        let ((a, _far_a), (b, _far_b)) = (backend().await, backend().await);
+        pool.add(a.clone());
+        pool.add(b.clone());
+        // Round-robin over both.
+        let picked: Vec<bool> = (0..4).map(|_| pool.ready().unwrap().ptr_eq(&a)).collect();
+        assert!(
+            picked.contains(&true) && picked.contains(&false),
+            "{picked:?}"
+        );
+        // A locked backend is never ready; unlocked, it is again.
+        assert!(pool.lock_backend(&a));
+        assert!((0..4).all(|_| pool.ready().unwrap().ptr_eq(&b)));
+        pool.unlock_backend(&a);
+        assert!((0..4).any(|_| pool.ready().unwrap().ptr_eq(&a)));
+        // A closed one is skipped at once, and gone from the snapshot after a pick.
+        b.close();
+        assert!((0..4).all(|_| pool.ready().unwrap().ptr_eq(&a)));
+        let _ = pool.pick(4, false);
+        assert_eq!(pool.unlocked.load().len(), 1);
+        pool.close_all();
+        assert!(pool.ready().is_none(), "closed all");
     }
 }

@@ -319,8 +319,27 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         msg: Req,
         opts: SendOptions,
     ) -> Result<ClientResponse<Resp>, ClientError> {
-        let target = self.target_named(address)?;
-        self.send_to_target(&target, msg, opts).await
+        // A name sent to before is looked up in the published names, and a send that
+        // finds room completes within that one borrow: no lock taken, no reference
+        // count touched.
+        let (target, slow) = {
+            let names = self.inner().targets.names();
+            match names.get(address) {
+                Some(target) => match self.try_send_now(target, msg, opts) {
+                    Ok(response) => return Ok(response),
+                    Err(slow) => (target.clone(), slow?),
+                },
+                None => {
+                    drop(names);
+                    let target = self.target_named(address)?;
+                    match self.try_send_now(&target, msg, opts) {
+                        Ok(response) => return Ok(response),
+                        Err(slow) => (target, slow?),
+                    }
+                }
+            }
+        };
+        Box::pin(self.send_slow(&target, slow)).await
     }
 
     /// [`send`](RpcClient::send) to a target already looked up.
@@ -362,13 +381,24 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         let msg = if tracing::level_enabled!(tracing::Level::DEBUG) {
             msg
         } else {
-            match self.pick_now(target) {
-                Ok(Some(backend)) => match backend.try_send(msg, opts.clone()) {
+            // The common case: an open backend with room, picked without a lock; else
+            // the pool's full pick (which may start a creation).
+            let ready = target.pool.ready();
+            let picked;
+            let backend = match &ready {
+                Some(backend) => Some(&**backend),
+                None => {
+                    picked = self.pick_now(target).ok().flatten();
+                    picked.as_ref()
+                }
+            };
+            match backend {
+                Some(backend) => match backend.try_send(msg, opts.clone()) {
                     Ok(future) => return Ok(ClientResponse::new(future, outcome)),
                     // Full, or closed under us: the slow path waits or picks again.
                     Err(SendRejected { message, .. }) => message,
                 },
-                Ok(None) | Err(_) => msg,
+                None => msg,
             }
         };
         Err(Ok(SlowSend {

@@ -1,13 +1,16 @@
 //! The addresses of an `RpcClient`: the table from address to [`Target`], and each
 //! address's backends ([`Pool`], in `morpc-backend`) and optional circuit breaker.
 //!
-//! Sends name their address as a string, so the table is looked up by that string first:
-//! one read lock and a multiply-per-word hash, with no parsing and no allocation. Only a
-//! name seen for the first time is parsed; names that parse to the same [`Address`]
-//! (`127.0.0.1:80` and `tcp://127.0.0.1:80`) share one target.
+//! Sends name their address as a string, so the table is looked up by that string first,
+//! in a snapshot read without a lock or a shared write (`arc_swap`), with a
+//! multiply-per-word hash, no parsing and no allocation. Only a name seen for the first
+//! time is parsed; names that parse to the same [`Address`] (`127.0.0.1:80` and
+//! `tcp://127.0.0.1:80`) share one target. Changes take the table's lock and publish a
+//! new snapshot of the names.
 
 use crate::ClientError;
 use crate::breaker::{Breaker, BreakerState};
+use arc_swap::{ArcSwap, Guard};
 use morpc_backend::{Address, Pool};
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -70,18 +73,31 @@ impl Hasher for NameHasher {
     }
 }
 
+/// Every name a send used → its target.
+pub(crate) type Names<Req, Resp> =
+    HashMap<Box<str>, Arc<Target<Req, Resp>>, BuildHasherDefault<NameHasher>>;
+
 /// The targets by the names sends used, and by parsed address.
 struct Maps<Req, Resp> {
-    /// Every name a send used → its target.
-    by_name: HashMap<Box<str>, Arc<Target<Req, Resp>>, BuildHasherDefault<NameHasher>>,
+    /// The names, as `Targets::names` publishes them.
+    by_name: Names<Req, Resp>,
     /// Each address → its one target.
     by_address: HashMap<Address, Arc<Target<Req, Resp>>>,
 }
 
+impl<Req, Resp> Maps<Req, Resp> {
+    /// Publishes `by_name` as it is now.
+    fn publish(&self, names: &ArcSwap<Names<Req, Resp>>) {
+        names.store(Arc::new(self.by_name.clone()));
+    }
+}
+
 /// The address table.
 pub(crate) struct Targets<Req, Resp> {
-    /// Both maps, under one lock (read on the hot path).
+    /// Both maps, under one lock (taken to change them, and by lookups by address).
     maps: RwLock<Maps<Req, Resp>>,
+    /// The names as of the last change: what the hot path reads.
+    names: ArcSwap<Names<Req, Resp>>,
 }
 
 impl<Req, Resp> Default for Targets<Req, Resp> {
@@ -91,15 +107,23 @@ impl<Req, Resp> Default for Targets<Req, Resp> {
                 by_name: HashMap::default(),
                 by_address: HashMap::new(),
             }),
+            names: ArcSwap::from_pointee(HashMap::default()),
         }
     }
 }
 
 impl<Req, Resp> Targets<Req, Resp> {
+    /// The names as of the last change (look a name up in it with `get`), without a
+    /// lock and without touching a reference count other threads write.
+    #[inline]
+    pub(crate) fn names(&self) -> Guard<Arc<Names<Req, Resp>>> {
+        self.names.load()
+    }
+
     /// The target named `name`, if a send used that name before.
     #[inline]
     pub(crate) fn get_named(&self, name: &str) -> Option<Arc<Target<Req, Resp>>> {
-        self.maps.read().by_name.get(name).cloned()
+        self.names.load().get(name).cloned()
     }
 
     /// The target of `name`, created with `make` if its address has none.
@@ -125,6 +149,7 @@ impl<Req, Resp> Targets<Req, Resp> {
             .or_insert_with(|| Arc::new(make(&address)))
             .clone();
         maps.by_name.insert(name.into(), target.clone());
+        maps.publish(&self.names);
         Ok(target)
     }
 
@@ -160,19 +185,24 @@ impl<Req, Resp> Targets<Req, Resp> {
         let mut maps = self.maps.write();
         let removed = maps.by_address.remove(&address)?;
         maps.by_name.retain(|_, t| !Arc::ptr_eq(t, &removed));
+        maps.publish(&self.names);
         Some(removed)
     }
 
     /// Forgets the targets nobody outside the table holds (no send in progress, no locked
     /// stream) for which `forgettable` is true. Under the write lock, which every creation
-    /// takes too, so no lookup races with it.
+    /// takes too. A send that read the names just before may still use a forgotten
+    /// target: only a vacant one is forgotten (no backend, nothing in flight), so that
+    /// send creates its backend, and the target goes with its last user.
     pub(crate) fn forget_unused(&self, forgettable: impl Fn(&Target<Req, Resp>) -> bool) {
         let mut maps = self.maps.write();
         let maps = &mut *maps;
-        // The table's own references to each target: one by address, one per name.
+        // The table's own references to each target: one by address, one per name, and
+        // one per name in the published copy of the names (older copies still being read
+        // count as users).
         let mut names: HashMap<*const Target<Req, Resp>, usize> = HashMap::new();
         for target in maps.by_name.values() {
-            *names.entry(Arc::as_ptr(target)).or_default() += 1;
+            *names.entry(Arc::as_ptr(target)).or_default() += 2;
         }
         maps.by_address.retain(|_, t| {
             let in_table = 1 + names.get(&Arc::as_ptr(t)).copied().unwrap_or(0);
@@ -180,11 +210,15 @@ impl<Req, Resp> Targets<Req, Resp> {
             held_elsewhere || !forgettable(t)
         });
         let by_address = &maps.by_address;
+        let names = maps.by_name.len();
         maps.by_name.retain(|_, t| {
             by_address
                 .get(t.pool.address())
                 .is_some_and(|kept| Arc::ptr_eq(kept, t))
         });
+        if maps.by_name.len() != names {
+            maps.publish(&self.names);
+        }
     }
 
     /// Every target.
@@ -196,6 +230,7 @@ impl<Req, Resp> Targets<Req, Resp> {
     pub(crate) fn drain(&self) -> Vec<Arc<Target<Req, Resp>>> {
         let mut maps = self.maps.write();
         maps.by_name.clear();
+        maps.publish(&self.names);
         maps.by_address.drain().map(|(_, t)| t).collect()
     }
 
