@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{ByteBudget, bounded_capacity, deadline_after, now};
-use crate::driver::{CLOSED, ItemKind, ONE_WAY_DEADLINE, OPEN, Shared, UNUSABLE, WriteItem};
+use crate::driver::{
+    CLOSED, ItemBody, ItemKind, ONE_WAY_DEADLINE, OPEN, Shared, UNUSABLE, WriteItem,
+};
 use crate::pending::{Canceller, Lease, Pending, PendingTable, StreamEnd, StreamSlot};
 use crate::{
     Address, BackendConfig, BackendError, BackendStream, ResponseFuture, SendOptions, driver,
@@ -616,7 +618,7 @@ pub struct SendRejected<Req> {
 impl<Req> SendRejected<Req> {
     /// The rejection of a request `item` that was never queued.
     fn of(error: BackendError, item: WriteItem<Req>) -> Self {
-        let FrameBody::Message(message) = item.body else {
+        let ItemBody::Frame(FrameBody::Message(message)) = item.body else {
             unreachable!("a request item holds a message")
         };
         Self { error, message }

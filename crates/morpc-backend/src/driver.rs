@@ -9,7 +9,6 @@
 //! It builds on the pending table and the connection core only; `backend.rs` (the
 //! handle) and `stream.rs` build on it.
 
-use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,12 +66,22 @@ impl ItemKind {
     }
 }
 
-/// One frame waiting in the send queue. Kept small (it is moved into the queue, out of
-/// it, into the batch and into the encoder): the frame headers are built at encode time,
-/// and what callers rarely set travels boxed.
+/// What a queue item carries.
+pub(crate) enum ItemBody<Req> {
+    /// One frame: a message, ping or cancel.
+    Frame(FrameBody<Req>),
+    /// Stream messages a `Sink` took one by one and queued together (`Fed` items, in
+    /// order): one queue entry, one wake-up of the writer, for many messages. The writer
+    /// encodes them in place of the run; their charge is the run's.
+    Fed(Vec<WriteItem<Req>>),
+}
+
+/// One frame (or a run of fed stream messages) waiting in the send queue. Kept small (it
+/// is moved into the queue, out of it, into the batch and into the encoder): the frame
+/// headers are built at encode time, and what callers rarely set travels boxed.
 pub(crate) struct WriteItem<Req> {
-    /// The message, ping or cancel.
-    pub(crate) body: FrameBody<Req>,
+    /// The frame, or the fed messages.
+    pub(crate) body: ItemBody<Req>,
     /// Request, ping or stream id.
     pub(crate) id: u64,
     /// When the caller stops caring; sent as the deadline header.
@@ -99,7 +108,7 @@ impl<Req> WriteItem<Req> {
         opts: SendOptions,
     ) -> Self {
         Self {
-            body,
+            body: ItemBody::Frame(body),
             id,
             deadline,
             extras: opts.extras,
@@ -120,11 +129,6 @@ impl<Req> WriteItem<Req> {
             .as_mut()
             .map(|e| std::mem::take(&mut e.headers))
             .unwrap_or_default()
-    }
-
-    /// The write filter's argument.
-    pub(crate) fn arg(&self) -> Option<&(dyn Any + Send + Sync)> {
-        self.extras.as_ref().and_then(|e| e.arg.as_deref())
     }
 }
 
@@ -251,6 +255,52 @@ impl<Req, Resp> Shared<Req, Resp> {
     pub(crate) fn queue_len(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
     }
+
+    /// Queues `item` if there is room now. On failure the item comes back with the
+    /// error, or with `None` when the queue is merely full.
+    #[inline]
+    // The item travels back by value on the (rare) failure path: boxing it would cost an
+    // allocation there and buy nothing on the hot path.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn try_enqueue_now(
+        &self,
+        mut item: WriteItem<Req>,
+    ) -> Result<(), (Option<BackendError>, WriteItem<Req>)> {
+        if let Err(e) = self.check_open() {
+            return Err((Some(e), item));
+        }
+        if !self.charge_now(&mut item) {
+            return Err((None, item));
+        }
+        match self.queue.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(item)) => {
+                Err((Some(self.closed_error()), self.uncharge(item)))
+            }
+            Err(TrySendError::Full(item)) => Err((None, self.uncharge(item))),
+        }
+    }
+
+    /// Charges `item`'s bytes to the send queue's budget if it has room now (the item's
+    /// `charge` becomes what was taken); `false` when the budget is spent.
+    #[inline]
+    pub(crate) fn charge_now(&self, item: &mut WriteItem<Req>) -> bool {
+        match self.queue_budget.try_take(item.charge as usize) {
+            // At most the item's size: fits.
+            Some(charge) => {
+                item.charge = charge as u32;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Gives back the charge of an item that was not queued after all (the item keeps
+    /// the clamped charge as the bytes it takes next time).
+    fn uncharge(&self, item: WriteItem<Req>) -> WriteItem<Req> {
+        self.queue_budget.release(item.charge as usize);
+        item
+    }
 }
 
 impl<Req: Message, Resp: Message> Shared<Req, Resp> {
@@ -301,7 +351,7 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         };
         msg.set_id(id);
         Ok(WriteItem {
-            body: FrameBody::Message(msg),
+            body: ItemBody::Frame(FrameBody::Message(msg)),
             id,
             // Set when it is written, or when it has to wait for room (`Fed`).
             deadline: self.created,
@@ -343,52 +393,6 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         }
     }
 
-    /// Queues `item` if there is room now. On failure the item comes back with the
-    /// error, or with `None` when the queue is merely full.
-    #[inline]
-    // The item travels back by value on the (rare) failure path: boxing it would cost an
-    // allocation there and buy nothing on the hot path.
-    #[allow(clippy::result_large_err)]
-    pub(crate) fn try_enqueue_now(
-        &self,
-        mut item: WriteItem<Req>,
-    ) -> Result<(), (Option<BackendError>, WriteItem<Req>)> {
-        if let Err(e) = self.check_open() {
-            return Err((Some(e), item));
-        }
-        if !self.charge_now(&mut item) {
-            return Err((None, item));
-        }
-        match self.queue.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Closed(item)) => {
-                Err((Some(self.closed_error()), self.uncharge(item)))
-            }
-            Err(TrySendError::Full(item)) => Err((None, self.uncharge(item))),
-        }
-    }
-
-    /// Charges `item`'s bytes to the send queue's budget if it has room now (the item's
-    /// `charge` becomes what was taken); `false` when the budget is spent.
-    #[inline]
-    pub(crate) fn charge_now(&self, item: &mut WriteItem<Req>) -> bool {
-        match self.queue_budget.try_take(item.charge as usize) {
-            // At most the item's size: fits.
-            Some(charge) => {
-                item.charge = charge as u32;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Gives back the charge of an item that was not queued after all (the item keeps
-    /// the clamped charge as the bytes it takes next time).
-    fn uncharge(&self, item: WriteItem<Req>) -> WriteItem<Req> {
-        self.queue_budget.release(item.charge as usize);
-        item
-    }
-
     /// Waits for room in the byte budget and in the queue until the item's deadline
     /// (`Busy` after it), or until the backend closes, then queues it.
     pub(crate) async fn wait_to_enqueue(
@@ -397,11 +401,18 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
     ) -> Result<(), (BackendError, WriteItem<Req>)> {
         if item.kind.deadline_from_write() {
             // Waiting counts against its timeout; it is not reset when it is written.
-            item.deadline = crate::connection::deadline_after(
+            let deadline = crate::connection::deadline_after(
                 crate::connection::now(),
                 self.config.default_timeout,
             );
+            item.deadline = deadline;
             item.kind = ItemKind::Stream;
+            if let ItemBody::Fed(items) = &mut item.body {
+                for item in items.iter_mut() {
+                    item.deadline = deadline;
+                    item.kind = ItemKind::Stream;
+                }
+            }
         }
         let (deadline, bytes) = (item.deadline, item.charge as usize);
         let room = async move {
@@ -555,7 +566,18 @@ async fn write_loop<Req: Message, Resp: Message>(
         // One clock reading serves the batch: expiry, deadline headers, activity.
         let now = now();
         prepare(&shared, &mut batch, now, c.state.epoch);
-        let messages = batch.len();
+        // Counted only for the metrics (a run holds many messages).
+        let messages: usize = if metrics::ENABLED {
+            batch
+                .iter()
+                .map(|item| match &item.body {
+                    ItemBody::Fed(items) => items.len(),
+                    ItemBody::Frame(_) => 1,
+                })
+                .sum()
+        } else {
+            0
+        };
         if !encode(&shared, &mut batch, &mut c.writer, now) {
             continue;
         }
@@ -666,15 +688,26 @@ fn prepare<Req: Message, Resp>(
     now: Instant,
     epoch: u64,
 ) {
-    batch.retain(|item| {
+    batch.retain_mut(|item| {
         if item.kind.has_waiter() && item.deadline <= now {
             resolve(shared, item.kind, item.id, BackendError::Timeout);
             return false;
         }
-        if let (Some(filter), FrameBody::Message(msg)) = (&shared.config.filter, &item.body) {
-            if !filter(msg, item.arg()) {
-                resolve(shared, item.kind, item.id, BackendError::Filtered);
-                return false;
+        if let Some(filter) = &shared.config.filter {
+            let arg = item.extras.as_ref().and_then(|e| e.arg.as_deref());
+            match &mut item.body {
+                ItemBody::Frame(FrameBody::Message(msg)) => {
+                    if !filter(msg, arg) {
+                        resolve(shared, item.kind, item.id, BackendError::Filtered);
+                        return false;
+                    }
+                }
+                // Fed messages have no waiter and no filter argument.
+                ItemBody::Fed(items) => items.retain(|item| match &item.body {
+                    ItemBody::Frame(FrameBody::Message(msg)) => filter(msg, None),
+                    _ => true,
+                }),
+                ItemBody::Frame(_) => {}
             }
         }
         // A request or ping nobody waits for any more is not worth writing. A stream
@@ -719,36 +752,64 @@ fn encode<Req: Message, Resp>(
     out: &mut FrameWriter,
     now: Instant,
 ) -> bool {
-    for mut item in batch.drain(..) {
-        let left = || item.deadline.saturating_duration_since(now);
-        let headers = FrameHeaders {
-            deadline: Some(match item.kind {
-                ItemKind::OneWay | ItemKind::Cancel => ONE_WAY_DEADLINE,
-                ItemKind::Ping | ItemKind::Heartbeat => left().min(PING_DEADLINE_CAP),
-                ItemKind::Request | ItemKind::Stream => left(),
-                ItemKind::Fed => shared
-                    .config
-                    .default_timeout
-                    .min(crate::connection::FAR_FUTURE),
-            }),
-            trace: item.trace(),
-            extensions: item.take_headers(),
+    // Runs are opened in place; one call site keeps the encoder inlined once.
+    let mut items = batch.drain(..);
+    let mut run = Vec::new().into_iter();
+    loop {
+        let item = match run.next() {
+            Some(item) => item,
+            None => match items.next() {
+                Some(WriteItem {
+                    body: ItemBody::Fed(fed),
+                    ..
+                }) => {
+                    run = fed.into_iter();
+                    continue;
+                }
+                Some(item) => item,
+                None => break,
+            },
         };
-        let (id, kind) = (item.id, item.kind);
-        let frame = Frame {
-            body: item.body,
-            headers,
-            stream_seq: item.stream_seq,
-        };
-        match out.encode(&shared.codec, &frame) {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(address = %shared.address, id, error = %e, "cannot encode message");
-                resolve(shared, kind, id, e.into());
-            }
-        }
+        encode_item(shared, item, out, now);
     }
     !out.is_empty()
+}
+
+/// Encodes the frame of one item into `out`; a frame the codec refuses fails its waiter.
+#[inline(always)]
+fn encode_item<Req: Message, Resp>(
+    shared: &Shared<Req, Resp>,
+    mut item: WriteItem<Req>,
+    out: &mut FrameWriter,
+    now: Instant,
+) {
+    let left = || item.deadline.saturating_duration_since(now);
+    let headers = FrameHeaders {
+        deadline: Some(match item.kind {
+            ItemKind::OneWay | ItemKind::Cancel => ONE_WAY_DEADLINE,
+            ItemKind::Ping | ItemKind::Heartbeat => left().min(PING_DEADLINE_CAP),
+            ItemKind::Request | ItemKind::Stream => left(),
+            ItemKind::Fed => shared
+                .config
+                .default_timeout
+                .min(crate::connection::FAR_FUTURE),
+        }),
+        trace: item.trace(),
+        extensions: item.take_headers(),
+    };
+    let (id, kind) = (item.id, item.kind);
+    let ItemBody::Frame(body) = item.body else {
+        unreachable!("a run holds single frames")
+    };
+    let frame = Frame {
+        body,
+        headers,
+        stream_seq: item.stream_seq,
+    };
+    if let Err(e) = out.encode(&shared.codec, &frame) {
+        tracing::warn!(address = %shared.address, id, error = %e, "cannot encode message");
+        resolve(shared, kind, id, e.into());
+    }
 }
 
 /// The state of one established connection, shared by the writer and its reader.
@@ -975,5 +1036,18 @@ async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
             i.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WriteItem;
+    use morpc_codec::RawMessage;
+
+    /// A run of fed messages fits where a frame does: queue items stay the size every
+    /// request's item is moved at (a larger one is moved by `memcpy` calls).
+    #[test]
+    fn a_queue_item_stays_128_bytes() {
+        assert_eq!(std::mem::size_of::<WriteItem<RawMessage>>(), 128);
     }
 }

@@ -166,6 +166,7 @@ impl<Resp> PendingTable<Resp> {
 
     /// Registers request `id` with its deadline. Returns `false` when the sweeper cannot
     /// keep this deadline in order: the caller must then time the request out itself.
+    #[inline]
     pub(crate) fn insert_request(
         &self,
         id: u64,
@@ -400,6 +401,7 @@ impl<Resp> PendingTable<Resp> {
     /// removed, a stream's sequence is checked and advanced and the message handed to it
     /// if its buffer and the stream `budget` have room for its `size` (a non-blocking
     /// `try_send`, so no sender clone per message).
+    #[inline]
     pub(crate) fn deliver(
         &self,
         id: u64,
@@ -514,6 +516,7 @@ impl<Resp> std::fmt::Debug for ResponseFuture<Resp> {
 impl<Resp> ResponseFuture<Resp> {
     /// A future for request `id`, registered in `table`. With `own_timer` it fails with
     /// `Timeout` at `deadline` by itself; otherwise the table's sweeper does it.
+    #[inline]
     pub(crate) fn new(
         id: u64,
         rx: oneshot::Receiver<Result<Resp, BackendError>>,

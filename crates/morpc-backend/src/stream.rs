@@ -8,9 +8,15 @@ use morpc_codec::{Framing, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::ReusableBoxFuture;
 
-use crate::driver::{Enqueue, ItemKind, Shared, WriteItem};
+use crate::driver::{Enqueue, ItemBody, ItemKind, Shared, WriteItem};
 use crate::pending::{Lease, StreamEnd, StreamItem};
 use crate::{BackendError, SendOptions};
+
+/// How many messages the `Sink` gathers before queueing them as one run.
+const FED_RUN: usize = 32;
+
+/// How many bytes of messages the `Sink` gathers at most before queueing them.
+const FED_RUN_BYTES: usize = 64 * 1024;
 
 /// A bidirectional stream over one backend connection.
 ///
@@ -41,6 +47,15 @@ pub struct BackendStream<Req, Resp> {
     /// `start_send` accepted while there was none; finished before anything else by the
     /// next `poll_ready` or `poll_flush`.
     overflow: Option<ReusableBoxFuture<'static, Result<(), BackendError>>>,
+    /// Messages `start_send` accepted and has not queued yet: queued together as one
+    /// run once there are [`FED_RUN`] of them (or [`FED_RUN_BYTES`]), at a flush, or
+    /// when the stream is polled for incoming messages.
+    fed: Vec<WriteItem<Req>>,
+    /// The bytes of `fed`.
+    fed_bytes: usize,
+    /// Why queueing fed messages failed where nobody could be told (while polled for
+    /// incoming messages): reported by the next `poll_ready` or `poll_flush`.
+    fed_error: Option<BackendError>,
 }
 
 // No field is ever pinned (the stream is polled through `&mut`), whatever `Req` is.
@@ -53,6 +68,78 @@ impl<Req, Resp> std::fmt::Debug for BackendStream<Req, Resp> {
             .field("next_seq", &self.next_seq)
             .field("finished", &self.finished)
             .finish()
+    }
+}
+
+/// What needs no `Message` bound (the `Drop` and `Stream` impls use it).
+impl<Req, Resp> BackendStream<Req, Resp> {
+    /// Finishes queueing the overflow message, if any.
+    fn poll_overflow(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
+        let Some(wait) = self.overflow.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let queued = std::task::ready!(wait.poll(cx));
+        self.overflow = None;
+        Poll::Ready(queued)
+    }
+
+    /// The fed messages as one queue item: the message itself when there is one (a
+    /// `send` per message costs no run), else a run of them.
+    fn take_fed_run(&mut self) -> Option<WriteItem<Req>> {
+        self.fed_bytes = 0;
+        match self.fed.len() {
+            0 => None,
+            1 => self.fed.pop(),
+            _ => {
+                let items = std::mem::replace(&mut self.fed, Vec::with_capacity(FED_RUN));
+                let first = &items[0];
+                let charge = items
+                    .iter()
+                    .fold(0u32, |sum, item| sum.saturating_add(item.charge));
+                Some(WriteItem {
+                    id: first.id,
+                    deadline: first.deadline,
+                    extras: None,
+                    stream_seq: None,
+                    kind: ItemKind::Fed,
+                    charge,
+                    body: ItemBody::Fed(items),
+                })
+            }
+        }
+    }
+
+    /// Queues what the `Sink` holds if that can happen without waiting (a close, a drop);
+    /// what finds no room is lost, as an unflushed message is.
+    fn queue_fed_if_room(&mut self) {
+        if self.overflow.is_none() {
+            if let Some(run) = self.take_fed_run() {
+                let _ = self.shared.try_enqueue_now(run);
+            }
+        }
+    }
+
+    /// Queues the fed messages if the send queue has room now; keeps them otherwise
+    /// (while polled for incoming messages, which must not wait for room). A failure
+    /// goes to the next `Sink` call.
+    fn queue_fed_or_keep(&mut self) {
+        if self.overflow.is_some() || self.fed.is_empty() {
+            return;
+        }
+        let Some(run) = self.take_fed_run() else {
+            return;
+        };
+        match self.shared.try_enqueue_now(run) {
+            Ok(()) => {}
+            Err((Some(error), _)) => self.fed_error = Some(error),
+            Err((None, run)) => {
+                self.fed_bytes = run.charge as usize;
+                match run.body {
+                    ItemBody::Fed(items) => self.fed = items,
+                    ItemBody::Frame(_) => self.fed.push(run),
+                }
+            }
+        }
     }
 }
 
@@ -73,17 +160,41 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
             end,
             finished: false,
             overflow: None,
+            fed: Vec::new(),
+            fed_bytes: 0,
+            fed_error: None,
         }
     }
 
-    /// Finishes queueing the overflow message, if any.
-    fn poll_overflow(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
-        let Some(wait) = self.overflow.as_mut() else {
-            return Poll::Ready(Ok(()));
+    /// Queues the fed messages as one run: at once when the send queue has room, else
+    /// as the overflow wait (which must be finished first: see `poll_overflow`).
+    fn queue_fed(&mut self) -> Result<(), BackendError> {
+        debug_assert!(self.overflow.is_none());
+        let Some(run) = self.take_fed_run() else {
+            return Ok(());
         };
-        let queued = std::task::ready!(wait.poll(cx));
-        self.overflow = None;
-        Poll::Ready(queued)
+        match self.shared.try_enqueue_now(run) {
+            Ok(()) => Ok(()),
+            Err((Some(error), _)) => Err(error),
+            Err((None, run)) => {
+                let shared = self.shared.clone();
+                self.overflow = Some(ReusableBoxFuture::new(async move {
+                    shared.wait_to_enqueue(run).await.map_err(|(e, _)| e)
+                }));
+                Ok(())
+            }
+        }
+    }
+
+    /// The `Sink`'s flush: finishes the overflow wait, queues the fed messages, and
+    /// finishes their wait if they had to.
+    fn poll_queue_fed(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
+        if let Some(error) = self.fed_error.take() {
+            return Poll::Ready(Err(error));
+        }
+        std::task::ready!(self.poll_overflow(cx))?;
+        self.queue_fed()?;
+        self.poll_overflow(cx)
     }
 
     /// The queue item for `msg`, numbered with the next sequence (V07).
@@ -127,6 +238,10 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
         if self.has_ended() {
             return Err(BackendError::StreamClosed);
         }
+        // What the `Sink` accepted goes first.
+        if !self.fed.is_empty() || self.overflow.is_some() || self.fed_error.is_some() {
+            std::future::poll_fn(|cx| self.poll_queue_fed(cx)).await?;
+        }
         // Only the (rare, boxed) wait for queue room lives across the await.
         let wait = {
             let item = self.item(msg, opts)?;
@@ -148,6 +263,7 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
     /// still written; later sends fail with `StreamClosed`. A message the `Sink` side
     /// accepted but has not flushed is dropped: close through `SinkExt::close` to keep it.
     pub fn close(&mut self) {
+        self.queue_fed_if_room();
         // Closing the receiver first ends the stream at once for `has_ended`, and frees a
         // reader waiting for room in this stream's full buffer.
         self.rx.close();
@@ -180,6 +296,7 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
 
 impl<Req, Resp> Drop for BackendStream<Req, Resp> {
     fn drop(&mut self) {
+        self.queue_fed_if_room();
         self.shared.pending.remove(self.id);
         // Messages nobody will take give their bytes back to the connection's budget.
         self.rx.close();
@@ -203,6 +320,13 @@ impl<Req, Resp> futures::Stream for BackendStream<Req, Resp> {
         if self.finished {
             return Poll::Ready(None);
         }
+        // Whoever waits for answers has sent what it fed: queue it (without waiting here
+        // for room), and drive a wait for room already running with this task's
+        // wake-ups; errors go to the next `Sink` call.
+        self.queue_fed_or_keep();
+        if let Poll::Ready(Err(error)) = self.poll_overflow(cx) {
+            self.fed_error = Some(error);
+        }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some((msg, charge))) => {
                 self.shared.stream_budget.release(charge);
@@ -218,12 +342,18 @@ impl<Req, Resp> futures::Stream for BackendStream<Req, Resp> {
 }
 
 /// Sending through the `Sink` implementation queues messages like
-/// [`send`](BackendStream::send) with default options, without a future per message: a
-/// message is queued at once when the connection's send queue has room (in messages and
-/// in bytes, `max_queued_write_bytes`), and otherwise held (one at most) until it has,
+/// [`send`](BackendStream::send) with default options, without a future per message,
+/// and gathers them: `start_send` keeps what it accepts, and the messages go to the
+/// connection's send queue together, as one entry, once there are 32 of them (or 64 KiB),
+/// at `poll_flush`, and when the stream is polled for incoming messages (so feeding a
+/// request and waiting for its answer works without a flush). When the send queue has no
+/// room (in messages or in bytes, `max_queued_write_bytes`) they are held until it has,
 /// which the next `poll_ready` or `poll_flush` waits for — within the default timeout,
-/// after which they fail with [`BackendError::Busy`]. Flushing means "queued" (the writer task writes batches by
-/// itself); `close` flushes, then closes the stream.
+/// after which they fail with [`BackendError::Busy`]. Flushing means "queued" (the
+/// writer task writes batches by itself): `SinkExt::send` (feed and flush) queues each
+/// message at once, `feed` and `send_all` gather. `close` flushes, then closes the
+/// stream; a stream closed or dropped with messages not flushed queues them if there is
+/// room at once.
 impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp> {
     type Error = BackendError;
 
@@ -234,7 +364,16 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
         if self.has_ended() {
             return Poll::Ready(Err(BackendError::StreamClosed));
         }
-        self.poll_overflow(cx)
+        if let Some(error) = self.fed_error.take() {
+            return Poll::Ready(Err(error));
+        }
+        std::task::ready!(self.poll_overflow(cx))?;
+        // A full run `start_send` could not queue (an overflow was still waiting).
+        if self.fed.len() >= FED_RUN || self.fed_bytes >= FED_RUN_BYTES {
+            self.queue_fed()?;
+            return self.poll_overflow(cx);
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn start_send(mut self: Pin<&mut Self>, msg: Req) -> Result<(), BackendError> {
@@ -242,17 +381,13 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
             .shared
             .stream_item(msg, self.id, self.seq())
             .map_err(|(error, _)| error)?;
-        match self.shared.try_enqueue_now(item) {
-            Ok(()) => {}
-            Err((Some(error), _)) => return Err(error),
-            Err((None, item)) => {
-                let shared = self.shared.clone();
-                self.overflow = Some(ReusableBoxFuture::new(async move {
-                    shared.wait_to_enqueue(item).await.map_err(|(e, _)| e)
-                }));
-            }
-        }
         self.next_seq = self.next_seq.wrapping_add(1);
+        self.fed_bytes += item.charge as usize;
+        self.fed.push(item);
+        let full = self.fed.len() >= FED_RUN || self.fed_bytes >= FED_RUN_BYTES;
+        if full && self.overflow.is_none() {
+            self.queue_fed()?;
+        }
         Ok(())
     }
 
@@ -260,14 +395,14 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), BackendError>> {
-        self.poll_overflow(cx)
+        self.poll_queue_fed(cx)
     }
 
     fn poll_close(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), BackendError>> {
-        let flushed = std::task::ready!(self.poll_overflow(cx));
+        let flushed = std::task::ready!(self.poll_queue_fed(cx));
         self.close();
         Poll::Ready(flushed)
     }

@@ -779,7 +779,8 @@ async fn a_sink_message_for_a_full_queue_is_held_in_order_until_there_is_room() 
     let backend = peer.backend(config().buffer_size(2)).await;
     let mut stream = backend.new_stream(16).unwrap();
     // This (current-thread) task does not wait below, so the writer task cannot drain the
-    // queue: two messages fill it, the third is accepted and held.
+    // queue: two messages, each flushed, fill it; the third is accepted, and held by its
+    // flush.
     for i in 0..3 {
         let ready = futures::poll!(futures::future::poll_fn(
             |cx| Pin::new(&mut stream).poll_ready(cx)
@@ -788,6 +789,10 @@ async fn a_sink_message_for_a_full_queue_is_held_in_order_until_there_is_room() 
         Pin::new(&mut stream)
             .start_send(msg(format!("{i}")))
             .unwrap();
+        let flushed = futures::poll!(futures::future::poll_fn(
+            |cx| Pin::new(&mut stream).poll_flush(cx)
+        ));
+        assert_eq!(flushed.is_pending(), i == 2, "message {i}");
     }
     let ready = futures::poll!(futures::future::poll_fn(
         |cx| Pin::new(&mut stream).poll_ready(cx)
@@ -797,6 +802,38 @@ async fn a_sink_message_for_a_full_queue_is_held_in_order_until_there_is_room() 
     for i in 0..3 {
         let m = within("echo", stream.next()).await.unwrap().unwrap();
         assert_eq!(m.body, i.to_string(), "in order, numbered without gaps");
+    }
+}
+
+#[tokio::test]
+async fn fed_messages_go_out_in_runs_in_order_and_without_a_flush_when_answers_are_awaited() {
+    use futures::SinkExt;
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    // A queue smaller than a run: runs are one entry each, and some wait for room.
+    let backend = peer.backend(config().buffer_size(2)).await;
+    let mut stream = backend.new_stream(256).unwrap();
+    for i in 0..100 {
+        within("feed", stream.feed(msg(format!("{i}"))))
+            .await
+            .unwrap();
+    }
+    within("flush", stream.flush()).await.unwrap();
+    for i in 0..100 {
+        let m = within("echo", stream.next()).await.unwrap().unwrap();
+        assert_eq!(m.body, i.to_string(), "in order, numbered without gaps");
+    }
+    // One message fed, then its answer awaited: polling for it queues what was fed.
+    within("feed", stream.feed(msg("lone"))).await.unwrap();
+    let m = within("echo", stream.next()).await.unwrap().unwrap();
+    assert_eq!(m.body, "lone");
+    // A send with options goes after what was fed before it.
+    within("feed", stream.feed(msg("fed"))).await.unwrap();
+    within("send", stream.send(msg("sent"), SendOptions::new()))
+        .await
+        .unwrap();
+    for expected in ["fed", "sent"] {
+        let m = within("echo", stream.next()).await.unwrap().unwrap();
+        assert_eq!(m.body, expected);
     }
 }
 

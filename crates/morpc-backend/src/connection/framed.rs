@@ -363,7 +363,7 @@ impl FrameWriter {
     ///
     /// # Errors
     /// The codec's error (too large, unsupported in this framing).
-    #[inline]
+    #[inline(always)]
     pub fn encode<M: Message>(
         &mut self,
         codec: &Codec,
