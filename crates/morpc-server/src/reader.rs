@@ -208,6 +208,9 @@ where
         let auto_cancel = shared.config.auto_cancel;
         // Set once a handler made this dispatch wait: `read_at` is stale from then on.
         let mut waited_here = false;
+        // The stream last marked used in this dispatch: a stream's messages come in
+        // runs, and marking it once per read is recent enough for the table's epochs.
+        let mut touched = None;
         loop {
             let (frame, received_nanos, waited): (Frame<Req>, u64, bool) =
                 match self.ahead.pop(codec) {
@@ -268,8 +271,9 @@ where
                 continue;
             }
             self.sequence += 1;
-            if frame.stream_seq.is_some() {
+            if frame.stream_seq.is_some() && touched != Some(id) {
                 self.streams.lock().touch(id);
+                touched = Some(id);
             }
             let trace = frame.headers.trace;
             let request = Request {
