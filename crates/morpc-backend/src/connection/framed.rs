@@ -638,22 +638,7 @@ mod reader_tests {
         let (_peer, io) = tokio::io::duplex(16);
         let mut r = reader(io, ReadLimits::default());
         let wire = frame_bytes(r.codec(), 32 * STEP);
-        let (mut moves, mut copied, mut at) = (0, 0, 0);
-        while at < wire.len() {
-            let before = r.buf.as_ptr();
-            r.make_room();
-            if r.buf.as_ptr() != before {
-                moves += 1;
-                copied += r.buf.len();
-            }
-            // A read of what fits, at most a step.
-            let n = (r.buf.capacity() - r.buf.len())
-                .min(STEP)
-                .min(wire.len() - at);
-            assert!(n > 0, "no room made");
-            r.buf.extend_from_slice(&wire[at..at + n]);
-            at += n;
-        }
+        let Fed { moves, copied, .. } = feed(&mut r, &wire, STEP);
         assert!(r.next_frame::<RawMessage>().unwrap().is_some());
         assert!(moves <= 8, "{moves} moves");
         assert!(
@@ -663,17 +648,33 @@ mod reader_tests {
         );
     }
 
-    /// Feeds `wire` to the reader in reads of at most `step` bytes, as a socket would,
-    /// and returns the largest buffer capacity seen and how many bytes were moved.
-    fn feed(r: &mut FrameReader, wire: &[u8], step: usize) -> (usize, usize) {
-        let (mut largest, mut copied, mut at) = (0, 0, 0);
+    /// What feeding a reader did to its buffer.
+    struct Fed {
+        /// The largest capacity seen.
+        largest: usize,
+        /// How many times the bytes were moved to another buffer.
+        moves: usize,
+        /// How many bytes those moves copied.
+        copied: usize,
+    }
+
+    /// Feeds `wire` to the reader in reads of what fits, at most `step` bytes, as a
+    /// socket would.
+    fn feed(r: &mut FrameReader, wire: &[u8], step: usize) -> Fed {
+        let mut fed = Fed {
+            largest: 0,
+            moves: 0,
+            copied: 0,
+        };
+        let mut at = 0;
         while at < wire.len() {
             let before = r.buf.as_ptr();
             r.make_room();
             if r.buf.as_ptr() != before {
-                copied += r.buf.len();
+                fed.moves += 1;
+                fed.copied += r.buf.len();
             }
-            largest = largest.max(r.buf.capacity());
+            fed.largest = fed.largest.max(r.buf.capacity());
             let n = (r.buf.capacity() - r.buf.len())
                 .min(step)
                 .min(wire.len() - at);
@@ -681,7 +682,7 @@ mod reader_tests {
             r.buf.extend_from_slice(&wire[at..at + n]);
             at += n;
         }
-        (largest, copied)
+        fed
     }
 
     #[test]
@@ -690,7 +691,7 @@ mod reader_tests {
         let (_peer, io) = tokio::io::duplex(16);
         let mut r = reader(io, ReadLimits::default());
         let wire = frame_bytes(r.codec(), 1 << 20);
-        let (largest, _) = feed(&mut r, &wire, STEP);
+        let Fed { largest, .. } = feed(&mut r, &wire, STEP);
         assert_eq!(largest, wire.len(), "the buffer ends where the frame ends");
         assert!(r.next_frame::<RawMessage>().unwrap().is_some());
     }
@@ -703,7 +704,9 @@ mod reader_tests {
         let wire = frame_bytes(r.codec(), 1 << 20);
         feed(&mut r, &wire, STEP);
         drop(r.next_raw().unwrap().expect("the first frame"));
-        let (largest, copied) = feed(&mut r, &wire, STEP);
+        let Fed {
+            largest, copied, ..
+        } = feed(&mut r, &wire, STEP);
         assert_eq!(largest, wire.len());
         assert!(
             copied <= STEP,
@@ -749,7 +752,7 @@ mod reader_tests {
         let mut r = reader(io, ReadLimits::default());
         let wire = frame_bytes(r.codec(), 16 << 20);
         let sent = 3 * STEP;
-        let (largest, _) = feed(&mut r, &wire[..sent], STEP);
+        let Fed { largest, .. } = feed(&mut r, &wire[..sent], STEP);
         assert!(
             largest <= DECODE_GROWTH * sent + STEP,
             "{largest} bytes of buffer for {sent} bytes of a frame claiming {}",
