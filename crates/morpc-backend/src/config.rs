@@ -254,7 +254,9 @@ impl<Req> BackendConfig<Req> {
         Self::default()
     }
 
-    /// Capacity of the send queue (at least 1).
+    /// Capacity of the send queue (at least 1), in entries: a run of messages fed
+    /// through a stream's `Sink` (up to 32) is one entry; `max_queued_write_bytes`
+    /// bounds the bytes of them all.
     pub fn buffer_size(mut self, n: usize) -> Self {
         self.buffer_size = n.max(1);
         self

@@ -68,19 +68,27 @@ impl<Req, Resp> std::fmt::Debug for ReadyBackend<Req, Resp> {
 }
 
 thread_local! {
-    /// This thread's round-robin turn for [`Pool::ready`]: a counter no other thread
-    /// writes (a shared one would bounce between cores on every send).
-    static TURN: Cell<usize> = const { Cell::new(0) };
+    /// The pool this thread picked from last and its turn there, for [`Pool::ready`]:
+    /// written by no other thread (a shared cursor would bounce between cores on every
+    /// send). A thread sending to another pool than the last takes that pool's shared
+    /// cursor instead, so sends to several pools in turn stay round-robin in each.
+    static TURN: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
-/// The next round-robin turn of this thread.
-#[inline]
-fn next_turn() -> usize {
-    TURN.with(|turn| {
-        let t = turn.get();
-        turn.set(t.wrapping_add(1));
-        t
-    })
+impl<Req, Resp> Pool<Req, Resp> {
+    /// This thread's next round-robin turn in this pool.
+    #[inline]
+    fn next_turn(&self) -> usize {
+        let pool = self as *const Self as usize;
+        TURN.with(|turn| {
+            let next = match turn.get() {
+                (last, n) if last == pool => n.wrapping_add(1),
+                _ => self.next.fetch_add(1, Ordering::Relaxed),
+            };
+            turn.set((pool, next));
+            next
+        })
+    }
 }
 
 /// How long after a failed creation new creations wait, so that sends fail fast with
@@ -146,7 +154,7 @@ impl<Req, Resp> Pool<Req, Resp> {
     }
 
     /// A backend that is open, not locked to a stream and not busy, picked round-robin
-    /// from the published snapshot without taking the pool's lock; `None` when there is
+    /// (this thread's turn) from the published snapshot without taking the pool's lock; `None` when there is
     /// none now, for [`pick`](Pool::pick) to sort out (its choice would have been this
     /// one: it prefers exactly such a backend, and asks for no creation then).
     #[inline]
@@ -156,7 +164,7 @@ impl<Req, Resp> Pool<Req, Resp> {
         let start = match n {
             0 => return None,
             1 => 0,
-            _ => next_turn(),
+            _ => self.next_turn(),
         };
         let index = (0..n)
             .map(|i| (start + i) % n)
@@ -412,5 +420,33 @@ mod tests {
         assert_eq!(pool.unlocked.load().len(), 1);
         pool.close_all();
         assert!(pool.ready().is_none(), "closed all");
+    }
+
+    #[tokio::test]
+    async fn sends_to_two_pools_in_turn_go_round_robin_in_each() {
+        let mut far = Vec::new();
+        let mut pools = Vec::new();
+        let mut backends = Vec::new();
+        for port in [1, 2] {
+            let pool: Pool<RawMessage> = Pool::new(format!("127.0.0.1:{port}").parse().unwrap());
+            let mut both = Vec::new();
+            for _ in 0..2 {
+                let (backend, end) = backend().await;
+                pool.add(backend.clone());
+                both.push(backend);
+                far.push(end);
+            }
+            pools.push(pool);
+            backends.push(both);
+        }
+        let mut used = [[0; 2]; 2];
+        for _ in 0..8 {
+            for (p, pool) in pools.iter().enumerate() {
+                let picked = pool.ready().unwrap();
+                let i = usize::from(!picked.ptr_eq(&backends[p][0]));
+                used[p][i] += 1;
+            }
+        }
+        assert_eq!(used, [[4, 4], [4, 4]], "every backend of each pool in turn");
     }
 }

@@ -2,7 +2,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
+
+use futures::task::AtomicWaker;
 
 use morpc_codec::{Framing, Message};
 use tokio::sync::mpsc;
@@ -17,6 +19,36 @@ const FED_RUN: usize = 32;
 
 /// How many bytes of messages the `Sink` gathers at most before queueing them.
 const FED_RUN_BYTES: usize = 64 * 1024;
+
+/// Which side of a stream polls its overflow wait.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    /// `poll_ready`, `poll_flush`, `poll_close`, `send`.
+    Sink,
+    /// `poll_next`.
+    Stream,
+}
+
+/// The wakers of both sides of a stream waiting on its overflow run: the wait keeps one
+/// waker, this one, which wakes both.
+#[derive(Debug, Default)]
+struct OverflowWakers {
+    /// The `Sink` side's task.
+    sink: AtomicWaker,
+    /// The `Stream` side's task.
+    stream: AtomicWaker,
+}
+
+impl std::task::Wake for OverflowWakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.sink.wake();
+        self.stream.wake();
+    }
+}
 
 /// A bidirectional stream over one backend connection.
 ///
@@ -47,6 +79,8 @@ pub struct BackendStream<Req, Resp> {
     /// `start_send` accepted while there was none; finished before anything else by the
     /// next `poll_ready` or `poll_flush`.
     overflow: Option<ReusableBoxFuture<'static, Result<(), BackendError>>>,
+    /// Who waits on `overflow`, made on its first wait.
+    overflow_wakers: Option<(Arc<OverflowWakers>, Waker)>,
     /// Messages `start_send` accepted and has not queued yet: queued together as one
     /// run once there are [`FED_RUN`] of them (or [`FED_RUN_BYTES`]), at a flush, or
     /// when the stream is polled for incoming messages.
@@ -73,12 +107,29 @@ impl<Req, Resp> std::fmt::Debug for BackendStream<Req, Resp> {
 
 /// What needs no `Message` bound (the `Drop` and `Stream` impls use it).
 impl<Req, Resp> BackendStream<Req, Resp> {
-    /// Finishes queueing the overflow message, if any.
-    fn poll_overflow(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
+    /// Finishes queueing the overflow run, if any, for `side`. Both sides may poll it
+    /// (a split stream does, from two tasks): the wait wakes both, and whichever
+    /// finishes it wakes the other.
+    fn poll_overflow(
+        &mut self,
+        cx: &mut Context<'_>,
+        side: Side,
+    ) -> Poll<Result<(), BackendError>> {
         let Some(wait) = self.overflow.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        let queued = std::task::ready!(wait.poll(cx));
+        let (wakers, waker) = self.overflow_wakers.get_or_insert_with(|| {
+            let wakers = Arc::new(OverflowWakers::default());
+            let waker = Waker::from(wakers.clone());
+            (wakers, waker)
+        });
+        let (ours, theirs) = match side {
+            Side::Sink => (&wakers.sink, &wakers.stream),
+            Side::Stream => (&wakers.stream, &wakers.sink),
+        };
+        ours.register(cx.waker());
+        let queued = std::task::ready!(wait.poll(&mut Context::from_waker(waker)));
+        theirs.wake();
         self.overflow = None;
         Poll::Ready(queued)
     }
@@ -118,29 +169,6 @@ impl<Req, Resp> BackendStream<Req, Resp> {
             }
         }
     }
-
-    /// Queues the fed messages if the send queue has room now; keeps them otherwise
-    /// (while polled for incoming messages, which must not wait for room). A failure
-    /// goes to the next `Sink` call.
-    fn queue_fed_or_keep(&mut self) {
-        if self.overflow.is_some() || self.fed.is_empty() {
-            return;
-        }
-        let Some(run) = self.take_fed_run() else {
-            return;
-        };
-        match self.shared.try_enqueue_now(run) {
-            Ok(()) => {}
-            Err((Some(error), _)) => self.fed_error = Some(error),
-            Err((None, run)) => {
-                self.fed_bytes = run.charge as usize;
-                match run.body {
-                    ItemBody::Fed(items) => self.fed = items,
-                    ItemBody::Frame(_) => self.fed.push(run),
-                }
-            }
-        }
-    }
 }
 
 impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
@@ -160,6 +188,7 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
             end,
             finished: false,
             overflow: None,
+            overflow_wakers: None,
             fed: Vec::new(),
             fed_bytes: 0,
             fed_error: None,
@@ -192,9 +221,9 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
         if let Some(error) = self.fed_error.take() {
             return Poll::Ready(Err(error));
         }
-        std::task::ready!(self.poll_overflow(cx))?;
+        std::task::ready!(self.poll_overflow(cx, Side::Sink))?;
         self.queue_fed()?;
-        self.poll_overflow(cx)
+        self.poll_overflow(cx, Side::Sink)
     }
 
     /// The queue item for `msg`, numbered with the next sequence (V07).
@@ -260,8 +289,9 @@ impl<Req: Message, Resp: Message> BackendStream<Req, Resp> {
 
     /// Closes the stream: no more messages are delivered and the receiving side ends
     /// with `None` after what is already buffered. Messages already sent (queued) are
-    /// still written; later sends fail with `StreamClosed`. A message the `Sink` side
-    /// accepted but has not flushed is dropped: close through `SinkExt::close` to keep it.
+    /// still written; later sends fail with `StreamClosed`. Messages the `Sink` side
+    /// accepted and has not flushed are queued if there is room at once, else dropped:
+    /// close through `SinkExt::close` to keep them.
     pub fn close(&mut self) {
         self.queue_fed_if_room();
         // Closing the receiver first ends the stream at once for `has_ended`, and frees a
@@ -307,24 +337,28 @@ impl<Req, Resp> Drop for BackendStream<Req, Resp> {
 }
 
 /// Terminated once it has yielded its last item (`None`, after an error or a close).
-impl<Req, Resp> futures::stream::FusedStream for BackendStream<Req, Resp> {
+impl<Req: Message, Resp: Message> futures::stream::FusedStream for BackendStream<Req, Resp> {
     fn is_terminated(&self) -> bool {
         self.finished
     }
 }
 
-impl<Req, Resp> futures::Stream for BackendStream<Req, Resp> {
+impl<Req: Message, Resp: Message> futures::Stream for BackendStream<Req, Resp> {
     type Item = Result<Resp, BackendError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.finished {
             return Poll::Ready(None);
         }
-        // Whoever waits for answers has sent what it fed: queue it (without waiting here
-        // for room), and drive a wait for room already running with this task's
-        // wake-ups; errors go to the next `Sink` call.
-        self.queue_fed_or_keep();
-        if let Poll::Ready(Err(error)) = self.poll_overflow(cx) {
+        // Whoever waits for answers has sent what it fed: queue it (waiting for room,
+        // if there is none, with this side's wake-ups too); an error goes to the next
+        // `Sink` call.
+        if self.overflow.is_none() && !self.fed.is_empty() {
+            if let Err(error) = self.queue_fed() {
+                self.fed_error = Some(error);
+            }
+        }
+        if let Poll::Ready(Err(error)) = self.poll_overflow(cx, Side::Stream) {
             self.fed_error = Some(error);
         }
         match self.rx.poll_recv(cx) {
@@ -367,11 +401,11 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
         if let Some(error) = self.fed_error.take() {
             return Poll::Ready(Err(error));
         }
-        std::task::ready!(self.poll_overflow(cx))?;
+        std::task::ready!(self.poll_overflow(cx, Side::Sink))?;
         // A full run `start_send` could not queue (an overflow was still waiting).
         if self.fed.len() >= FED_RUN || self.fed_bytes >= FED_RUN_BYTES {
             self.queue_fed()?;
-            return self.poll_overflow(cx);
+            return self.poll_overflow(cx, Side::Sink);
         }
         Poll::Ready(Ok(()))
     }

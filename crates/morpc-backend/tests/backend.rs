@@ -838,6 +838,40 @@ async fn fed_messages_go_out_in_runs_in_order_and_without_a_flush_when_answers_a
 }
 
 #[tokio::test]
+async fn a_fed_message_awaiting_its_answer_waits_for_room_in_a_full_queue() {
+    use futures::Sink;
+    use std::pin::Pin;
+    use std::task::Poll;
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config().buffer_size(2)).await;
+    let (mut a, mut b) = (
+        backend.new_stream(16).unwrap(),
+        backend.new_stream(16).unwrap(),
+    );
+    // Stream `b` fills the queue (this task does not wait, so the writer cannot drain it).
+    for i in 0..2 {
+        Pin::new(&mut b).start_send(msg(format!("b{i}"))).unwrap();
+        let flushed = futures::poll!(futures::future::poll_fn(
+            |cx| Pin::new(&mut b).poll_flush(cx)
+        ));
+        assert!(flushed.is_ready(), "b{i}");
+    }
+    // `a` feeds one message and awaits its answer: polling for it must queue the message
+    // once the queue has room, and be woken for that room (`b`'s answers go to `b`).
+    let ready = futures::poll!(futures::future::poll_fn(
+        |cx| Pin::new(&mut a).poll_ready(cx)
+    ));
+    assert!(matches!(ready, Poll::Ready(Ok(()))));
+    Pin::new(&mut a).start_send(msg("a")).unwrap();
+    let m = within("a's echo", a.next()).await.unwrap().unwrap();
+    assert_eq!(m.body, "a");
+    for i in 0..2 {
+        let m = within("b's echo", b.next()).await.unwrap().unwrap();
+        assert_eq!(m.body, format!("b{i}"));
+    }
+}
+
+#[tokio::test]
 async fn stream_sequence_gap_ends_the_stream_with_a_typed_error() {
     let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
     let backend = peer.backend(config()).await;

@@ -320,26 +320,22 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         opts: SendOptions,
     ) -> Result<ClientResponse<Resp>, ClientError> {
         // A name sent to before is looked up in the published names, and a send that
-        // finds room completes within that one borrow: no lock taken, no reference
-        // count touched.
-        let (target, slow) = {
+        // finds a backend with room completes within that one borrow: no lock taken, no
+        // reference count touched. Anything else (no such backend, a first send) looks
+        // the target up under the table's lock, where forgetting unused targets sees it.
+        let (msg, opts) = {
             let names = self.inner().targets.names();
             match names.get(address) {
-                Some(target) => match self.try_send_now(target, msg, opts) {
+                Some(target) => match self.try_send_now(target, msg, opts, false) {
                     Ok(response) => return Ok(response),
-                    Err(slow) => (target.clone(), slow?),
+                    Err(Ok(slow)) => (slow.msg, slow.opts),
+                    Err(Err(e)) => return Err(e),
                 },
-                None => {
-                    drop(names);
-                    let target = self.target_named(address)?;
-                    match self.try_send_now(&target, msg, opts) {
-                        Ok(response) => return Ok(response),
-                        Err(slow) => (target, slow?),
-                    }
-                }
+                None => (msg, opts),
             }
         };
-        Box::pin(self.send_slow(&target, slow)).await
+        let target = self.target_named(address)?;
+        self.send_to_target(&target, msg, opts).await
     }
 
     /// [`send`](RpcClient::send) to a target already looked up.
@@ -351,7 +347,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     ) -> Result<ClientResponse<Resp>, ClientError> {
         // Only the slow path is a future of its own (boxed): a send that finds a backend
         // with room completes synchronously, and the caller's future stays small.
-        let slow = match self.try_send_now(target, msg, opts) {
+        let slow = match self.try_send_now(target, msg, opts, true) {
             Ok(response) => return Ok(response),
             Err(slow) => slow?,
         };
@@ -359,8 +355,9 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     }
 
     /// The synchronous part of a send: checks, the deadline, the breaker, and a backend
-    /// with room right now. What is left (no backend yet, a full queue, a rejection to
-    /// retry) comes back as the slow path's starting point.
+    /// with room right now (with `may_pick`, from the pool's locked pick too, which may
+    /// start a creation, when none is ready). What is left (no backend yet, a full
+    /// queue, a rejection to retry) comes back as the slow path's starting point.
     #[inline]
     #[allow(clippy::result_large_err)]
     fn try_send_now(
@@ -368,6 +365,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         target: &Arc<Target<Req, Resp>>,
         msg: Req,
         opts: SendOptions,
+        may_pick: bool,
     ) -> Result<ClientResponse<Resp>, Result<SlowSend<Req>, ClientError>> {
         let Admitted {
             opts,
@@ -387,10 +385,11 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
             let picked;
             let backend = match &ready {
                 Some(backend) => Some(&**backend),
-                None => {
+                None if may_pick => {
                     picked = self.pick_now(target).ok().flatten();
                     picked.as_ref()
                 }
+                None => None,
             };
             match backend {
                 Some(backend) => match backend.try_send(msg, opts.clone()) {

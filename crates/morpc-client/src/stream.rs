@@ -76,13 +76,13 @@ impl<Req, Resp> Drop for ClientStream<Req, Resp> {
 }
 
 /// Terminated once its backend stream is.
-impl<Req, Resp> futures::stream::FusedStream for ClientStream<Req, Resp> {
+impl<Req: Message, Resp: Message> futures::stream::FusedStream for ClientStream<Req, Resp> {
     fn is_terminated(&self) -> bool {
         self.stream.is_terminated()
     }
 }
 
-impl<Req, Resp> futures::Stream for ClientStream<Req, Resp> {
+impl<Req: Message, Resp: Message> futures::Stream for ClientStream<Req, Resp> {
     type Item = Result<Resp, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

@@ -120,10 +120,13 @@ impl<Req, Resp> Targets<Req, Resp> {
         self.names.load()
     }
 
-    /// The target named `name`, if a send used that name before.
+    /// The target named `name`, if a send used that name before. Cloned under the
+    /// table's lock, so `forget_unused` sees this reference (a borrow from
+    /// [`names`](Self::names) it cannot see, which is why a borrowed target is only
+    /// sent on through a backend it already has).
     #[inline]
     pub(crate) fn get_named(&self, name: &str) -> Option<Arc<Target<Req, Resp>>> {
-        self.names.load().get(name).cloned()
+        self.maps.read().by_name.get(name).cloned()
     }
 
     /// The target of `name`, created with `make` if its address has none.
@@ -191,9 +194,9 @@ impl<Req, Resp> Targets<Req, Resp> {
 
     /// Forgets the targets nobody outside the table holds (no send in progress, no locked
     /// stream) for which `forgettable` is true. Under the write lock, which every creation
-    /// takes too. A send that read the names just before may still use a forgotten
-    /// target: only a vacant one is forgotten (no backend, nothing in flight), so that
-    /// send creates its backend, and the target goes with its last user.
+    /// takes too, and every clone of a target. A send borrowing a target from the
+    /// published names only uses a backend the target has (`Pool::ready`): a target
+    /// with one is not vacant, so not forgotten; anything else takes the locked path.
     pub(crate) fn forget_unused(&self, forgettable: impl Fn(&Target<Req, Resp>) -> bool) {
         let mut maps = self.maps.write();
         let maps = &mut *maps;

@@ -209,7 +209,8 @@ where
         // Set once a handler made this dispatch wait: `read_at` is stale from then on.
         let mut waited_here = false;
         // The stream last marked used in this dispatch: a stream's messages come in
-        // runs, and marking it once per read is recent enough for the table's epochs.
+        // runs, and marking it once per run of its frames in a read is recent enough
+        // for the table's epochs.
         let mut touched = None;
         loop {
             let (frame, received_nanos, waited): (Frame<Req>, u64, bool) =

@@ -232,11 +232,12 @@ impl FrameReader {
     /// to the buffer any more, `reserve` moves the unread tail to the front and the
     /// connection keeps reusing the same few pages; when frames still hold it (they are
     /// zero-copy slices), reading continues in a fresh buffer and the old one is freed
-    /// with its last frame.
+    /// with its last frame (or, when it held a large frame, kept as a spare).
     ///
-    /// A frame larger than the room reads into a buffer that ends where the frame ends:
-    /// a large message holds its own bytes for as long as it lives, not a buffer grown
-    /// by doubling. That buffer is one of the last few large frames' (see
+    /// A frame larger than the room reads into a buffer that ends where the frame ends
+    /// (or a spare up to twice its size): a large message holds about its own bytes for
+    /// as long as it lives, not a buffer grown by doubling. That buffer is one of the
+    /// last few large frames' (see
     /// [`SPARE_BUFFERS`]) once its frame has been dropped, or a new one: a steady flow of
     /// large messages reuses the same memory instead of having the allocator hand back
     /// and fault in a fresh buffer for each. The buffer never grows past what the peer
@@ -283,11 +284,19 @@ impl FrameReader {
         }
         // The whole frame may be held: in the buffer of an earlier large frame that has
         // been dropped since, or in a new one.
+        // The smallest spare that is free again and not more than twice the size (a
+        // small frame must not pin a large buffer).
         let capacity = len + missing;
         let reused = self
             .spares
             .iter_mut()
-            .position(|spare| spare.try_reclaim(capacity));
+            .enumerate()
+            .filter_map(|(i, spare)| {
+                let fits = spare.try_reclaim(capacity) && spare.capacity() <= 2 * capacity;
+                fits.then_some((i, spare.capacity()))
+            })
+            .min_by_key(|&(_, size)| size)
+            .map(|(i, _)| i);
         let grown = match reused {
             Some(i) => self.spares.swap_remove(i),
             None => BytesMut::with_capacity(capacity),
