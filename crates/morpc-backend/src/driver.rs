@@ -123,6 +123,18 @@ impl<Req> WriteItem<Req> {
         self.extras.as_ref().map(|e| e.trace).unwrap_or_default()
     }
 
+    /// Turns a `Fed` item (and each message of its run) into a `Stream` item with
+    /// `deadline`, for a wait that counts against its timeout.
+    pub(crate) fn count_deadline_from(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.kind = ItemKind::Stream;
+        if let ItemBody::Fed(items) = &mut self.body {
+            for item in items {
+                item.count_deadline_from(deadline);
+            }
+        }
+    }
+
     /// Takes the custom header values to send.
     pub(crate) fn take_headers(&mut self) -> crate::config::HeaderValues {
         self.extras
@@ -401,18 +413,10 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
     ) -> Result<(), (BackendError, WriteItem<Req>)> {
         if item.kind.deadline_from_write() {
             // Waiting counts against its timeout; it is not reset when it is written.
-            let deadline = crate::connection::deadline_after(
+            item.count_deadline_from(crate::connection::deadline_after(
                 crate::connection::now(),
                 self.config.default_timeout,
-            );
-            item.deadline = deadline;
-            item.kind = ItemKind::Stream;
-            if let ItemBody::Fed(items) = &mut item.body {
-                for item in items.iter_mut() {
-                    item.deadline = deadline;
-                    item.kind = ItemKind::Stream;
-                }
-            }
+            ));
         }
         let (deadline, bytes) = (item.deadline, item.charge as usize);
         let room = async move {

@@ -154,9 +154,10 @@ impl<Req, Resp> Pool<Req, Resp> {
     }
 
     /// A backend that is open, not locked to a stream and not busy, picked round-robin
-    /// (this thread's turn) from the published snapshot without taking the pool's lock; `None` when there is
-    /// none now, for [`pick`](Pool::pick) to sort out (its choice would have been this
-    /// one: it prefers exactly such a backend, and asks for no creation then).
+    /// (this thread's turn) from the published snapshot without taking the pool's lock;
+    /// `None` when there is none now, for [`pick`](Pool::pick) to sort out (its choice
+    /// would have been this one: it prefers exactly such a backend, and asks for no
+    /// creation then).
     #[inline]
     pub fn ready(&self) -> Option<ReadyBackend<Req, Resp>> {
         let backends = self.unlocked.load();

@@ -105,7 +105,7 @@ impl<Req, Resp> std::fmt::Debug for BackendStream<Req, Resp> {
     }
 }
 
-/// What needs no `Message` bound (the `Drop` and `Stream` impls use it).
+/// What needs no `Message` bound (the `Drop` impl uses it).
 impl<Req, Resp> BackendStream<Req, Resp> {
     /// Finishes queueing the overflow run, if any, for `side`. Both sides may poll it
     /// (a split stream does, from two tasks): the wait wakes both, and whichever
@@ -134,19 +134,24 @@ impl<Req, Resp> BackendStream<Req, Resp> {
         Poll::Ready(queued)
     }
 
+    /// Whether the fed messages make a full run, to be queued without waiting for a
+    /// flush.
+    fn fed_run_full(&self) -> bool {
+        self.fed.len() >= FED_RUN || self.fed_bytes >= FED_RUN_BYTES
+    }
+
     /// The fed messages as one queue item: the message itself when there is one (a
     /// `send` per message costs no run), else a run of them.
     fn take_fed_run(&mut self) -> Option<WriteItem<Req>> {
-        self.fed_bytes = 0;
+        let bytes = std::mem::take(&mut self.fed_bytes);
         match self.fed.len() {
             0 => None,
             1 => self.fed.pop(),
             _ => {
                 let items = std::mem::replace(&mut self.fed, Vec::with_capacity(FED_RUN));
                 let first = &items[0];
-                let charge = items
-                    .iter()
-                    .fold(0u32, |sum, item| sum.saturating_add(item.charge));
+                // The messages' charges, each within u32.
+                let charge = u32::try_from(bytes).unwrap_or(u32::MAX);
                 Some(WriteItem {
                     id: first.id,
                     deadline: first.deadline,
@@ -403,7 +408,7 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
         }
         std::task::ready!(self.poll_overflow(cx, Side::Sink))?;
         // A full run `start_send` could not queue (an overflow was still waiting).
-        if self.fed.len() >= FED_RUN || self.fed_bytes >= FED_RUN_BYTES {
+        if self.fed_run_full() {
             self.queue_fed()?;
             return self.poll_overflow(cx, Side::Sink);
         }
@@ -418,8 +423,7 @@ impl<Req: Message, Resp: Message> futures::Sink<Req> for BackendStream<Req, Resp
         self.next_seq = self.next_seq.wrapping_add(1);
         self.fed_bytes += item.charge as usize;
         self.fed.push(item);
-        let full = self.fed.len() >= FED_RUN || self.fed_bytes >= FED_RUN_BYTES;
-        if full && self.overflow.is_none() {
+        if self.fed_run_full() && self.overflow.is_none() {
             self.queue_fed()?;
         }
         Ok(())

@@ -3,15 +3,18 @@
 mod support;
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use morpc_backend::codec::{CodecConfig, CodecError, Framing, RawMessage};
 use morpc_backend::{
-    Address, Backend, BackendConfig, BackendError, ConnectionLost, ReconnectPolicy, SendOptions,
+    Address, Backend, BackendConfig, BackendError, BackendStream, ConnectionLost, ReconnectPolicy,
+    SendOptions,
 };
 use morpc_testkit::time::{LONG, PROMPT, eventually, within};
 use support::{Mode, Peer, msg};
@@ -760,21 +763,40 @@ async fn streams_are_sinks_too() {
         stream.feed(msg(format!("{i}"))).await.unwrap();
     }
     stream.flush().await.unwrap();
-    for i in 0..5 {
-        let m = within("echo", stream.next()).await.unwrap().unwrap();
-        assert_eq!(m.body, i.to_string(), "in order, numbered without gaps");
-    }
+    expect_echoes(&mut stream, (0..5).map(|i| i.to_string())).await;
     SinkExt::close(&mut stream).await.unwrap();
     assert!(stream.next().await.is_none());
     let err = SinkExt::send(&mut stream, msg("late")).await.unwrap_err();
     assert!(matches!(err, BackendError::StreamClosed), "{err:?}");
 }
 
+/// One `Sink` step (`Sink::poll_ready`, `Sink::poll_flush`) of a stream.
+type SinkStep<S> = fn(Pin<&mut S>, &mut Context<'_>) -> Poll<Result<(), BackendError>>;
+
+/// Polls one `Sink` step of `stream` once, without waiting (this current-thread test
+/// task then does not yield, so the writer task cannot drain the queue meanwhile).
+async fn poll_now<S: Unpin>(stream: &mut S, step: SinkStep<S>) -> Poll<Result<(), BackendError>> {
+    futures::poll!(futures::future::poll_fn(|cx| step(
+        Pin::new(&mut *stream),
+        cx
+    )))
+}
+
+/// Takes `bodies.len()` messages from `stream` and checks they are `bodies`, in order
+/// (numbered without gaps, or the stream would have ended with an error).
+async fn expect_echoes(
+    stream: &mut BackendStream<RawMessage, RawMessage>,
+    bodies: impl IntoIterator<Item = String>,
+) {
+    for body in bodies {
+        let m = within("echo", stream.next()).await.unwrap().unwrap();
+        assert_eq!(m.body, body, "in order, numbered without gaps");
+    }
+}
+
 #[tokio::test]
 async fn a_sink_message_for_a_full_queue_is_held_in_order_until_there_is_room() {
     use futures::{Sink, SinkExt};
-    use std::pin::Pin;
-    use std::task::Poll;
     let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
     let backend = peer.backend(config().buffer_size(2)).await;
     let mut stream = backend.new_stream(16).unwrap();
@@ -782,27 +804,18 @@ async fn a_sink_message_for_a_full_queue_is_held_in_order_until_there_is_room() 
     // queue: two messages, each flushed, fill it; the third is accepted, and held by its
     // flush.
     for i in 0..3 {
-        let ready = futures::poll!(futures::future::poll_fn(
-            |cx| Pin::new(&mut stream).poll_ready(cx)
-        ));
+        let ready = poll_now(&mut stream, Sink::poll_ready).await;
         assert!(matches!(ready, Poll::Ready(Ok(()))), "message {i}");
         Pin::new(&mut stream)
             .start_send(msg(format!("{i}")))
             .unwrap();
-        let flushed = futures::poll!(futures::future::poll_fn(
-            |cx| Pin::new(&mut stream).poll_flush(cx)
-        ));
+        let flushed = poll_now(&mut stream, Sink::poll_flush).await;
         assert_eq!(flushed.is_pending(), i == 2, "message {i}");
     }
-    let ready = futures::poll!(futures::future::poll_fn(
-        |cx| Pin::new(&mut stream).poll_ready(cx)
-    ));
+    let ready = poll_now(&mut stream, Sink::poll_ready).await;
     assert!(ready.is_pending(), "the held message waits for room first");
     within("flush", stream.flush()).await.unwrap();
-    for i in 0..3 {
-        let m = within("echo", stream.next()).await.unwrap().unwrap();
-        assert_eq!(m.body, i.to_string(), "in order, numbered without gaps");
-    }
+    expect_echoes(&mut stream, (0..3).map(|i| i.to_string())).await;
 }
 
 #[tokio::test]
@@ -818,14 +831,10 @@ async fn fed_messages_go_out_in_runs_in_order_and_without_a_flush_when_answers_a
             .unwrap();
     }
     within("flush", stream.flush()).await.unwrap();
-    for i in 0..100 {
-        let m = within("echo", stream.next()).await.unwrap().unwrap();
-        assert_eq!(m.body, i.to_string(), "in order, numbered without gaps");
-    }
+    expect_echoes(&mut stream, (0..100).map(|i| i.to_string())).await;
     // One message fed, then its answer awaited: polling for it queues what was fed.
     within("feed", stream.feed(msg("lone"))).await.unwrap();
-    let m = within("echo", stream.next()).await.unwrap().unwrap();
-    assert_eq!(m.body, "lone");
+    expect_echoes(&mut stream, ["lone".to_owned()]).await;
     // A send with options goes after what was fed before it.
     within("feed", stream.feed(msg("fed"))).await.unwrap();
     within("send", stream.send(msg("sent"), SendOptions::new()))
@@ -840,8 +849,6 @@ async fn fed_messages_go_out_in_runs_in_order_and_without_a_flush_when_answers_a
 #[tokio::test]
 async fn a_fed_message_awaiting_its_answer_waits_for_room_in_a_full_queue() {
     use futures::Sink;
-    use std::pin::Pin;
-    use std::task::Poll;
     let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
     let backend = peer.backend(config().buffer_size(2)).await;
     let (mut a, mut b) = (
@@ -851,24 +858,15 @@ async fn a_fed_message_awaiting_its_answer_waits_for_room_in_a_full_queue() {
     // Stream `b` fills the queue (this task does not wait, so the writer cannot drain it).
     for i in 0..2 {
         Pin::new(&mut b).start_send(msg(format!("b{i}"))).unwrap();
-        let flushed = futures::poll!(futures::future::poll_fn(
-            |cx| Pin::new(&mut b).poll_flush(cx)
-        ));
-        assert!(flushed.is_ready(), "b{i}");
+        assert!(poll_now(&mut b, Sink::poll_flush).await.is_ready(), "b{i}");
     }
     // `a` feeds one message and awaits its answer: polling for it must queue the message
     // once the queue has room, and be woken for that room (`b`'s answers go to `b`).
-    let ready = futures::poll!(futures::future::poll_fn(
-        |cx| Pin::new(&mut a).poll_ready(cx)
-    ));
+    let ready = poll_now(&mut a, Sink::poll_ready).await;
     assert!(matches!(ready, Poll::Ready(Ok(()))));
     Pin::new(&mut a).start_send(msg("a")).unwrap();
-    let m = within("a's echo", a.next()).await.unwrap().unwrap();
-    assert_eq!(m.body, "a");
-    for i in 0..2 {
-        let m = within("b's echo", b.next()).await.unwrap().unwrap();
-        assert_eq!(m.body, format!("b{i}"));
-    }
+    expect_echoes(&mut a, ["a".to_owned()]).await;
+    expect_echoes(&mut b, (0..2).map(|i| format!("b{i}"))).await;
 }
 
 #[tokio::test]

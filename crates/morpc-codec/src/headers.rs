@@ -117,9 +117,12 @@ const NO_DEADLINE: i64 = i64::MAX;
 pub struct DeadlineHeader;
 
 impl DeadlineHeader {
+    /// Its size on the wire.
+    pub(crate) const LEN: usize = 8;
+
     /// The header's bytes.
     #[inline]
-    pub(crate) fn bytes(headers: &FrameHeaders) -> [u8; 8] {
+    pub(crate) fn bytes(headers: &FrameHeaders) -> [u8; Self::LEN] {
         let nanos = match headers.deadline {
             Some(left) => i64::try_from(left.as_nanos()).unwrap_or(NO_DEADLINE),
             None => NO_DEADLINE,
@@ -134,8 +137,8 @@ impl HeaderCodec for DeadlineHeader {
     }
 
     fn decode(&self, src: &[u8], headers: &mut FrameHeaders) -> Result<usize, CodecError> {
-        let bytes: [u8; 8] =
-            src.get(..8)
+        let bytes: [u8; Self::LEN] =
+            src.get(..Self::LEN)
                 .and_then(|b| b.try_into().ok())
                 .ok_or(FrameError::Truncated {
                     section: "deadline header",
@@ -144,7 +147,7 @@ impl HeaderCodec for DeadlineHeader {
             NO_DEADLINE => None,
             nanos => Some(Duration::from_nanos(nanos.max(0) as u64)),
         };
-        Ok(8)
+        Ok(Self::LEN)
     }
 }
 
@@ -157,10 +160,13 @@ const TRACE_LEN: usize = 24;
 pub struct TraceHeader;
 
 impl TraceHeader {
+    /// Its size on the wire: the length byte and the span context.
+    pub(crate) const LEN: usize = 1 + TRACE_LEN;
+
     /// The header's bytes.
     #[inline]
-    pub(crate) fn bytes(headers: &FrameHeaders) -> [u8; 1 + TRACE_LEN] {
-        let mut out = [0u8; 1 + TRACE_LEN];
+    pub(crate) fn bytes(headers: &FrameHeaders) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
         out[0] = TRACE_LEN as u8;
         out[1..17].copy_from_slice(&headers.trace.trace_id);
         out[17..].copy_from_slice(&headers.trace.span_id);
@@ -187,7 +193,7 @@ impl HeaderCodec for TraceHeader {
                 let ctx = rest.get(..TRACE_LEN).ok_or(truncated)?;
                 headers.trace.trace_id.copy_from_slice(&ctx[..16]);
                 headers.trace.span_id.copy_from_slice(&ctx[16..]);
-                Ok(1 + TRACE_LEN)
+                Ok(Self::LEN)
             }
             _ => Err(FrameError::MalformedHeader("trace").into()),
         }

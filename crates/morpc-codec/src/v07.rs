@@ -20,7 +20,7 @@ use crate::{
 
 /// The most bytes before a body with the default headers: prefix, flag, checksum,
 /// payload length, deadline and trace headers, stream sequence.
-const HEAD_MAX: usize = LEN_PREFIX + 1 + 8 + 4 + 8 + 25 + 4;
+const HEAD_MAX: usize = LEN_PREFIX + 1 + 8 + 4 + DeadlineHeader::LEN + TraceHeader::LEN + 4;
 
 /// Appends `frame` (length prefix left zero for the caller) and returns its payload.
 #[inline]
@@ -71,11 +71,10 @@ pub(crate) fn encode<M: Message>(
     let default_headers = config.has_default_headers();
     if default_headers {
         flag |= CUSTOM_HEADERS;
-        head[n..n + 8].copy_from_slice(&DeadlineHeader::bytes(&frame.headers));
-        n += 8;
-        let trace = TraceHeader::bytes(&frame.headers);
-        head[n..n + trace.len()].copy_from_slice(&trace);
-        n += trace.len();
+        head[n..n + DeadlineHeader::LEN].copy_from_slice(&DeadlineHeader::bytes(&frame.headers));
+        n += DeadlineHeader::LEN;
+        head[n..n + TraceHeader::LEN].copy_from_slice(&TraceHeader::bytes(&frame.headers));
+        n += TraceHeader::LEN;
         if let Some(seq) = frame.stream_seq {
             flag |= STREAM_SEQ;
             head[n..n + 4].copy_from_slice(&seq.to_be_bytes());

@@ -237,14 +237,13 @@ impl FrameReader {
     /// A frame larger than the room reads into a buffer that ends where the frame ends
     /// (or a spare up to twice its size): a large message holds about its own bytes for
     /// as long as it lives, not a buffer grown by doubling. That buffer is one of the
-    /// last few large frames' (see
-    /// [`SPARE_BUFFERS`]) once its frame has been dropped, or a new one: a steady flow of
-    /// large messages reuses the same memory instead of having the allocator hand back
-    /// and fault in a fresh buffer for each. The buffer never grows past what the peer
-    /// has shown, though (never to what a length prefix merely claims): to
-    /// [`DECODE_GROWTH`] times the bytes of the frame that arrived, or to the largest
-    /// frame the connection has delivered whole. A large frame arriving in pieces is
-    /// read in large reads, with a logarithmic number of copies at most.
+    /// last few large frames' (see [`SPARE_BUFFERS`]) once its frame has been dropped,
+    /// or a new one: a steady flow of large messages reuses the same memory instead of
+    /// having the allocator hand back and fault in a fresh buffer for each. The buffer
+    /// never grows past what the peer has shown, though (never to what a length prefix
+    /// merely claims): to [`DECODE_GROWTH`] times the bytes of the frame that arrived, or
+    /// to the largest frame the connection has delivered whole. A large frame arriving in
+    /// pieces is read in large reads, with a logarithmic number of copies at most.
     ///
     /// The beginning of a frame that still fits reads into the room there is: a
     /// connection holding half a frame costs what an idle one does (growing a buffer with
@@ -282,10 +281,9 @@ impl FrameReader {
             self.replace_buf(BytesMut::with_capacity(len + shown));
             return;
         }
-        // The whole frame may be held: in the buffer of an earlier large frame that has
-        // been dropped since, or in a new one.
-        // The smallest spare that is free again and not more than twice the size (a
-        // small frame must not pin a large buffer).
+        // The whole frame may be held: in the smallest buffer of an earlier large frame
+        // that is free again and at most twice the size (a small frame must not pin a
+        // large buffer), or in a new one.
         let capacity = len + missing;
         let reused = self
             .spares
@@ -643,9 +641,7 @@ mod reader_tests {
 
     #[test]
     fn a_large_frame_arriving_in_pieces_is_moved_a_logarithmic_number_of_times() {
-        const STEP: usize = 64 * 1024;
-        let (_peer, io) = tokio::io::duplex(16);
-        let mut r = reader(io, ReadLimits::default());
+        let mut r = fed_reader();
         let wire = frame_bytes(r.codec(), 32 * STEP);
         let Fed { moves, copied, .. } = feed(&mut r, &wire, STEP);
         assert!(r.next_frame::<RawMessage>().unwrap().is_some());
@@ -655,6 +651,14 @@ mod reader_tests {
             "{copied} bytes copied for {}",
             wire.len()
         );
+    }
+
+    /// The size of the reads `feed` makes.
+    const STEP: usize = 64 * 1024;
+
+    /// A reader whose buffer the tests fill themselves (`feed`), without limits.
+    fn fed_reader() -> FrameReader {
+        reader(tokio::io::duplex(16).1, ReadLimits::default())
     }
 
     /// What feeding a reader did to its buffer.
@@ -696,9 +700,7 @@ mod reader_tests {
 
     #[test]
     fn a_large_frame_is_held_in_a_buffer_of_its_own_size() {
-        const STEP: usize = 64 * 1024;
-        let (_peer, io) = tokio::io::duplex(16);
-        let mut r = reader(io, ReadLimits::default());
+        let mut r = fed_reader();
         let wire = frame_bytes(r.codec(), 1 << 20);
         let Fed { largest, .. } = feed(&mut r, &wire, STEP);
         assert_eq!(largest, wire.len(), "the buffer ends where the frame ends");
@@ -707,9 +709,7 @@ mod reader_tests {
 
     #[test]
     fn a_second_large_frame_is_read_into_its_size_at_once() {
-        const STEP: usize = 64 * 1024;
-        let (_peer, io) = tokio::io::duplex(16);
-        let mut r = reader(io, ReadLimits::default());
+        let mut r = fed_reader();
         let wire = frame_bytes(r.codec(), 1 << 20);
         feed(&mut r, &wire, STEP);
         drop(r.next_raw().unwrap().expect("the first frame"));
@@ -726,9 +726,7 @@ mod reader_tests {
 
     #[test]
     fn a_dropped_large_frame_lends_its_buffer_to_the_next_and_a_held_one_never_does() {
-        const STEP: usize = 64 * 1024;
-        let (_peer, io) = tokio::io::duplex(16);
-        let mut r = reader(io, ReadLimits::default());
+        let mut r = fed_reader();
         let mut wires: Vec<Vec<u8>> = (0..3u8)
             .map(|i| {
                 let mut w = frame_bytes(r.codec(), 1 << 20);
@@ -756,9 +754,7 @@ mod reader_tests {
 
     #[test]
     fn a_claimed_length_alone_does_not_grow_the_buffer() {
-        const STEP: usize = 64 * 1024;
-        let (_peer, io) = tokio::io::duplex(16);
-        let mut r = reader(io, ReadLimits::default());
+        let mut r = fed_reader();
         let wire = frame_bytes(r.codec(), 16 << 20);
         let sent = 3 * STEP;
         let Fed { largest, .. } = feed(&mut r, &wire[..sent], STEP);
