@@ -174,31 +174,48 @@ impl<Resp> PendingTable<Resp> {
         deadline: Instant,
         headers: Option<HeaderSender>,
     ) -> bool {
-        let in_order = {
+        let wake_check = {
             let mut shard = self.shard(id).lock();
             let shard = &mut *shard;
             shard
                 .map
                 .insert(id, Pending::Request(tx, UNWRITTEN, headers));
+            // Completed requests stay queued until pruned. Requests mostly complete in
+            // the order they were sent, so the oldest ones go from the front (two per
+            // insert keep up with one added); a long-lived request at the front makes
+            // the queue grow, and then it is pruned whole, keeping it within a
+            // constant factor of the live entries.
+            for _ in 0..2 {
+                match shard.deadlines.front() {
+                    Some((_, oldest)) if !shard.map.contains_key(oldest) => {
+                        shard.deadlines.pop_front();
+                    }
+                    _ => break,
+                }
+            }
+            if shard.deadlines.len() > 2 * shard.map.len() + PRUNE_SLACK {
+                let map = &shard.map;
+                shard.deadlines.retain(|(_, id)| map.contains_key(id));
+            }
             let in_order = shard
                 .deadlines
                 .back()
                 .is_none_or(|(last, _)| *last <= deadline);
-            if in_order {
-                // Completed requests stay queued until pruned; keep the queue within a
-                // constant factor of the live entries.
-                if shard.deadlines.len() > 2 * shard.map.len() + PRUNE_SLACK {
-                    let map = &shard.map;
-                    shard.deadlines.retain(|(_, id)| map.contains_key(id));
-                }
-                shard.deadlines.push_back((deadline, id));
+            if !in_order {
+                return false;
             }
-            in_order
+            // A queue that holds a deadline already holds one no later than this: the
+            // sweeper wakes for that one (or, mid-sweep, has still to visit this shard)
+            // and then sees this one. Only the first deadline of a queue may be the
+            // earliest the sweeper must wake for.
+            let first = shard.deadlines.is_empty();
+            shard.deadlines.push_back((deadline, id));
+            first
         };
-        if in_order && self.nanos(deadline) < self.next_wake.load(Ordering::Acquire) {
+        if wake_check && self.nanos(deadline) < self.next_wake.load(Ordering::Acquire) {
             self.wake.notify_one();
         }
-        in_order
+        true
     }
 
     /// Removes `id` and returns what waited on it.
@@ -684,6 +701,46 @@ mod tests {
         let (tx, _rx) = oneshot::channel();
         // Same shard (ids 0 and 16), earlier deadline: the caller keeps its own timer.
         assert!(!table.insert_request(16, tx, now + Duration::from_millis(1), None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_queued_behind_one_that_completed_is_kept() {
+        let table = Arc::new(PendingTable::<()>::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(table.clone().expire(stop.clone(), None));
+        let started = now();
+        // Same shard (ids 0 and 16): the second deadline finds the first queued, so it
+        // does not wake the sweeper; the first completes before its deadline.
+        let (tx, _first) = oneshot::channel();
+        assert!(table.insert_request(0, tx, started + Duration::from_millis(50), None));
+        tokio::task::yield_now().await;
+        let (tx, second) = oneshot::channel();
+        assert!(table.insert_request(16, tx, started + Duration::from_millis(80), None));
+        assert!(table.remove(0).is_some());
+        let result = tokio::time::timeout(Duration::from_secs(15), second)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(result, Err(BackendError::Timeout)));
+        let took = now().duration_since(started);
+        assert!(
+            took >= Duration::from_millis(80) && took < Duration::from_millis(90),
+            "at the deadline: {took:?}"
+        );
+        stop.cancel();
+    }
+
+    #[test]
+    fn a_later_request_is_swept_once_the_earlier_ones_completed() {
+        let table = PendingTable::<()>::default();
+        let now = Instant::now();
+        let (tx, _rx) = oneshot::channel();
+        assert!(table.insert_request(0, tx, now + Duration::from_secs(60), None));
+        table.remove(0);
+        let (tx, _rx) = oneshot::channel();
+        // The completed request's deadline goes first, so the earlier one keeps order.
+        assert!(table.insert_request(16, tx, now + Duration::from_millis(1), None));
+        assert_eq!(deadline_queue_len(&table), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -50,26 +50,59 @@ impl<Req, Resp> Target<Req, Resp> {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct NameHasher(u64);
 
+impl NameHasher {
+    /// Mixes one word in.
+    #[inline]
+    fn mix(&mut self, word: u64) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+    }
+}
+
 impl Hasher for NameHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
         let mut chunks = bytes.chunks_exact(8);
         for chunk in &mut chunks {
-            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+            self.mix(u64::from_le_bytes(chunk.try_into().expect("eight bytes")));
         }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            // The last bytes as one zero-padded word (the length goes in too, with the
-            // `str` hash's terminator), not a mix per byte.
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        let rest = chunks.remainder().len();
+        if rest == 0 {
+            return;
         }
+        // The last bytes as one word (the length goes in too, with the `str` hash's
+        // terminator), not a mix per byte and no copy: the word ending where the name
+        // ends, shifted down to them, or for short names the word assembled by parts.
+        let word = if bytes.len() >= 8 {
+            let last: [u8; 8] = bytes[bytes.len() - 8..].try_into().expect("eight bytes");
+            u64::from_le_bytes(last) >> (8 * (8 - rest))
+        } else {
+            let mut word = 0u64;
+            let mut at = 0;
+            if rest >= 4 {
+                word = u64::from(u32::from_le_bytes(bytes[..4].try_into().expect("four")));
+                at = 4;
+            }
+            if rest - at >= 2 {
+                let two = u16::from_le_bytes(bytes[at..at + 2].try_into().expect("two"));
+                word |= u64::from(two) << (8 * at);
+                at += 2;
+            }
+            if rest > at {
+                word |= u64::from(bytes[at]) << (8 * at);
+            }
+            word
+        };
+        self.mix(word);
+    }
+
+    #[inline]
+    fn write_u8(&mut self, byte: u8) {
+        self.mix(u64::from(byte));
     }
 }
 
@@ -240,5 +273,31 @@ impl<Req, Resp> Targets<Req, Resp> {
     /// Number of addresses.
     pub(crate) fn len(&self) -> usize {
         self.maps.read().by_address.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::{BuildHasher, BuildHasherDefault};
+
+    fn hash(name: &str) -> u64 {
+        BuildHasherDefault::<NameHasher>::default().hash_one(name)
+    }
+
+    #[test]
+    fn every_byte_of_a_name_goes_into_its_hash() {
+        for len in 1..=24 {
+            let name: String = (0..len).map(|i| char::from(b'a' + i as u8)).collect();
+            assert_eq!(hash(&name), hash(&name.clone()));
+            for at in 0..len {
+                let mut changed = name.clone().into_bytes();
+                changed[at] = b'Z';
+                let changed = String::from_utf8(changed).unwrap();
+                assert_ne!(hash(&name), hash(&changed), "length {len}, byte {at}");
+            }
+            // A prefix differs from the name it starts (the length goes in).
+            assert_ne!(hash(&name), hash(&name[..len - 1]), "length {len}");
+        }
     }
 }
