@@ -284,11 +284,8 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
             Err((error, message)) => return Err(SendRejected { error, message }),
         };
         let deadline = item.deadline;
-        let (tx, rx) = oneshot::channel();
-        let (header_tx, header_rx) = keep_headers.then(oneshot::channel).unzip();
-        let swept = shared.pending.insert_request(id, tx, deadline, header_tx);
-        let mut future = ResponseFuture::new(id, rx, deadline, !swept, self.handle.clone());
-        future.headers = header_rx;
+        let swept = shared.pending.insert_request(id, deadline, keep_headers);
+        let future = ResponseFuture::new(id, deadline, !swept, self.handle.clone());
         Ok((item, future))
     }
 

@@ -25,7 +25,7 @@ use crate::connection::{BoxReader, BoxWriter};
 use crate::connection::{
     ByteBudget, FrameReader, FrameWriter, ReadLimits, catch_panic, message_bytes, now,
 };
-use crate::pending::{Canceller, Delivery, Pending, PendingTable, StreamItem, fail};
+use crate::pending::{Canceller, Delivery, Pending, PendingTable, StreamItem};
 use crate::{Address, BackendConfig, BackendError, ConnectionLost, SendOptions, metrics};
 
 /// Deadline header value of one-way messages, as Go sends them.
@@ -731,9 +731,7 @@ fn prepare<Req: Message, Resp>(
 /// Fails the waiter of an item of `kind` with `id`, if it has one.
 fn resolve<Req, Resp>(shared: &Shared<Req, Resp>, kind: ItemKind, id: u64, err: BackendError) {
     if kind.has_waiter() {
-        if let Some(pending) = shared.pending.remove(id) {
-            fail(pending, err);
-        }
+        shared.pending.fail_id(id, err);
     }
 }
 
@@ -970,21 +968,16 @@ fn dispatch<'a, Req: Message, Resp: Message>(
         _ => return None,
     };
     let id = msg.id();
-    match shared
-        .pending
-        .deliver(id, stream_seq, msg, message_bytes, &shared.stream_budget)
-    {
-        Delivery::Done => {}
-        Delivery::Request(tx, msg, header_tx) => {
-            // Before the response: its future takes them once it has the response.
-            if let Some(header_tx) = header_tx {
-                let _ = header_tx.send(headers);
-            }
-            // The future may have gone between the lookup and now.
-            if let Err(Ok(msg)) = tx.send(Ok(msg)) {
-                orphan(shared, id, msg);
-            }
-        }
+    match shared.pending.deliver(
+        id,
+        stream_seq,
+        msg,
+        || headers,
+        message_bytes,
+        &shared.stream_budget,
+    ) {
+        Delivery::Done | Delivery::Request(None) => {}
+        Delivery::Request(Some(waker)) => waker.wake(),
         Delivery::StreamFull(tx, end, msg, bytes) => {
             return Some(Box::pin(wait_for_stream(shared, id, tx, end, msg, bytes)));
         }

@@ -4,10 +4,15 @@
 //!
 //! A few `parking_lot::Mutex<HashMap>` shards keyed by id (senders insert and the reader
 //! removes concurrently; consecutive ids land on different shards). A lock is never held
-//! across an `.await`: every user takes what it needs (removes a oneshot sender) and
-//! releases the lock before completing or awaiting anything. The one thing done under a
-//! lock is handing a stream its message with a non-blocking `try_send`; a stream whose
-//! buffer is full gets a clone of its sender to wait on outside the lock.
+//! across an `.await`, and wakers are woken after it is released.
+//!
+//! A request's entry is its completion slot too: the reader (or the sweeper, or a broken
+//! connection) puts the outcome into it and wakes the future, which takes the outcome and
+//! removes the entry when it is polled. No channel is allocated per request: that was a
+//! tenth of the client's instructions (allocation, the channel's reference count, its
+//! state transitions). The one other thing done under a lock is handing a stream its
+//! message with a non-blocking `try_send`; a stream whose buffer is full gets a clone of
+//! its sender to wait on outside the lock.
 //!
 //! Request deadlines are kept here too, in per-shard queues, and one sweeper task per
 //! backend (`PendingTable::expire`) times requests out: a tokio timer per request cost
@@ -23,7 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -34,25 +39,79 @@ use tokio_util::sync::CancellationToken;
 /// out, when the cancel extension is on.
 pub(crate) type Canceller = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// Completes one request.
-pub(crate) type ResponseSender<Resp> = oneshot::Sender<Result<Resp, BackendError>>;
-
-/// Where a response's frame headers go, for a request whose caller asked for them.
-pub(crate) type HeaderSender = oneshot::Sender<morpc_codec::FrameHeaders>;
-
 /// What waits on an id.
 ///
 /// Requests and pings carry the epoch of the connection they were written on (0 while
 /// unwritten), so that breaking one connection fails only what it carried: see
 /// [`PendingTable::fail_connection`].
 pub(crate) enum Pending<Resp> {
-    /// A request's response future, its connection's epoch, and where its response's
-    /// headers go when the caller asked for them.
-    Request(ResponseSender<Resp>, u64, Option<HeaderSender>),
+    /// A request: its outcome once known, and its connection's epoch.
+    Request(RequestSlot<Resp>),
     /// A `ping()` waiting for its pong, and its connection's epoch.
     Ping(oneshot::Sender<Result<(), BackendError>>, u64),
     /// An open stream.
     Stream(StreamSlot<Resp>),
+}
+
+/// A request's entry: the waker of its future until the outcome is known, then the
+/// outcome until the future takes it.
+pub(crate) struct RequestSlot<Resp> {
+    /// Where the request is.
+    state: RequestState<Resp>,
+    /// The epoch of the connection it was written on (`UNWRITTEN` before).
+    pub(crate) epoch: u64,
+    /// Whether the response's frame headers are kept for the caller.
+    keep_headers: bool,
+}
+
+/// Where a request is.
+enum RequestState<Resp> {
+    /// No outcome yet; the waker of the future's last poll, if it was polled.
+    Waiting(Option<Waker>),
+    /// The outcome, and the response's headers when kept, until the future takes them.
+    Done(Outcome<Resp>),
+}
+
+/// A request's outcome: the response (and its frame headers, when the send asked for
+/// them) or why there is none.
+pub(crate) type Outcome<Resp> = (Result<Resp, BackendError>, Option<Box<FrameHeaders>>);
+
+impl<Resp> RequestSlot<Resp> {
+    /// Whether the outcome is still unknown.
+    pub(crate) fn is_waiting(&self) -> bool {
+        matches!(self.state, RequestState::Waiting(_))
+    }
+
+    /// Records `result` (with `headers`, if kept) as the outcome of a waiting request and
+    /// returns the waker to wake once the lock is released; `Err(result)` back when the
+    /// outcome was known already.
+    fn complete(
+        &mut self,
+        done: &mut usize,
+        result: Result<Resp, BackendError>,
+        headers: impl FnOnce() -> FrameHeaders,
+    ) -> Result<Option<Waker>, Result<Resp, BackendError>> {
+        match &mut self.state {
+            RequestState::Waiting(waker) => {
+                let waker = waker.take();
+                let headers = self.keep_headers.then(|| Box::new(headers()));
+                self.state = RequestState::Done((result, headers));
+                *done += 1;
+                Ok(waker)
+            }
+            RequestState::Done(_) => Err(result),
+        }
+    }
+}
+
+/// Whether `id` waits for something: an entry that is not a request with its outcome
+/// already known.
+fn is_live<Resp>(map: &PendingMap<Resp>, id: &u64) -> bool {
+    match map.get(id) {
+        Some(Pending::Request(slot)) => slot.is_waiting(),
+        Some(_) => true,
+        None => false,
+    }
 }
 
 /// A stream message in its stream's buffer, with its charge to the connection's stream
@@ -105,6 +164,8 @@ const PRUNE_SLACK: usize = 16;
 struct Shard<Resp> {
     /// Id → waiter.
     map: PendingMap<Resp>,
+    /// How many of the entries are requests whose outcome waits for its future.
+    done: usize,
     /// `(deadline, id)` of requests, in registration order, which is deadline order
     /// unless timeouts vary (a request whose deadline would break the order keeps a timer
     /// of its own instead). Entries of completed requests are pruned lazily.
@@ -136,6 +197,7 @@ impl<Resp> Default for PendingTable<Resp> {
             shards: std::array::from_fn(|_| {
                 Mutex::new(Shard {
                     map: HashMap::default(),
+                    done: 0,
                     deadlines: VecDeque::new(),
                 })
             }),
@@ -167,19 +229,16 @@ impl<Resp> PendingTable<Resp> {
     /// Registers request `id` with its deadline. Returns `false` when the sweeper cannot
     /// keep this deadline in order: the caller must then time the request out itself.
     #[inline]
-    pub(crate) fn insert_request(
-        &self,
-        id: u64,
-        tx: ResponseSender<Resp>,
-        deadline: Instant,
-        headers: Option<HeaderSender>,
-    ) -> bool {
+    pub(crate) fn insert_request(&self, id: u64, deadline: Instant, keep_headers: bool) -> bool {
         let wake_check = {
             let mut shard = self.shard(id).lock();
             let shard = &mut *shard;
-            shard
-                .map
-                .insert(id, Pending::Request(tx, UNWRITTEN, headers));
+            let slot = RequestSlot {
+                state: RequestState::Waiting(None),
+                epoch: UNWRITTEN,
+                keep_headers,
+            };
+            shard.map.insert(id, Pending::Request(slot));
             // Completed requests stay queued until pruned. Requests mostly complete in
             // the order they were sent, so the oldest ones go from the front (two per
             // insert keep up with one added); a long-lived request at the front makes
@@ -187,7 +246,7 @@ impl<Resp> PendingTable<Resp> {
             // constant factor of the live entries.
             for _ in 0..2 {
                 match shard.deadlines.front() {
-                    Some((_, oldest)) if !shard.map.contains_key(oldest) => {
+                    Some((_, oldest)) if !is_live(&shard.map, oldest) => {
                         shard.deadlines.pop_front();
                     }
                     _ => break,
@@ -195,7 +254,7 @@ impl<Resp> PendingTable<Resp> {
             }
             if shard.deadlines.len() > 2 * shard.map.len() + PRUNE_SLACK {
                 let map = &shard.map;
-                shard.deadlines.retain(|(_, id)| map.contains_key(id));
+                shard.deadlines.retain(|(_, id)| is_live(map, id));
             }
             let in_order = shard
                 .deadlines
@@ -218,11 +277,82 @@ impl<Resp> PendingTable<Resp> {
         true
     }
 
-    /// Removes `id` and returns what waited on it.
+    /// Removes `id` and returns what waited on it (a request's entry, with its outcome
+    /// if it is known).
     pub(crate) fn remove(&self, id: u64) -> Option<Pending<Resp>> {
-        let removed = self.shard(id).lock().map.remove(&id);
+        let removed = {
+            let mut shard = self.shard(id).lock();
+            let removed = shard.map.remove(&id);
+            if let Some(Pending::Request(slot)) = &removed {
+                if !slot.is_waiting() {
+                    shard.done -= 1;
+                }
+            }
+            removed
+        };
         self.note_removal();
         removed
+    }
+
+    /// The outcome of request `id` if it is known (the entry is removed then), or
+    /// `Pending` with `cx`'s waker kept to be woken when it is. A request no longer
+    /// registered resolves as `BackendClosed` (nothing else removes a waiting request).
+    #[inline]
+    pub(crate) fn poll_request(&self, id: u64, cx: &mut Context<'_>) -> Poll<Outcome<Resp>> {
+        let mut shard = self.shard(id).lock();
+        let shard = &mut *shard;
+        match shard.map.get_mut(&id) {
+            Some(Pending::Request(slot)) => match &mut slot.state {
+                RequestState::Waiting(waker) => {
+                    match waker {
+                        Some(waker) if waker.will_wake(cx.waker()) => {}
+                        _ => *waker = Some(cx.waker().clone()),
+                    }
+                    Poll::Pending
+                }
+                RequestState::Done(_) => {
+                    shard.done -= 1;
+                    match shard.map.remove(&id) {
+                        Some(Pending::Request(RequestSlot {
+                            state: RequestState::Done(outcome),
+                            ..
+                        })) => Poll::Ready(outcome),
+                        _ => unreachable!("the entry just seen"),
+                    }
+                }
+            },
+            _ => Poll::Ready((Err(BackendError::BackendClosed), None)),
+        }
+    }
+
+    /// Fails what waits on `id` with `err`: a waiting request gets it as its outcome; a
+    /// ping or a stream is removed and fails.
+    pub(crate) fn fail_id(&self, id: u64, err: BackendError) {
+        let failed = {
+            let mut shard = self.shard(id).lock();
+            let shard = &mut *shard;
+            match shard.map.get_mut(&id) {
+                Some(Pending::Request(slot)) => {
+                    if let Ok(Some(waker)) =
+                        slot.complete(&mut shard.done, Err(err), Default::default)
+                    {
+                        Failed::Woken(waker)
+                    } else {
+                        Failed::Nothing
+                    }
+                }
+                Some(_) => {
+                    Failed::Removed(shard.map.remove(&id).expect("the entry just seen"), err)
+                }
+                None => Failed::Nothing,
+            }
+        };
+        match failed {
+            Failed::Woken(waker) => waker.wake(),
+            Failed::Removed(pending, err) => fail(pending, err),
+            Failed::Nothing => {}
+        }
+        self.note_removal();
     }
 
     /// Wakes a waiter of [`wait_until_empty`](Self::wait_until_empty), if there is one
@@ -253,7 +383,11 @@ impl<Resp> PendingTable<Resp> {
     /// connection may have failed it, and then it must not be written).
     pub(crate) fn mark_written(&self, id: u64, epoch: u64) -> bool {
         match self.shard(id).lock().map.get_mut(&id) {
-            Some(Pending::Request(_, written, _) | Pending::Ping(_, written)) => {
+            Some(Pending::Request(slot)) => {
+                slot.epoch = epoch;
+                slot.is_waiting()
+            }
+            Some(Pending::Ping(_, written)) => {
                 *written = epoch;
                 true
             }
@@ -262,15 +396,16 @@ impl<Resp> PendingTable<Resp> {
         }
     }
 
-    /// Runs `f` on the entries of the shard holding `id` under its lock; `f` must not
-    /// block or await.
-    pub(crate) fn with_shard<R>(&self, id: u64, f: impl FnOnce(&mut PendingMap<Resp>) -> R) -> R {
-        f(&mut self.shard(id).lock().map)
-    }
-
-    /// The number of pending ids.
+    /// The number of pending ids (requests whose outcome is known are not: only their
+    /// futures have yet to take it).
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map.len()).sum()
+        self.shards
+            .iter()
+            .map(|s| {
+                let shard = s.lock();
+                shard.map.len() - shard.done
+            })
+            .sum()
     }
 
     /// Fails every waiter with `err`: requests and pings resolve with it, streams end
@@ -287,29 +422,48 @@ impl<Resp> PendingTable<Resp> {
     /// caller retry a request the server runs.
     pub(crate) fn fail_connection(&self, epoch: u64, err: &BackendError) {
         self.fail_where(err, |pending| match pending {
-            Pending::Request(_, written, _) | Pending::Ping(_, written) => *written <= epoch,
+            Pending::Request(RequestSlot { epoch: written, .. }) | Pending::Ping(_, written) => {
+                *written <= epoch
+            }
             Pending::Stream(_) => true,
         });
     }
 
-    /// Removes the entries `fails` picks, shard by shard, and fails them with `err`
-    /// outside the lock.
+    /// Fails the entries `fails` picks, shard by shard: waiting requests get `err` as
+    /// their outcome, pings and streams are removed and fail outside the lock.
     fn fail_where(&self, err: &BackendError, fails: impl Fn(&Pending<Resp>) -> bool) {
         for shard in &self.shards {
-            let drained: Vec<Pending<Resp>> = {
+            let (woken, drained): (Vec<Waker>, Vec<Pending<Resp>>) = {
                 let mut shard = shard.lock();
-                let ids: Vec<u64> = shard
-                    .map
+                let shard = &mut *shard;
+                let mut woken = Vec::new();
+                let mut removed = Vec::new();
+                for (id, pending) in shard.map.iter_mut() {
+                    if !fails(pending) {
+                        continue;
+                    }
+                    match pending {
+                        Pending::Request(slot) => {
+                            let outcome = Err(err.clone());
+                            if let Ok(Some(waker)) =
+                                slot.complete(&mut shard.done, outcome, Default::default)
+                            {
+                                woken.push(waker);
+                            }
+                        }
+                        _ => removed.push(*id),
+                    }
+                }
+                let drained = removed
                     .iter()
-                    .filter(|(_, p)| fails(p))
-                    .map(|(id, _)| *id)
+                    .filter_map(|id| shard.map.remove(id))
                     .collect();
-                let drained = ids.iter().filter_map(|id| shard.map.remove(id)).collect();
                 if shard.map.is_empty() {
                     shard.deadlines.clear();
                 }
-                drained
+                (woken, drained)
             };
+            woken.into_iter().for_each(Waker::wake);
             for pending in drained {
                 fail(pending, err.clone());
             }
@@ -327,12 +481,17 @@ impl<Resp> PendingTable<Resp> {
             let mut shard = shard.lock();
             let shard = &mut *shard;
             while let Some(&(deadline, id)) = shard.deadlines.front() {
-                if !shard.map.contains_key(&id) {
+                if !is_live(&shard.map, &id) {
                     shard.deadlines.pop_front();
                 } else if deadline <= now {
                     shard.deadlines.pop_front();
-                    if let Some(Pending::Request(tx, epoch, _)) = shard.map.remove(&id) {
-                        expired.push((tx, id, epoch != UNWRITTEN));
+                    if let Some(Pending::Request(slot)) = shard.map.get_mut(&id) {
+                        let written = slot.epoch != UNWRITTEN;
+                        let timeout = Err(BackendError::Timeout);
+                        if let Ok(waker) = slot.complete(&mut shard.done, timeout, Default::default)
+                        {
+                            expired.push((waker, id, written));
+                        }
                     }
                 } else {
                     next = Some(next.map_or(deadline, |n| n.min(deadline)));
@@ -343,8 +502,10 @@ impl<Resp> PendingTable<Resp> {
         if !expired.is_empty() {
             self.note_removal();
         }
-        for (tx, id, written) in expired {
-            let _ = tx.send(Err(BackendError::Timeout));
+        for (waker, id, written) in expired {
+            if let Some(waker) = waker {
+                waker.wake();
+            }
             if let (true, Some(cancel)) = (written, cancel) {
                 cancel(id);
             }
@@ -384,12 +545,26 @@ impl<Resp> PendingTable<Resp> {
     }
 }
 
-/// Fails one waiter with `err`.
+/// What [`PendingTable::fail_id`] does once the lock is released.
+enum Failed<Resp> {
+    /// A request's future to wake for its outcome.
+    Woken(Waker),
+    /// A ping or a stream removed, to fail.
+    Removed(Pending<Resp>, BackendError),
+    /// Nothing waited, or it had its outcome already.
+    Nothing,
+}
+
+/// Fails one waiter removed from the table with `err`. A request's entry is never
+/// removed to be failed (its outcome goes into it), so one here only has its future
+/// woken: it finds no entry and resolves as `BackendClosed`.
 pub(crate) fn fail<Resp>(pending: Pending<Resp>, err: BackendError) {
     match pending {
-        Pending::Request(tx, ..) => {
-            let _ = tx.send(Err(err));
-        }
+        Pending::Request(RequestSlot {
+            state: RequestState::Waiting(Some(waker)),
+            ..
+        }) => waker.wake(),
+        Pending::Request(_) => {}
         Pending::Ping(tx, _) => {
             let _ = tx.send(Err(err));
         }
@@ -402,8 +577,8 @@ pub(crate) fn fail<Resp>(pending: Pending<Resp>, err: BackendError) {
 pub(crate) enum Delivery<Resp> {
     /// Handed to its stream, or dropped because the stream's receiver is gone.
     Done,
-    /// Complete this request with the message (its headers first, when asked for).
-    Request(ResponseSender<Resp>, Resp, Option<HeaderSender>),
+    /// The message is this request's outcome now: its future is to be woken.
+    Request(Option<Waker>),
     /// The stream's buffer, or the connection's stream budget, is full: wait for room
     /// (backpressure) for the message of this many bytes.
     StreamFull(mpsc::Sender<StreamItem<Resp>>, Arc<StreamEnd>, Resp, usize),
@@ -414,8 +589,8 @@ pub(crate) enum Delivery<Resp> {
 }
 
 impl<Resp> PendingTable<Resp> {
-    /// Decides under one lock what to do with `msg` for `id` carrying `seq`: a request is
-    /// removed, a stream's sequence is checked and advanced and the message handed to it
+    /// Decides under one lock what to do with `msg` for `id` carrying `seq` and `headers`:
+    /// a waiting request gets it as its outcome, a stream's sequence is checked and advanced and the message handed to it
     /// if its buffer and the stream `budget` have room for its `size` (a non-blocking
     /// `try_send`, so no sender clone per message).
     #[inline]
@@ -424,41 +599,55 @@ impl<Resp> PendingTable<Resp> {
         id: u64,
         seq: Option<u32>,
         msg: Resp,
+        headers: impl FnOnce() -> FrameHeaders,
         size: impl FnOnce(&Resp) -> usize,
         budget: &ByteBudget,
     ) -> Delivery<Resp> {
-        let delivery = self.with_shard(id, |map| match map.get_mut(&id) {
-            None | Some(Pending::Ping(..)) => Delivery::Unknown(msg),
-            Some(Pending::Request(..)) => match map.remove(&id) {
-                Some(Pending::Request(tx, _, headers)) => Delivery::Request(tx, msg, headers),
-                _ => Delivery::Unknown(msg),
-            },
-            Some(Pending::Stream(slot)) => match seq {
-                Some(received) if received != slot.next_seq => {
-                    let expected = slot.next_seq;
-                    let pending = map.remove(&id).expect("entry just seen");
-                    Delivery::Gap(pending, BackendError::SequenceGap { expected, received })
-                }
-                _ => {
-                    slot.next_seq = slot.next_seq.wrapping_add(1);
-                    let bytes = size(&msg);
-                    let Some(charge) = budget.try_take(bytes) else {
-                        return Delivery::StreamFull(slot.tx.clone(), slot.end.clone(), msg, bytes);
-                    };
-                    match slot.tx.try_send((msg, charge)) {
-                        Ok(()) => Delivery::Done,
-                        Err(TrySendError::Closed((_, charge))) => {
-                            budget.release(charge);
-                            Delivery::Done
-                        }
-                        Err(TrySendError::Full((msg, charge))) => {
-                            budget.release(charge);
-                            Delivery::StreamFull(slot.tx.clone(), slot.end.clone(), msg, bytes)
-                        }
+        let delivery = {
+            let mut shard = self.shard(id).lock();
+            let shard = &mut *shard;
+            let map = &mut shard.map;
+            match map.get_mut(&id) {
+                None | Some(Pending::Ping(..)) => Delivery::Unknown(msg),
+                Some(Pending::Request(slot)) => {
+                    match slot.complete(&mut shard.done, Ok(msg), headers) {
+                        Ok(waker) => Delivery::Request(waker),
+                        Err(Ok(msg)) => Delivery::Unknown(msg),
+                        Err(Err(_)) => unreachable!("a response is delivered as Ok"),
                     }
                 }
-            },
-        });
+                Some(Pending::Stream(slot)) => match seq {
+                    Some(received) if received != slot.next_seq => {
+                        let expected = slot.next_seq;
+                        let pending = map.remove(&id).expect("entry just seen");
+                        Delivery::Gap(pending, BackendError::SequenceGap { expected, received })
+                    }
+                    _ => {
+                        slot.next_seq = slot.next_seq.wrapping_add(1);
+                        let bytes = size(&msg);
+                        let Some(charge) = budget.try_take(bytes) else {
+                            return Delivery::StreamFull(
+                                slot.tx.clone(),
+                                slot.end.clone(),
+                                msg,
+                                bytes,
+                            );
+                        };
+                        match slot.tx.try_send((msg, charge)) {
+                            Ok(()) => Delivery::Done,
+                            Err(TrySendError::Closed((_, charge))) => {
+                                budget.release(charge);
+                                Delivery::Done
+                            }
+                            Err(TrySendError::Full((msg, charge))) => {
+                                budget.release(charge);
+                                Delivery::StreamFull(slot.tx.clone(), slot.end.clone(), msg, bytes)
+                            }
+                        }
+                    }
+                },
+            }
+        };
         if matches!(delivery, Delivery::Request(..) | Delivery::Gap(..)) {
             self.note_removal();
         }
@@ -497,8 +686,6 @@ pub struct ResponseFuture<Resp> {
     id: u64,
     /// The request's deadline.
     deadline: Instant,
-    /// Completed by the reader (response), the sweeper (timeout) or the connection (error).
-    rx: oneshot::Receiver<Result<Resp, BackendError>>,
     /// A timer of its own, when the sweeper cannot keep this deadline in order.
     timer: Option<Pin<Box<Sleep>>>,
     /// The backend: where the request is registered (to unregister it on timeout or
@@ -508,14 +695,19 @@ pub struct ResponseFuture<Resp> {
     started: Option<Instant>,
     /// Set once the future has produced its output.
     done: bool,
-    /// The response's frame headers, when the send asked for them.
-    pub(crate) headers: Option<oneshot::Receiver<FrameHeaders>>,
+    /// The response's frame headers once it resolved, when the send asked for them.
+    headers: Option<Box<FrameHeaders>>,
 }
 
 impl<Resp> Drop for ResponseFuture<Resp> {
     fn drop(&mut self) {
-        if !self.done && self.lease.pending().remove(self.id).is_some() {
-            self.lease.cancel(self.id);
+        if self.done {
+            return;
+        }
+        if let Some(Pending::Request(slot)) = self.lease.pending().remove(self.id) {
+            if slot.is_waiting() {
+                self.lease.cancel(self.id);
+            }
         }
     }
 }
@@ -531,12 +723,11 @@ impl<Resp> std::fmt::Debug for ResponseFuture<Resp> {
 }
 
 impl<Resp> ResponseFuture<Resp> {
-    /// A future for request `id`, registered in `table`. With `own_timer` it fails with
-    /// `Timeout` at `deadline` by itself; otherwise the table's sweeper does it.
+    /// A future for request `id`, registered in `lease`'s table. With `own_timer` it
+    /// fails with `Timeout` at `deadline` by itself; otherwise the table's sweeper does it.
     #[inline]
     pub(crate) fn new(
         id: u64,
-        rx: oneshot::Receiver<Result<Resp, BackendError>>,
         deadline: Instant,
         own_timer: bool,
         lease: Arc<dyn Lease<Resp>>,
@@ -544,7 +735,6 @@ impl<Resp> ResponseFuture<Resp> {
         Self {
             id,
             deadline,
-            rx,
             timer: own_timer.then(|| Box::pin(tokio::time::sleep_until(deadline.into()))),
             lease,
             started: crate::metrics::ENABLED.then(Instant::now),
@@ -554,8 +744,9 @@ impl<Resp> ResponseFuture<Resp> {
     }
 
     /// Marks the future done and reports its outcome to the metrics.
-    fn finish(&mut self, result: Result<Resp, BackendError>) -> Poll<Result<Resp, BackendError>> {
+    fn finish(&mut self, (result, headers): Outcome<Resp>) -> Poll<Result<Resp, BackendError>> {
         self.done = true;
+        self.headers = headers;
         if let Some(started) = self.started {
             crate::metrics::request_done(result.as_ref().map(|_| ()), started.elapsed());
         }
@@ -581,12 +772,8 @@ impl<Resp> ResponseFuture<Resp> {
     /// # Errors
     /// As the future itself.
     pub async fn with_headers(mut self) -> Result<(Resp, FrameHeaders), BackendError> {
-        let headers = self.headers.take();
         let response = (&mut self).await?;
-        // Sent before the response, so here now if it was asked for.
-        let headers = headers
-            .and_then(|mut rx| rx.try_recv().ok())
-            .unwrap_or_default();
+        let headers = self.headers.take().map(|h| *h).unwrap_or_default();
         Ok((response, headers))
     }
 }
@@ -606,31 +793,26 @@ impl<Resp> Future for ResponseFuture<Resp> {
         if this.done {
             panic!("ResponseFuture polled after completion");
         }
-        if let Poll::Ready(result) = Pin::new(&mut this.rx).poll(cx) {
-            // The sender is only dropped unsent when the whole backend is torn down.
-            return this.finish(result.unwrap_or(Err(BackendError::BackendClosed)));
+        if let Poll::Ready(outcome) = this.lease.pending().poll_request(this.id, cx) {
+            return this.finish(outcome);
         }
         let timed_out = this
             .timer
             .as_mut()
             .is_some_and(|t| t.as_mut().poll(cx).is_ready());
         if timed_out {
-            match this.lease.pending().remove(this.id) {
-                // Written: its server may still be working on it (cancel extension).
-                Some(crate::pending::Pending::Request(_, epoch, _))
-                    if epoch != crate::pending::UNWRITTEN =>
-                {
-                    this.lease.cancel(this.id);
-                }
-                Some(_) => {}
-                None => {
-                    // The reader already took the entry: its result may be here now.
-                    if let Ok(result) = this.rx.try_recv() {
-                        return this.finish(result);
+            if let Some(Pending::Request(slot)) = this.lease.pending().remove(this.id) {
+                match slot.state {
+                    // The outcome came in since the poll above.
+                    RequestState::Done(outcome) => return this.finish(outcome),
+                    // Written: its server may still be working on it (cancel extension).
+                    RequestState::Waiting(_) if slot.epoch != UNWRITTEN => {
+                        this.lease.cancel(this.id);
                     }
+                    RequestState::Waiting(_) => {}
                 }
             }
-            return this.finish(Err(BackendError::Timeout));
+            return this.finish((Err(BackendError::Timeout), None));
         }
         Poll::Pending
     }
@@ -646,33 +828,118 @@ mod tests {
         table.shards.iter().map(|s| s.lock().deadlines.len()).sum()
     }
 
+    /// Request `id`'s outcome if it is known (then taken), polled without a task.
+    fn outcome(table: &PendingTable<()>, id: u64) -> Option<Result<(), BackendError>> {
+        match table.poll_request(id, &mut Context::from_waker(Waker::noop())) {
+            Poll::Ready((result, _)) => Some(result),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Waits for request `id`'s outcome.
+    async fn outcome_of(table: &PendingTable<()>, id: u64) -> Result<(), BackendError> {
+        std::future::poll_fn(|cx| table.poll_request(id, cx).map(|(result, _)| result)).await
+    }
+
     #[test]
     fn breaking_a_connection_fails_only_what_it_carried() {
         let table = PendingTable::<()>::default();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut rx = std::collections::HashMap::new();
         for id in 1..=3u64 {
-            let (tx, r) = oneshot::channel();
-            table.insert_request(id, tx, deadline, None);
-            rx.insert(id, r);
+            table.insert_request(id, deadline, false);
         }
         // 1 was written on connection 1, 2 on connection 2 (the writer reconnected while
         // connection 1's break was still draining), 3 not yet.
         assert!(table.mark_written(1, 1));
         assert!(table.mark_written(2, 2));
         table.fail_connection(1, &BackendError::BackendClosed);
-        for id in [1, 3] {
-            let got = rx.get_mut(&id).unwrap().try_recv().unwrap();
-            assert!(matches!(got, Err(BackendError::BackendClosed)), "{id}");
-        }
-        assert!(rx.get_mut(&2).unwrap().try_recv().is_err(), "2 still waits");
+        assert_eq!(table.len(), 1, "only 2 still waits");
         assert!(
             !table.mark_written(3, 2),
             "a failed request is not written any more"
         );
+        for id in [1, 3] {
+            let got = outcome(&table, id).expect("failed");
+            assert!(matches!(got, Err(BackendError::BackendClosed)), "{id}");
+        }
+        assert!(outcome(&table, 2).is_none(), "2 still waits");
         assert_eq!(table.len(), 1);
         table.fail_connection(2, &BackendError::BackendClosed);
         assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn an_outcome_waits_in_its_entry_until_its_future_takes_it_and_is_never_replaced() {
+        let table = PendingTable::<()>::default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let budget = ByteBudget::new(1 << 20, None);
+        for id in 1..=3u64 {
+            table.insert_request(id, deadline, id == 2);
+        }
+        assert_eq!(table.len(), 3);
+        for id in [1, 2] {
+            let delivered = table.deliver(id, None, (), FrameHeaders::default, |_| 0, &budget);
+            assert!(
+                matches!(delivered, Delivery::Request(None)),
+                "{id}: not polled yet"
+            );
+        }
+        assert_eq!(table.len(), 1, "answered requests are not pending");
+        // A second answer for the same id, or a failure, does not replace the first.
+        let again = table.deliver(1, None, (), FrameHeaders::default, |_| 0, &budget);
+        assert!(matches!(again, Delivery::Unknown(())));
+        table.fail_all(&BackendError::BackendClosed);
+        assert_eq!(table.len(), 0);
+        assert!(matches!(outcome(&table, 1), Some(Ok(()))));
+        match table.poll_request(2, &mut Context::from_waker(Waker::noop())) {
+            Poll::Ready((Ok(()), Some(_))) => {}
+            _ => panic!("2 answered, with the headers it kept"),
+        }
+        assert!(matches!(
+            outcome(&table, 3),
+            Some(Err(BackendError::BackendClosed))
+        ));
+        // Taken: the entries are gone.
+        assert!(matches!(
+            outcome(&table, 1),
+            Some(Err(BackendError::BackendClosed))
+        ));
+        assert!(table.remove(1).is_none() && table.remove(3).is_none());
+        // An answered request whose future is dropped instead leaves nothing behind.
+        table.insert_request(4, deadline, false);
+        table.deliver(4, None, (), FrameHeaders::default, |_| 0, &budget);
+        assert!(matches!(table.remove(4), Some(Pending::Request(slot)) if !slot.is_waiting()));
+        assert_eq!(table.len(), 0);
+        assert!(table.shards.iter().all(|s| s.lock().done == 0));
+    }
+
+    #[test]
+    fn a_polled_request_is_woken_by_its_outcome() {
+        let table = PendingTable::<()>::default();
+        table.insert_request(1, Instant::now() + Duration::from_secs(60), false);
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(woken.clone());
+        assert!(
+            table
+                .poll_request(1, &mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        table.fail_connection(1, &BackendError::BackendClosed);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            outcome(&table, 1),
+            Some(Err(BackendError::BackendClosed))
+        ));
+    }
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     #[test]
@@ -680,8 +947,7 @@ mod tests {
         let table = PendingTable::<()>::default();
         let deadline = Instant::now() + Duration::from_secs(60);
         for id in 0..100_000u64 {
-            let (tx, _rx) = oneshot::channel();
-            assert!(table.insert_request(id, tx, deadline, None));
+            assert!(table.insert_request(id, deadline, false));
             table.remove(id);
         }
         assert_eq!(table.len(), 0);
@@ -696,11 +962,9 @@ mod tests {
     fn an_earlier_deadline_after_a_later_one_is_not_swept() {
         let table = PendingTable::<()>::default();
         let now = Instant::now();
-        let (tx, _rx) = oneshot::channel();
-        assert!(table.insert_request(0, tx, now + Duration::from_secs(60), None));
-        let (tx, _rx) = oneshot::channel();
+        assert!(table.insert_request(0, now + Duration::from_secs(60), false));
         // Same shard (ids 0 and 16), earlier deadline: the caller keeps its own timer.
-        assert!(!table.insert_request(16, tx, now + Duration::from_millis(1), None));
+        assert!(!table.insert_request(16, now + Duration::from_millis(1), false));
     }
 
     #[tokio::test(start_paused = true)]
@@ -711,15 +975,12 @@ mod tests {
         let started = now();
         // Same shard (ids 0 and 16): the second deadline finds the first queued, so it
         // does not wake the sweeper; the first completes before its deadline.
-        let (tx, _first) = oneshot::channel();
-        assert!(table.insert_request(0, tx, started + Duration::from_millis(50), None));
+        assert!(table.insert_request(0, started + Duration::from_millis(50), false));
         tokio::task::yield_now().await;
-        let (tx, second) = oneshot::channel();
-        assert!(table.insert_request(16, tx, started + Duration::from_millis(80), None));
+        assert!(table.insert_request(16, started + Duration::from_millis(80), false));
         assert!(table.remove(0).is_some());
-        let result = tokio::time::timeout(Duration::from_secs(15), second)
+        let result = tokio::time::timeout(Duration::from_secs(15), outcome_of(&table, 16))
             .await
-            .unwrap()
             .unwrap();
         assert!(matches!(result, Err(BackendError::Timeout)));
         let took = now().duration_since(started);
@@ -734,12 +995,10 @@ mod tests {
     fn a_later_request_is_swept_once_the_earlier_ones_completed() {
         let table = PendingTable::<()>::default();
         let now = Instant::now();
-        let (tx, _rx) = oneshot::channel();
-        assert!(table.insert_request(0, tx, now + Duration::from_secs(60), None));
+        assert!(table.insert_request(0, now + Duration::from_secs(60), false));
         table.remove(0);
-        let (tx, _rx) = oneshot::channel();
         // The completed request's deadline goes first, so the earlier one keeps order.
-        assert!(table.insert_request(16, tx, now + Duration::from_millis(1), None));
+        assert!(table.insert_request(16, now + Duration::from_millis(1), false));
         assert_eq!(deadline_queue_len(&table), 1);
     }
 
@@ -749,16 +1008,12 @@ mod tests {
         let stop = CancellationToken::new();
         tokio::spawn(table.clone().expire(stop.clone(), None));
         let started = now();
-        let mut receivers = Vec::new();
         for id in 0..100u64 {
-            let (tx, rx) = oneshot::channel();
-            table.insert_request(id, tx, started + Duration::from_millis(50), None);
-            receivers.push(rx);
+            table.insert_request(id, started + Duration::from_millis(50), false);
         }
-        for rx in receivers {
-            let result = tokio::time::timeout(Duration::from_secs(15), rx)
+        for id in 0..100u64 {
+            let result = tokio::time::timeout(Duration::from_secs(15), outcome_of(&table, id))
                 .await
-                .unwrap()
                 .unwrap();
             assert!(matches!(result, Err(BackendError::Timeout)));
         }
