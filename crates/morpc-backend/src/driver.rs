@@ -25,7 +25,7 @@ use crate::connection::{BoxReader, BoxWriter};
 use crate::connection::{
     ByteBudget, FrameReader, FrameWriter, ReadLimits, catch_panic, message_bytes, now,
 };
-use crate::pending::{Canceller, Delivery, Pending, PendingTable, StreamItem};
+use crate::pending::{Canceller, Delivery, PendingTable, StreamItem};
 use crate::{Address, BackendConfig, BackendError, ConnectionLost, SendOptions, metrics};
 
 /// Deadline header value of one-way messages, as Go sends them.
@@ -956,7 +956,7 @@ fn dispatch<'a, Req: Message, Resp: Message>(
     let msg = match body {
         FrameBody::Message(msg) => msg,
         FrameBody::Pong(id) => {
-            if let Some(Pending::Ping(tx, _)) = shared.pending.remove(id) {
+            if let Some(tx) = shared.pending.remove_ping(id) {
                 let _ = tx.send(Ok(()));
             }
             return None;

@@ -294,6 +294,23 @@ impl<Resp> PendingTable<Resp> {
         removed
     }
 
+    /// Removes `id` if it is a ping, and returns its waiter: a pong carrying any other
+    /// entry's id (a confused or hostile peer) leaves that entry alone.
+    pub(crate) fn remove_ping(&self, id: u64) -> Option<oneshot::Sender<Result<(), BackendError>>> {
+        let removed = {
+            let mut shard = self.shard(id).lock();
+            match shard.map.get(&id) {
+                Some(Pending::Ping(..)) => match shard.map.remove(&id) {
+                    Some(Pending::Ping(tx, _)) => Some(tx),
+                    _ => unreachable!("the entry just seen"),
+                },
+                _ => None,
+            }
+        };
+        self.note_removal();
+        removed
+    }
+
     /// The outcome of request `id` if it is known (the entry is removed then), or
     /// `Pending` with `cx`'s waker kept to be woken when it is. A request no longer
     /// registered resolves as `BackendClosed` (nothing else removes a waiting request).
@@ -925,6 +942,18 @@ mod tests {
         assert!(matches!(table.remove(4), Some(Pending::Request(slot)) if !slot.is_waiting()));
         assert_eq!(table.len(), 0);
         assert!(table.shards.iter().all(|s| s.lock().done == 0));
+    }
+
+    #[test]
+    fn a_pong_with_a_request_id_leaves_the_request_alone() {
+        let table = PendingTable::<()>::default();
+        table.insert_request(1, Instant::now() + Duration::from_secs(60), false);
+        let (tx, _rx) = oneshot::channel();
+        table.insert(2, Pending::Ping(tx, UNWRITTEN));
+        assert!(table.remove_ping(1).is_none());
+        assert!(outcome(&table, 1).is_none(), "still waiting");
+        assert!(table.remove_ping(2).is_some());
+        assert_eq!(table.len(), 1);
     }
 
     #[test]

@@ -870,6 +870,20 @@ async fn a_fed_message_awaiting_its_answer_waits_for_room_in_a_full_queue() {
 }
 
 #[tokio::test]
+async fn a_pong_carrying_a_request_id_does_not_touch_the_request() {
+    let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
+    let backend = peer.backend(config()).await;
+    let response = within(
+        "the echo after the stray pong",
+        backend.request(msg("pong-first"), SendOptions::new()),
+    )
+    .await
+    .expect("the request still gets its answer");
+    assert_eq!(&response.body[..], b"pong-first");
+    assert_eq!(backend.pending_len(), 0);
+}
+
+#[tokio::test]
 async fn stream_sequence_gap_ends_the_stream_with_a_typed_error() {
     let peer = Peer::tcp(Mode::Echo, CodecConfig::default()).await;
     let backend = peer.backend(config()).await;

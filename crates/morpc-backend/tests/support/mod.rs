@@ -180,7 +180,8 @@ impl Listener {
 }
 
 /// A request whose body is `push:N` makes the peer answer with N numbered responses.
-/// `gap:N` does the same but skips sequence number 2.
+/// `gap:N` does the same but skips sequence number 2. One whose body starts with
+/// `pong-first` is answered with a pong carrying its id first.
 fn push_count(body: &Bytes) -> Option<usize> {
     let n = body
         .strip_prefix(b"push:")
@@ -238,6 +239,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         1
                     };
                     let gap = msg.body.starts_with(b"gap");
+                    // A confused peer: a pong carrying the request's id before its answer.
+                    if msg.body.starts_with(b"pong-first") {
+                        answers.push(Frame::pong(msg.id));
+                    }
                     for _ in 0..count {
                         let mut reply = Frame::message(msg.clone());
                         if frame.stream_seq.is_some() {
