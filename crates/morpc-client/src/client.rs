@@ -319,21 +319,45 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         msg: Req,
         opts: SendOptions,
     ) -> Result<ClientResponse<Resp>, ClientError> {
-        // A name sent to before is looked up in the published names, and a send that
-        // finds a backend with room completes within that one borrow: no lock taken, no
-        // reference count touched. Anything else (no such backend, a first send) looks
-        // the target up under the table's lock, where forgetting unused targets sees it.
-        let (msg, opts) = {
-            let names = self.inner().targets.names();
-            match names.get(address) {
-                Some(target) => match self.try_send_now(target, msg, opts, false) {
-                    Ok(response) => return Ok(response),
-                    Err(Ok(slow)) => (slow.msg, slow.opts),
-                    Err(Err(e)) => return Err(e),
-                },
-                None => (msg, opts),
-            }
-        };
+        match self.send_now(address, msg, opts) {
+            Ok(response) => Ok(response),
+            Err(Ok((msg, opts))) => self.send_looked_up(address, msg, opts).await,
+            Err(Err(e)) => Err(e),
+        }
+    }
+
+    /// The synchronous part of [`send`](RpcClient::send): a name sent to before is looked
+    /// up in the published names, and a send that finds a backend with room completes
+    /// within that one borrow (no lock taken, no reference count touched). Anything else
+    /// (no such backend, a first send) comes back to be looked up under the table's
+    /// lock, where forgetting unused targets sees it.
+    #[inline]
+    #[allow(clippy::result_large_err)]
+    fn send_now(
+        &self,
+        address: &str,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<ClientResponse<Resp>, Result<(Req, SendOptions), ClientError>> {
+        let names = self.inner().targets.names();
+        match names.get(address) {
+            Some(target) => match self.try_send_now(target, msg, opts, false) {
+                Ok(response) => Ok(response),
+                Err(Ok(slow)) => Err(Ok((slow.msg, slow.opts))),
+                Err(Err(e)) => Err(Err(e)),
+            },
+            None => Err(Ok((msg, opts))),
+        }
+    }
+
+    /// The rest of a send [`send_now`](Self::send_now) could not complete: the target
+    /// looked up (or added) under the table's lock, then sent to.
+    async fn send_looked_up(
+        &self,
+        address: &str,
+        msg: Req,
+        opts: SendOptions,
+    ) -> Result<ClientResponse<Resp>, ClientError> {
         let target = self.target_named(address)?;
         self.send_to_target(&target, msg, opts).await
     }
@@ -544,7 +568,14 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         msg: Req,
         opts: SendOptions,
     ) -> Result<Resp, ClientError> {
-        self.send(address, msg, opts).await?.await
+        // The send's synchronous part first, and only its rest (boxed) as a future: the
+        // request's future holds little more than the response's while it waits.
+        let response = match self.send_now(address, msg, opts) {
+            Ok(response) => response,
+            Err(Ok((msg, opts))) => Box::pin(self.send_looked_up(address, msg, opts)).await?,
+            Err(Err(e)) => return Err(e),
+        };
+        response.await
     }
 
     /// Sends a one-way message (no response) to `address`.
