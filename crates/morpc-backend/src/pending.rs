@@ -396,8 +396,9 @@ impl<Resp> PendingTable<Resp> {
     }
 
     /// Records that request or ping `id` is being written on the connection of `epoch`;
-    /// returns whether it is still registered (its waiter may be gone, or a broken
-    /// connection may have failed it, and then it must not be written).
+    /// returns whether it still waits for an answer (its future may be gone, or a broken
+    /// connection or its deadline may have given it an outcome, and then it must not be
+    /// written).
     pub(crate) fn mark_written(&self, id: u64, epoch: u64) -> bool {
         match self.shard(id).lock().map.get_mut(&id) {
             Some(Pending::Request(slot)) => {
