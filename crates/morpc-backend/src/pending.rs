@@ -94,7 +94,8 @@ impl<Resp> RequestSlot<Resp> {
         match &mut self.state {
             RequestState::Waiting(waker) => {
                 let waker = waker.take();
-                let headers = self.keep_headers.then(|| Box::new(headers()));
+                // Headers come with a response; an error has none to keep.
+                let headers = (self.keep_headers && result.is_ok()).then(|| Box::new(headers()));
                 self.state = RequestState::Done((result, headers));
                 *done += 1;
                 Ok(waker)
@@ -191,6 +192,19 @@ pub(crate) struct PendingTable<Resp> {
     removed: Notify,
 }
 
+impl<Resp> Shard<Resp> {
+    /// Removes `id`'s entry, keeping the count of answered requests in step.
+    fn take(&mut self, id: u64) -> Option<Pending<Resp>> {
+        let removed = self.map.remove(&id);
+        if let Some(Pending::Request(slot)) = &removed {
+            if !slot.is_waiting() {
+                self.done -= 1;
+            }
+        }
+        removed
+    }
+}
+
 impl<Resp> Default for PendingTable<Resp> {
     fn default() -> Self {
         Self {
@@ -280,16 +294,7 @@ impl<Resp> PendingTable<Resp> {
     /// Removes `id` and returns what waited on it (a request's entry, with its outcome
     /// if it is known).
     pub(crate) fn remove(&self, id: u64) -> Option<Pending<Resp>> {
-        let removed = {
-            let mut shard = self.shard(id).lock();
-            let removed = shard.map.remove(&id);
-            if let Some(Pending::Request(slot)) = &removed {
-                if !slot.is_waiting() {
-                    shard.done -= 1;
-                }
-            }
-            removed
-        };
+        let removed = self.shard(id).lock().take(id);
         self.note_removal();
         removed
     }
@@ -327,16 +332,13 @@ impl<Resp> PendingTable<Resp> {
                     }
                     Poll::Pending
                 }
-                RequestState::Done(_) => {
-                    shard.done -= 1;
-                    match shard.map.remove(&id) {
-                        Some(Pending::Request(RequestSlot {
-                            state: RequestState::Done(outcome),
-                            ..
-                        })) => Poll::Ready(outcome),
-                        _ => unreachable!("the entry just seen"),
-                    }
-                }
+                RequestState::Done(_) => match shard.take(id) {
+                    Some(Pending::Request(RequestSlot {
+                        state: RequestState::Done(outcome),
+                        ..
+                    })) => Poll::Ready(outcome),
+                    _ => unreachable!("the entry just seen"),
+                },
             },
             _ => Poll::Ready((Err(BackendError::BackendClosed), None)),
         }
