@@ -32,6 +32,16 @@ pub(crate) struct SlowSend<Req> {
     pub(crate) deadline: Instant,
 }
 
+/// What a send that could not complete from the published names hands on to the
+/// lookup under the table's lock (`RpcClient::send_looked_up`).
+pub(crate) enum Unsent<Req> {
+    /// The name was not published: nothing was checked yet.
+    Unknown(Req, SendOptions),
+    /// Admitted by the target's breaker, with no backend with room: the slow path's
+    /// starting point.
+    Admitted(SlowSend<Req>),
+}
+
 /// A send the client and its address's breaker let through (`RpcClient::admit`).
 pub(crate) struct Admitted {
     /// The options, with the deadline resolved.
@@ -321,7 +331,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
     ) -> Result<ClientResponse<Resp>, ClientError> {
         match self.send_now(address, msg, opts) {
             Ok(response) => Ok(response),
-            Err(Ok((msg, opts))) => self.send_looked_up(address, msg, opts).await,
+            Err(Ok(unsent)) => self.send_looked_up(address, unsent).await,
             Err(Err(e)) => Err(e),
         }
     }
@@ -338,28 +348,36 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         address: &str,
         msg: Req,
         opts: SendOptions,
-    ) -> Result<ClientResponse<Resp>, Result<(Req, SendOptions), ClientError>> {
+    ) -> Result<ClientResponse<Resp>, Result<Unsent<Req>, ClientError>> {
         let names = self.inner().targets.names();
         match names.get(address) {
             Some(target) => match self.try_send_now(target, msg, opts, false) {
                 Ok(response) => Ok(response),
-                Err(Ok(slow)) => Err(Ok((slow.msg, slow.opts))),
+                Err(Ok(slow)) => Err(Ok(Unsent::Admitted(slow))),
                 Err(Err(e)) => Err(Err(e)),
             },
-            None => Err(Ok((msg, opts))),
+            None => Err(Ok(Unsent::Unknown(msg, opts))),
         }
     }
 
     /// The rest of a send [`send_now`](Self::send_now) could not complete: the target
-    /// looked up (or added) under the table's lock, then sent to.
+    /// looked up (or added) under the table's lock, then sent to. A send a breaker
+    /// admitted already goes on from there when that is the target's breaker (the
+    /// target it saw may have been forgotten and another added for the name since: then
+    /// it is admitted anew; without breakers, nothing of the admission is the target's).
     async fn send_looked_up(
         &self,
         address: &str,
-        msg: Req,
-        opts: SendOptions,
+        unsent: Unsent<Req>,
     ) -> Result<ClientResponse<Resp>, ClientError> {
         let target = self.target_named(address)?;
-        self.send_to_target(&target, msg, opts).await
+        match unsent {
+            Unsent::Admitted(slow) if slow.outcome.is_for(&target.breaker) => {
+                Box::pin(self.send_slow(&target, slow)).await
+            }
+            Unsent::Admitted(slow) => self.send_to_target(&target, slow.msg, slow.opts).await,
+            Unsent::Unknown(msg, opts) => self.send_to_target(&target, msg, opts).await,
+        }
     }
 
     /// [`send`](RpcClient::send) to a target already looked up.
@@ -572,7 +590,7 @@ impl<Req: Message, Resp: Message> RpcClient<Req, Resp> {
         // request's future holds little more than the response's while it waits.
         let response = match self.send_now(address, msg, opts) {
             Ok(response) => response,
-            Err(Ok((msg, opts))) => Box::pin(self.send_looked_up(address, msg, opts)).await?,
+            Err(Ok(unsent)) => Box::pin(self.send_looked_up(address, unsent)).await?,
             Err(Err(e)) => return Err(e),
         };
         response.await

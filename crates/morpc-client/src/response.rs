@@ -51,6 +51,15 @@ impl Outcome {
         }
     }
 
+    /// Whether this is the bookkeeping of `breaker`'s admission (both none: no breaker).
+    pub(crate) fn is_for(&self, breaker: &Option<Arc<Breaker>>) -> bool {
+        match (&self.breaker, breaker) {
+            (Some(ours), Some(theirs)) => Arc::ptr_eq(ours, theirs),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn map_error(&self, error: ClientError) -> ClientError {
         match error {
             ClientError::Backend(BackendError::BackendClosed)
