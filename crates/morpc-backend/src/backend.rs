@@ -10,7 +10,9 @@ use morpc_codec::{Codec, CodecError, FrameBody, Framing, Message};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{ByteBudget, bounded_capacity, deadline_after, now};
+use crate::connection::{
+    BatchQueue, ByteBudget, OwnedPermit, bounded_capacity, deadline_after, now,
+};
 use crate::driver::{
     CLOSED, ItemBody, ItemKind, ONE_WAY_DEADLINE, OPEN, Shared, UNUSABLE, WriteItem,
 };
@@ -89,7 +91,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
         address: Address,
         config: BackendConfig<Req>,
     ) -> Result<Self, BackendError> {
-        let (queue, rx) = mpsc::channel(bounded_capacity(config.buffer_size));
+        let queue = Arc::new(BatchQueue::new(bounded_capacity(config.buffer_size)));
         let cancel_extension = config.codec.is_cancel_extension();
         let stream_budget = ByteBudget::new(config.max_stream_buffered_bytes, None);
         let queue_budget = ByteBudget::new(config.max_queued_write_bytes, None);
@@ -139,7 +141,7 @@ impl<Req: Message, Resp: Message> Backend<Req, Resp> {
                 .clone()
                 .expire(shared.closed.clone(), shared.canceller.clone()),
         );
-        tokio::spawn(driver::run_writer(shared.clone(), rx, connection));
+        tokio::spawn(driver::run_writer(shared.clone(), connection));
         Ok(Self {
             handle: Arc::new(Handle { shared }),
         })
@@ -555,7 +557,7 @@ pub struct SendPermit<Req, Resp> {
     /// The backend the place is reserved on.
     backend: Backend<Req, Resp>,
     /// The place.
-    permit: mpsc::OwnedPermit<WriteItem<Req>>,
+    permit: OwnedPermit<WriteItem<Req>>,
 }
 
 impl<Req, Resp> std::fmt::Debug for SendPermit<Req, Resp> {
@@ -598,8 +600,17 @@ impl<Req: Message, Resp: Message> SendPermit<Req, Resp> {
             drop(future);
             return Err(SendRejected::of(BackendError::Busy, item));
         }
-        self.permit.send(item);
-        Ok(future)
+        match self.permit.send_or_return(item) {
+            Ok(()) => Ok(future),
+            // Closed since the check above: never written.
+            Err(item) => {
+                drop(future);
+                Err(SendRejected::of(
+                    shared.closed_error(),
+                    shared.uncharge(item),
+                ))
+            }
+        }
     }
 }
 

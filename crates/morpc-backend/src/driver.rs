@@ -16,15 +16,14 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use morpc_codec::{Codec, Frame, FrameBody, FrameHeaders, Message, TraceContext};
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{BoxReader, BoxWriter};
 use crate::connection::{
-    ByteBudget, FrameReader, FrameWriter, ReadLimits, catch_panic, message_bytes, now,
+    BatchQueue, ByteBudget, FrameReader, FrameWriter, ReadLimits, TrySendError, catch_panic,
+    message_bytes, now,
 };
+use crate::connection::{BoxReader, BoxWriter};
 use crate::pending::{Canceller, Delivery, PendingTable, StreamItem};
 use crate::{Address, BackendConfig, BackendError, ConnectionLost, SendOptions, metrics};
 
@@ -162,7 +161,7 @@ pub(crate) struct Shared<Req, Resp> {
     /// Requests, pings and streams waiting for frames.
     pub(crate) pending: Arc<PendingTable<Resp>>,
     /// The bounded send queue, drained by the writer task.
-    pub(crate) queue: mpsc::Sender<WriteItem<Req>>,
+    pub(crate) queue: Arc<BatchQueue<WriteItem<Req>>>,
     /// Source of request, stream and ping ids (from 1).
     pub(crate) next_id: AtomicU64,
     /// Cancelled when the backend is closed or unusable; stops both tasks.
@@ -265,7 +264,7 @@ impl<Req, Resp> Shared<Req, Resp> {
 
     /// Number of queued items.
     pub(crate) fn queue_len(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+        self.queue.len()
     }
 
     /// Queues `item` if there is room now. On failure the item comes back with the
@@ -309,7 +308,7 @@ impl<Req, Resp> Shared<Req, Resp> {
 
     /// Gives back the charge of an item that was not queued after all (the item keeps
     /// the clamped charge as the bytes it takes next time).
-    fn uncharge(&self, item: WriteItem<Req>) -> WriteItem<Req> {
+    pub(crate) fn uncharge(&self, item: WriteItem<Req>) -> WriteItem<Req> {
         self.queue_budget.release(item.charge as usize);
         item
     }
@@ -432,8 +431,9 @@ impl<Req: Message, Resp: Message> Shared<Req, Resp> {
         match waited {
             Ok((charge, Ok(permit))) => {
                 item.charge = charge.keep() as u32;
-                permit.send(item);
-                Ok(())
+                permit
+                    .send_or_return(item)
+                    .map_err(|item| (self.closed_error(), self.uncharge(item)))
             }
             Ok((_, Err(_))) => Err((self.closed_error(), item)),
             Err(_) => Err((BackendError::Busy, item)),
@@ -505,10 +505,9 @@ struct Reconnect {
 /// [`BackendError::Unusable`] and a client's pool replaces the backend.
 pub(crate) async fn run_writer<Req: Message, Resp: Message>(
     shared: Arc<Shared<Req, Resp>>,
-    rx: mpsc::Receiver<WriteItem<Req>>,
     conn: Option<Connection>,
 ) {
-    if let Err(panic) = catch_panic("writer", write_loop(shared.clone(), rx, conn)).await {
+    if let Err(panic) = catch_panic("writer", write_loop(shared.clone(), conn)).await {
         tracing::error!(address = %shared.address, %panic, "backend task panicked; backend unusable");
         shared.mark_unusable();
     }
@@ -517,9 +516,9 @@ pub(crate) async fn run_writer<Req: Message, Resp: Message>(
 /// The writer loop proper.
 async fn write_loop<Req: Message, Resp: Message>(
     shared: Arc<Shared<Req, Resp>>,
-    mut rx: mpsc::Receiver<WriteItem<Req>>,
     mut conn: Option<Connection>,
 ) {
+    let queue = &*shared.queue;
     let batch_size = shared.config.batch_send_size.max(1);
     let mut batch: Vec<WriteItem<Req>> = Vec::with_capacity(batch_size);
     let mut reconnect = Reconnect {
@@ -541,7 +540,7 @@ async fn write_loop<Req: Message, Resp: Message>(
                 conn = None;
                 continue;
             }
-            more = crate::connection::next_batch(&mut rx, &mut batch, batch_size) => more,
+            more = crate::connection::next_batch(queue, &mut batch, batch_size) => more,
         };
         if !more {
             break;
@@ -592,7 +591,7 @@ async fn write_loop<Req: Message, Resp: Message>(
                 shared.touch(now);
                 // The clock is read again only when metrics are compiled in.
                 if metrics::ENABLED {
-                    metrics::batch_written(messages, bytes, rx.len(), now.elapsed());
+                    metrics::batch_written(messages, bytes, queue.len(), now.elapsed());
                 }
             }
             Err(e) => c.state.break_with(&shared, ConnectionLost::from(e)),
@@ -600,12 +599,17 @@ async fn write_loop<Req: Message, Resp: Message>(
     }
 
     // Closed or unusable: nothing queued is written; everything waiting fails.
-    rx.close();
+    // (A batch a stop interrupted before it was written still holds its charges.)
+    queue.close();
     let reason = shared.closed_error();
-    fail_items(&shared, batch.drain(..), &reason);
-    while let Ok(item) = rx.try_recv() {
-        shared.written(item.charge as usize);
-        fail_items(&shared, std::iter::once(item), &reason);
+    loop {
+        for item in batch.drain(..) {
+            shared.written(item.charge as usize);
+            fail_items(&shared, std::iter::once(item), &reason);
+        }
+        if queue.try_recv_many(&mut batch, usize::MAX) == 0 {
+            break;
+        }
     }
     shared.pending.fail_all(&reason);
     if let Some(mut c) = conn {

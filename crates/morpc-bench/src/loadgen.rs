@@ -103,7 +103,8 @@ impl WireArgs {
 /// The arguments of a load-generator run.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Target an external morpc server (TCP or unix:///path) instead of starting one.
+    /// Target an external morpc server (TCP or unix:///path) instead of starting one (with
+    /// `--baseline`: an external baseline server, `serve --baseline`).
     #[arg(long)]
     addr: Option<String>,
     /// Connections.
@@ -342,12 +343,21 @@ pub fn run(mut args: RunArgs, server_command: &[&str]) -> Result<(), Box<dyn std
         )?);
     }
     if !args.no_baseline && !external && args.mode == Mode::Unary || args.baseline {
-        let server = ServerProcess::start(true, &args, server_command)?;
-        let addr = server.addr.clone();
+        // `--baseline --addr A` measures a baseline server already listening at A.
+        let server = match &args.addr {
+            Some(_) if args.baseline => None,
+            _ => Some(ServerProcess::start(true, &args, server_command)?),
+        };
+        let addr = args
+            .addr
+            .clone()
+            .filter(|_| server.is_none())
+            .or_else(|| server.as_ref().map(|s| s.addr.clone()))
+            .unwrap();
         reports.push(measure(
             "baseline",
             &args.plan(),
-            Some(server.pid()),
+            server.as_ref().map(ServerProcess::pid),
             |window| {
                 runtime(args.client_threads).block_on(baseline_load(
                     args.conns,

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use morpc_backend::connection::{
-    ByteBudget, FrameReader, FrameWriter, StreamNumbering, bounded_capacity, catch_panic,
+    BatchQueue, ByteBudget, FrameReader, FrameWriter, StreamNumbering, bounded_capacity,
+    catch_panic,
 };
 use morpc_backend::{BoxReader, BoxWriter};
 use morpc_codec::Message;
 use parking_lot::Mutex;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::ConnControl;
@@ -37,18 +37,19 @@ where
 {
     let config = &shared.config;
     let streams: Streams = Arc::new(Mutex::new(StreamNumbering::new(config.max_streams)));
-    let (tx, rx) = mpsc::channel(bounded_capacity(config.session_buffer_size));
+    let queue = Arc::new(BatchQueue::new(bounded_capacity(
+        config.session_buffer_size,
+    )));
     let budget = Arc::new(ByteBudget::new(
         config.max_queued_write_bytes,
         Some(shared.budget.clone()),
     ));
-    // The writer holds no sender: the queue closes (and a shutdown's flush ends) once
-    // every session clone is gone.
+    // The queue closes (and a shutdown's flush ends) once every session clone is gone.
     let writer_task = tokio::spawn({
         let write = crate::writer::write_loop(
             shared.clone(),
             FrameWriter::new(writer),
-            rx,
+            queue.clone(),
             streams.clone(),
             budget.clone(),
             control.clone(),
@@ -63,7 +64,7 @@ where
         }
     });
     let session = Arc::new(SessionShared {
-        tx,
+        queue,
         remote,
         control: control.clone(),
         write_timeout: config.write_timeout,

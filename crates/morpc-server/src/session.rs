@@ -6,10 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use morpc_backend::connection::ByteBudget;
+use morpc_backend::connection::{BatchQueue, ByteBudget, TrySendError};
 use morpc_codec::{Codec, Frame, Message, TraceContext};
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 
 use crate::control::{ConnControl, NO_EXPIRY};
 use crate::{CloseReason, ServerError};
@@ -32,8 +30,9 @@ const FRAME_HEADER: usize = 64;
 
 /// What every session of one connection shares.
 pub(crate) struct SessionShared<Resp> {
-    /// The connection's bounded response queue, drained by its writer task.
-    pub(crate) tx: mpsc::Sender<Outgoing<Resp>>,
+    /// The connection's bounded response queue, drained by its writer task (closed when
+    /// the last session goes, which ends the writer once it wrote what is queued).
+    pub(crate) queue: Arc<BatchQueue<Outgoing<Resp>>>,
     /// The peer's address, for logs and handlers.
     pub(crate) remote: String,
     /// The connection's close signal and cause.
@@ -62,7 +61,7 @@ impl<Resp: Message> SessionShared<Resp> {
         let Some(charge) = self.budget.try_take(FRAME_HEADER + size) else {
             return Err(Some(frame));
         };
-        match self.tx.try_send(Outgoing {
+        match self.queue.try_send(Outgoing {
             frame,
             charge,
             expiry,
@@ -133,7 +132,7 @@ impl<Resp: Message> SessionShared<Resp> {
                 charge,
                 expiry,
             };
-            match self.tx.send(outgoing).await {
+            match self.queue.send(outgoing).await {
                 // The queued frame holds the charge now; the writer gives it back.
                 Ok(()) => {
                     held.keep();
@@ -147,6 +146,13 @@ impl<Resp: Message> SessionShared<Resp> {
             () = self.control.token.cancelled() => Err(ServerError::SessionClosed),
             r = tokio::time::timeout_at(wait_until.into(), queued) => r.unwrap_or(Err(ServerError::Busy)),
         }
+    }
+}
+
+impl<Resp> Drop for SessionShared<Resp> {
+    fn drop(&mut self) {
+        // No session can queue any more: the writer writes what is queued and ends.
+        self.queue.close();
     }
 }
 

@@ -6,9 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use morpc_backend::connection::{ByteBudget, FrameWriter};
+use morpc_backend::connection::{BatchQueue, ByteBudget, FrameWriter};
 use morpc_codec::{FrameBody, Framing, Message};
-use tokio::sync::mpsc;
 
 use crate::CloseReason;
 use crate::control::{ConnControl, NO_EXPIRY};
@@ -22,7 +21,7 @@ use crate::shared::{ServerShared, Streams};
 pub(crate) async fn write_loop<H, Resp: Message>(
     shared: Arc<ServerShared<H, Resp>>,
     mut writer: FrameWriter,
-    mut rx: mpsc::Receiver<Outgoing<Resp>>,
+    queue: Arc<BatchQueue<Outgoing<Resp>>>,
     streams: Streams,
     budget: Arc<ByteBudget>,
     control: Arc<ConnControl>,
@@ -37,7 +36,7 @@ pub(crate) async fn write_loop<H, Resp: Message>(
         let more = tokio::select! {
             biased;
             () = &mut stopped => break,
-            more = morpc_backend::connection::next_batch(&mut rx, &mut batch, batch_size) => more,
+            more = morpc_backend::connection::next_batch(&queue, &mut batch, batch_size) => more,
         };
         if !more {
             let _ = writer.shutdown().await;
@@ -103,10 +102,14 @@ pub(crate) async fn write_loop<H, Resp: Message>(
             }
         }
     }
-    // What is still queued is dropped with the connection: give its bytes back.
-    rx.close();
-    while let Ok(o) = rx.try_recv() {
-        budget.release(o.charge);
+    // What is still queued is dropped with the connection (and a batch a stop
+    // interrupted before it was encoded): give its bytes back.
+    queue.close();
+    loop {
+        budget.release(batch.drain(..).map(|o| o.charge).sum());
+        if queue.try_recv_many(&mut batch, usize::MAX) == 0 {
+            break;
+        }
     }
 }
 

@@ -8,12 +8,14 @@
 //! The server (`morpc-server`) builds its connections from these pieces; it never
 //! reaches into the client backend's own modules.
 
+mod batch_queue;
 mod budget;
 mod framed;
 mod read_timer;
 mod stream_numbering;
 mod supervise;
 
+pub use batch_queue::{BatchQueue, OwnedPermit, Permit, QueueClosed, TrySendError};
 pub use budget::{ByteBudget, Held, SharedBudget, message_bytes};
 pub use framed::{
     FrameReader, FrameWriter, ReadError, WriteError, is_stall, next_batch, write_chunks,
