@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{
-    BatchQueue, ByteBudget, FrameReader, FrameWriter, ReadLimits, TrySendError, catch_panic,
-    message_bytes, now,
+    BatchQueue, ByteBudget, Cancelled, FrameReader, FrameWriter, ReadLimits, TrySendError,
+    catch_panic, message_bytes, now,
 };
 use crate::connection::{BoxReader, BoxWriter};
 use crate::pending::{Canceller, Delivery, PendingTable, StreamItem};
@@ -453,6 +453,8 @@ pub(crate) struct Connection {
     writer: FrameWriter,
     /// Broken flag and reader stop signal.
     state: Arc<ConnState>,
+    /// The writer's wait for `state`'s token (the connection broken).
+    broken: Cancelled,
     /// The reader task; aborted when the connection is dropped.
     reader: JoinHandle<()>,
 }
@@ -473,6 +475,7 @@ impl Connection {
         *shared.current.lock() = Some(state.clone());
         Self {
             writer: FrameWriter::new(writer),
+            broken: Cancelled::new(&state.token),
             state,
             reader,
         }
@@ -527,16 +530,14 @@ async fn write_loop<Req: Message, Resp: Message>(
         attempts: 0,
         last_error: None,
     };
-    let closed = shared.closed.cancelled();
-    tokio::pin!(closed);
+    let mut closed = Cancelled::new(&shared.closed);
     loop {
         // A connection broken while the writer waits (by its reader, or closed with a
         // stream) is dropped at once, so the peer sees it close.
-        let broken = conn.as_ref().map(|c| c.state.token.clone());
         let more = tokio::select! {
             biased;
             () = &mut closed => break,
-            () = cancelled(broken.as_ref()) => {
+            () = broken(&mut conn) => {
                 conn = None;
                 continue;
             }
@@ -617,10 +618,10 @@ async fn write_loop<Req: Message, Resp: Message>(
     }
 }
 
-/// Resolves when `token` is cancelled; never without one.
-async fn cancelled(token: Option<&CancellationToken>) {
-    match token {
-        Some(token) => token.cancelled().await,
+/// Resolves when the connection breaks; never without one.
+async fn broken(conn: &mut Option<Connection>) {
+    match conn {
+        Some(c) => (&mut c.broken).await,
         None => std::future::pending().await,
     }
 }
@@ -890,8 +891,7 @@ async fn read_loop<Req: Message, Resp: Message>(
         let period = (d / 5).max(std::time::Duration::from_millis(1));
         tokio::time::interval_at(tokio::time::Instant::now() + period, period)
     });
-    let (stopped, closed) = (conn.token.cancelled(), shared.closed.cancelled());
-    tokio::pin!(stopped, closed);
+    let (mut stopped, mut closed) = (Cancelled::new(&conn.token), Cancelled::new(&shared.closed));
     loop {
         let read = tokio::select! {
             biased;

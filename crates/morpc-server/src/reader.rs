@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use morpc_backend::IdBuildHasher;
-use morpc_backend::connection::{ByteBudget, FrameReader, ReadError, bounded_capacity};
+use morpc_backend::connection::{ByteBudget, Cancelled, FrameReader, ReadError, bounded_capacity};
 use morpc_codec::{Codec, CodecError, Frame, FrameBody, FrameHeaders, Message, flags};
 use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
@@ -166,10 +166,10 @@ where
     /// every frame it completed.
     async fn read_until_closed(&mut self) -> CloseReason {
         let (shared, session) = (self.shared, self.session);
-        // Created once: a fresh cancellation future per read costs a waiter registration.
-        let closed = session.control.token.cancelled();
-        let shutdown = shared.shutdown.cancelled();
-        tokio::pin!(closed, shutdown);
+        // Created once: a fresh cancellation future per read costs a waiter registration
+        // (and polling a registered one again a lock: `Cancelled` avoids both).
+        let mut closed = Cancelled::new(&session.control.token);
+        let mut shutdown = Cancelled::new(&shared.shutdown);
         loop {
             let read = tokio::select! {
                 biased;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use morpc_backend::connection::{BatchQueue, ByteBudget, FrameWriter};
+use morpc_backend::connection::{BatchQueue, ByteBudget, Cancelled, FrameWriter};
 use morpc_codec::{FrameBody, Framing, Message};
 
 use crate::CloseReason;
@@ -30,8 +30,7 @@ pub(crate) async fn write_loop<H, Resp: Message>(
     let numbered = shared.codec.framing() == Framing::V07;
     let stall = shared.config.write_timeout;
     let mut batch: Vec<Outgoing<Resp>> = Vec::with_capacity(batch_size);
-    let stopped = control.token.cancelled();
-    tokio::pin!(stopped);
+    let mut stopped = Cancelled::new(&control.token);
     loop {
         let more = tokio::select! {
             biased;

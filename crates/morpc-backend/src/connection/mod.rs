@@ -10,6 +10,7 @@
 
 mod batch_queue;
 mod budget;
+mod cancelled;
 mod framed;
 mod read_timer;
 mod stream_numbering;
@@ -17,6 +18,7 @@ mod supervise;
 
 pub use batch_queue::{BatchQueue, OwnedPermit, Permit, QueueClosed, TrySendError};
 pub use budget::{ByteBudget, Held, SharedBudget, message_bytes};
+pub use cancelled::Cancelled;
 pub use framed::{
     FrameReader, FrameWriter, ReadError, WriteError, is_stall, next_batch, write_chunks,
     yield_to_ready_tasks,
