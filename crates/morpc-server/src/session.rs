@@ -51,7 +51,7 @@ impl<Resp: Message> SessionShared<Resp> {
     /// Queues `frame`, whose message holds `size` bytes (body and payload; 0 for a pong),
     /// if the queue and the budget have room now. Otherwise gives the frame back when
     /// there is no room (`Some`), or drops it when the connection is gone (`None`).
-    #[inline]
+    #[inline(always)]
     fn try_queue(
         &self,
         frame: Frame<Resp>,
@@ -93,6 +93,7 @@ impl<Resp: Message> SessionShared<Resp> {
         match self.queue_or_wait(frame, size, expiry) {
             Ok(()) => Ok(()),
             Err(Queue::Closed) => Err(ServerError::SessionClosed),
+            Err(Queue::Refused(e)) => Err(e),
             Err(Queue::Wait(wait)) => wait.await,
         }
     }
@@ -100,7 +101,7 @@ impl<Resp: Message> SessionShared<Resp> {
     /// Queues `frame` if there is room now; otherwise returns the (boxed) wait for room.
     /// Boxed because it is rare, and inlined it would make every handler's write future
     /// several hundred bytes larger, moved around for every request.
-    #[inline]
+    #[inline(always)]
     fn queue_or_wait(&self, frame: Frame<Resp>, size: usize, expiry: u64) -> Result<(), Queue<'_>> {
         match self.try_queue(frame, size, expiry) {
             Ok(()) => Ok(()),
@@ -160,6 +161,8 @@ impl<Resp> Drop for SessionShared<Resp> {
 enum Queue<'a> {
     /// The connection is gone.
     Closed,
+    /// The frame cannot be sent (the codec's limits).
+    Refused(ServerError),
     /// The queue or the budget is full: await this for room.
     Wait(Pin<Box<dyn Future<Output = Result<(), ServerError>> + Send + 'a>>),
 }
@@ -224,6 +227,11 @@ impl<Resp: Message> ClientSession<Resp> {
     /// for is dropped there (the server logs a warning for ids this connection never
     /// received).
     ///
+    /// The response is queued when `write` is called if there is room (the returned
+    /// future then resolves at once, and dropping it unpolled does not take the response
+    /// back); only a wait for room happens in the future. Keeping the queueing out of
+    /// the future keeps the future a few bytes, so a handler's own future stays small.
+    ///
     /// # Errors
     /// [`ServerError::Busy`] when there was no room until then;
     /// [`ServerError::SessionClosed`] when the connection is gone;
@@ -231,18 +239,24 @@ impl<Resp: Message> ClientSession<Resp> {
     /// cannot carry — answer with something smaller, or return the error from the
     /// handler, which closes the connection so the client learns at once instead of
     /// waiting for its deadline.
-    pub async fn write(&self, response: Resp) -> Result<(), ServerError> {
-        let size = self.shared.codec.check_message(&response)?;
-        // Only the boxed wait lives across the await, keeping this future small.
-        let wait = match self
-            .shared
-            .queue_or_wait(self.frame(response), size, self.expiry)
-        {
-            Ok(()) => return Ok(()),
-            Err(Queue::Closed) => return Err(ServerError::SessionClosed),
-            Err(Queue::Wait(wait)) => wait,
+    pub fn write(
+        &self,
+        response: Resp,
+    ) -> impl Future<Output = Result<(), ServerError>> + Send + '_ {
+        let queued = match self.shared.codec.check_message(&response) {
+            Ok(size) => self
+                .shared
+                .queue_or_wait(self.frame(response), size, self.expiry),
+            Err(e) => Err(Queue::Refused(e.into())),
         };
-        wait.await
+        async move {
+            match queued {
+                Ok(()) => Ok(()),
+                Err(Queue::Closed) => Err(ServerError::SessionClosed),
+                Err(Queue::Refused(e)) => Err(e),
+                Err(Queue::Wait(wait)) => wait.await,
+            }
+        }
     }
 
     /// [`write`](ClientSession::write) with custom header values: each `(name, value)`

@@ -98,7 +98,7 @@ impl<T> BatchQueue<T> {
     ///
     /// # Errors
     /// The item back, as `Full` or `Closed`.
-    #[inline]
+    #[inline(always)]
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
         match self.room.try_acquire() {
             Ok(place) => place.forget(),
@@ -200,7 +200,7 @@ impl<T> BatchQueue<T> {
 
     /// Queues `item` in a place already taken; gives the place and the item back when
     /// the queue is closed.
-    #[inline]
+    #[inline(always)]
     fn push(&self, item: T) -> Result<(), T> {
         let receiver = {
             let mut state = self.state.lock();
