@@ -108,6 +108,23 @@ impl<T> BatchQueue<T> {
         self.push(item).map_err(TrySendError::Closed)
     }
 
+    /// Takes a place now if there is one: the item is built only once it has a place
+    /// (see [`Permit::send_with`]), so a full queue costs no move of it.
+    ///
+    /// # Errors
+    /// `Full(())` or `Closed(())`.
+    #[inline(always)]
+    pub fn try_reserve(&self) -> Result<Permit<'_, T>, TrySendError<()>> {
+        match self.room.try_acquire() {
+            Ok(place) => {
+                place.forget();
+                Ok(Permit { queue: self })
+            }
+            Err(TryAcquireError::NoPermits) => Err(TrySendError::Full(())),
+            Err(TryAcquireError::Closed) => Err(TrySendError::Closed(())),
+        }
+    }
+
     /// Waits for room, then queues `item`. Cancel-safe: a cancelled wait queues nothing.
     ///
     /// # Errors
@@ -263,6 +280,31 @@ impl<T> Permit<'_, T> {
     }
 }
 
+impl<'a, T> Permit<'a, T> {
+    /// Queues the item `make` builds in the place, building it under the queue's lock
+    /// where it is stored (a large item is not moved through the call); `false` (and
+    /// `make` is not called) when the queue closed meanwhile.
+    #[inline(always)]
+    pub fn send_with(self, make: impl FnOnce() -> T) -> bool {
+        let queue = self.queue;
+        std::mem::forget(self);
+        let receiver = {
+            let mut state = queue.state.lock();
+            if state.closed {
+                drop(state);
+                queue.room.add_permits(1);
+                return false;
+            }
+            state.items.push_back(make());
+            state.receiver.take()
+        };
+        if let Some(receiver) = receiver {
+            receiver.wake();
+        }
+        true
+    }
+}
+
 impl<T> Drop for Permit<'_, T> {
     fn drop(&mut self) {
         self.queue.room.add_permits(1);
@@ -381,6 +423,27 @@ mod tests {
         assert_eq!(q.try_recv_many(&mut batch, 1), 1);
         assert_eq!(batch, [1, 2]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn an_item_is_built_only_once_it_has_a_place() {
+        let q = BatchQueue::new(1);
+        let place = q.try_reserve().expect("room for one");
+        assert!(matches!(q.try_reserve(), Err(TrySendError::Full(()))));
+        assert!(place.send_with(|| 1));
+        assert!(matches!(q.try_reserve(), Err(TrySendError::Full(()))));
+        let mut batch = Vec::new();
+        assert_eq!(q.try_recv_many(&mut batch, 8), 1);
+        let place = q.try_reserve().expect("room again");
+        q.close();
+        let mut built = false;
+        assert!(!place.send_with(|| {
+            built = true;
+            2
+        }));
+        assert!(!built, "not built for a closed queue");
+        assert!(matches!(q.try_reserve(), Err(TrySendError::Closed(()))));
+        assert_eq!(batch, [1]);
     }
 
     use std::future::Future;
