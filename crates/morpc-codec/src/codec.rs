@@ -200,6 +200,7 @@ impl Codec {
     ///
     /// # Errors
     /// [`FrameError::ZeroLength`] or [`CodecError::FrameTooLarge`].
+    #[inline]
     pub fn frame_len(&self, src: &[u8]) -> Result<Option<usize>, CodecError> {
         let Some(prefix) = src.get(..LEN_PREFIX) else {
             return Ok(None);

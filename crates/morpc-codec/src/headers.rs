@@ -132,10 +132,12 @@ impl DeadlineHeader {
 }
 
 impl HeaderCodec for DeadlineHeader {
+    #[inline]
     fn encode(&self, headers: &FrameHeaders, dst: &mut BytesMut) {
         dst.put_slice(&Self::bytes(headers));
     }
 
+    #[inline]
     fn decode(&self, src: &[u8], headers: &mut FrameHeaders) -> Result<usize, CodecError> {
         let bytes: [u8; Self::LEN] =
             src.get(..Self::LEN)
@@ -175,10 +177,12 @@ impl TraceHeader {
 }
 
 impl HeaderCodec for TraceHeader {
+    #[inline]
     fn encode(&self, headers: &FrameHeaders, dst: &mut BytesMut) {
         dst.put_slice(&Self::bytes(headers));
     }
 
+    #[inline]
     fn decode(&self, src: &[u8], headers: &mut FrameHeaders) -> Result<usize, CodecError> {
         let truncated = FrameError::Truncated {
             section: "trace header",

@@ -89,16 +89,19 @@ impl Message for RawMessage {
         self.id = id;
     }
 
+    #[inline]
     fn encoded_len(&self) -> usize {
         8 + self.body.len()
     }
 
+    #[inline]
     fn encode(&self, dst: &mut BytesMut) {
         dst.reserve(self.encoded_len());
         dst.put_u64(self.id);
         dst.put_slice(&self.body);
     }
 
+    #[inline]
     fn decode(mut body: Bytes, payload: Option<Bytes>) -> Result<Self, CodecError> {
         if body.len() < 8 {
             return Err(CodecError::InvalidMessage(
@@ -151,14 +154,17 @@ impl Message for OpaqueMessage {
         self.bytes = bytes.freeze();
     }
 
+    #[inline]
     fn encoded_len(&self) -> usize {
         self.bytes.len()
     }
 
+    #[inline]
     fn encode(&self, dst: &mut BytesMut) {
         dst.put_slice(&self.bytes);
     }
 
+    #[inline]
     fn decode(body: Bytes, _payload: Option<Bytes>) -> Result<Self, CodecError> {
         Ok(Self { bytes: body })
     }

@@ -231,10 +231,18 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerRun<F> {
 /// The span a handler runs in: the request's sequence and, when the client sent one, its
 /// propagated trace context (V07 trace header). No span is built while nothing listens
 /// at debug level.
+#[inline]
 fn handler_span<Req>(request: &Request<Req>, server: &str) -> tracing::Span {
     if !tracing::level_enabled!(tracing::Level::DEBUG) {
         return tracing::Span::none();
     }
+    debug_span(request, server)
+}
+
+/// The span of [`handler_span`] when debug spans are enabled (out of line: the common
+/// case only pays the level check).
+#[inline(never)]
+fn debug_span<Req>(request: &Request<Req>, server: &str) -> tracing::Span {
     if request.trace.is_empty() {
         return tracing::debug_span!("morpc.handle", server, sequence = request.sequence);
     }
