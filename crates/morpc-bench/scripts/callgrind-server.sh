@@ -3,13 +3,16 @@
 # `morpc-bench serve` runs under callgrind, the load generator natively against it.
 #
 #   crates/morpc-bench/scripts/callgrind-server.sh path/to/morpc-bench [more builds ...]
+#   LOADS="--mode oneway --inflight 16" crates/morpc-bench/scripts/callgrind-server.sh BENCH
 #
+# LOADS is a `|`-separated list of load arguments (default: 16 and 256 in flight).
 # Prints, per build and load, the requests answered and the server's instructions per
 # request (the counters are zeroed once the server listens, dumped after the load).
 set -euo pipefail
 port=19500
 for bench in "$@"; do
-  for load in "--inflight 16" "--inflight 256"; do
+  IFS='|' read -r -a loads <<<"${LOADS:---inflight 16|--inflight 256}"
+  for load in "${loads[@]}"; do
     port=$((port + 1))
     out=$(mktemp -d)
     valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" \
