@@ -273,6 +273,27 @@ async fn write_filter_drops_responses() {
     assert_echoes(&backend, "public").await;
 }
 
+/// `ClientSession::write` queues when it is called (its future only waits for room): a
+/// handler that drops the future unpolled still answers.
+#[tokio::test]
+async fn a_write_with_room_is_queued_even_if_its_future_is_never_polled() {
+    let handler = |req: Request<RawMessage>, session: ClientSession<RawMessage>| async move {
+        drop(session.write(req.message));
+        Ok::<_, HandlerError>(())
+    };
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new(), handler)
+        .await
+        .unwrap();
+    let backend = client(&server).await;
+    let reply = within(
+        "the answer",
+        backend.request(msg("queued"), SendOptions::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.body, "queued");
+}
+
 #[tokio::test]
 async fn concurrent_handlers_run_together_when_configured() {
     // Four handlers that each wait for all four to have started: only possible when
