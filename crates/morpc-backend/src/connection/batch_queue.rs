@@ -239,22 +239,36 @@ impl<T> BatchQueue<T> {
 /// Moves up to `max` items from `queued` to `batch`. When `batch` is empty and
 /// everything fits, the two buffers trade places (no item is copied, both keep their
 /// capacity); otherwise the items taken are moved once, and the rest stay where they are.
+///
+/// A buffer a burst grew beyond a few batches is not kept once it is empty: the one the
+/// receiver hands back is replaced by a small one, and the queue's own is shrunk when
+/// it empties (idle connections keep a few batches' worth, not their largest burst).
 #[inline]
 fn take<T>(queued: &mut VecDeque<T>, batch: &mut Vec<T>, max: usize) -> usize {
     let n = queued.len().min(max);
     if n == 0 {
         return 0;
     }
+    let keep = max.saturating_mul(4).max(MIN_KEPT);
     if n == queued.len() && batch.is_empty() {
+        let mut spare = std::mem::take(batch);
+        if spare.capacity() > keep {
+            spare = Vec::with_capacity(max.min(keep));
+        }
         // Both conversions are O(1) for a deque that starts at its buffer's front (the
         // usual case: it was a `Vec` the last time); otherwise its items are rotated once.
-        let empty = VecDeque::from(std::mem::take(batch));
-        *batch = Vec::from(std::mem::replace(queued, empty));
+        *batch = Vec::from(std::mem::replace(queued, VecDeque::from(spare)));
     } else {
         batch.extend(queued.drain(..n));
+        if queued.is_empty() && queued.capacity() > keep {
+            queued.shrink_to(max.min(keep));
+        }
     }
     n
 }
+
+/// Items a queue's buffers keep room for at least, whatever the batch size.
+const MIN_KEPT: usize = 64;
 
 /// A place held in a [`BatchQueue`], from [`reserve`](BatchQueue::reserve).
 pub struct Permit<'a, T> {
@@ -444,6 +458,36 @@ mod tests {
         assert!(!built, "not built for a closed queue");
         assert!(matches!(q.try_reserve(), Err(TrySendError::Closed(()))));
         assert_eq!(batch, [1]);
+    }
+
+    /// After a burst, an idle queue keeps room for a few batches, not for the burst.
+    #[test]
+    fn a_burst_does_not_stay_allocated() {
+        let q = BatchQueue::new(10_000);
+        for i in 0..5_000 {
+            q.try_send(i).unwrap();
+        }
+        let mut batch = Vec::new();
+        let mut seen = 0;
+        while seen < 5_000 {
+            let n = q.try_recv_many(&mut batch, 64);
+            assert!(n > 0);
+            seen += n;
+            batch.clear();
+        }
+        // Traffic goes on, one item at a time: the grown buffers cycle through `take`.
+        for i in 0..4 {
+            q.try_send(i).unwrap();
+            assert_eq!(q.try_recv_many(&mut batch, 64), 1);
+            batch.clear();
+        }
+        let kept = q.state.lock().items.capacity();
+        assert!(kept <= 4 * 64, "the queue keeps room for {kept} items");
+        assert!(
+            batch.capacity() <= 4 * 64,
+            "the batch keeps room for {}",
+            batch.capacity()
+        );
     }
 
     use std::future::Future;
