@@ -601,16 +601,11 @@ async fn write_loop<Req: Message, Resp: Message>(
 
     // Closed or unusable: nothing queued is written; everything waiting fails.
     // (A batch a stop interrupted before it was written still holds its charges.)
-    queue.close();
+    queue.close_and_take(&mut batch);
     let reason = shared.closed_error();
-    loop {
-        for item in batch.drain(..) {
-            shared.written(item.charge as usize);
-            fail_items(&shared, std::iter::once(item), &reason);
-        }
-        if queue.try_recv_many(&mut batch, usize::MAX) == 0 {
-            break;
-        }
+    for item in batch.drain(..) {
+        shared.written(item.charge as usize);
+        fail_items(&shared, std::iter::once(item), &reason);
     }
     shared.pending.fail_all(&reason);
     if let Some(mut c) = conn {

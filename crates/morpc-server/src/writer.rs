@@ -103,13 +103,8 @@ pub(crate) async fn write_loop<H, Resp: Message>(
     }
     // What is still queued is dropped with the connection (and a batch a stop
     // interrupted before it was encoded): give its bytes back.
-    queue.close();
-    loop {
-        budget.release(batch.drain(..).map(|o| o.charge).sum());
-        if queue.try_recv_many(&mut batch, usize::MAX) == 0 {
-            break;
-        }
-    }
+    queue.close_and_take(&mut batch);
+    budget.release(batch.drain(..).map(|o| o.charge).sum());
 }
 
 /// Gives each response to a known stream id the stream's next sequence number.

@@ -30,7 +30,7 @@ pub struct BatchQueue<T> {
     /// The queued items, the receiver's waker, whether closed.
     state: Mutex<State<T>>,
     /// Free places: taken by a send, given back when the receiver takes items.
-    room: Arc<Semaphore>,
+    room: Semaphore,
     /// Places in all.
     capacity: usize,
 }
@@ -69,7 +69,7 @@ impl<T> BatchQueue<T> {
                 receiver: None,
                 closed: false,
             }),
-            room: Arc::new(Semaphore::new(capacity)),
+            room: Semaphore::new(capacity),
             capacity,
         }
     }
@@ -100,12 +100,11 @@ impl<T> BatchQueue<T> {
     /// The item back, as `Full` or `Closed`.
     #[inline(always)]
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
-        match self.room.try_acquire() {
-            Ok(place) => place.forget(),
-            Err(TryAcquireError::NoPermits) => return Err(TrySendError::Full(item)),
-            Err(TryAcquireError::Closed) => return Err(TrySendError::Closed(item)),
+        match self.try_reserve() {
+            Ok(place) => place.send_or_return(item).map_err(TrySendError::Closed),
+            Err(TrySendError::Full(())) => Err(TrySendError::Full(item)),
+            Err(TrySendError::Closed(())) => Err(TrySendError::Closed(item)),
         }
-        self.push(item).map_err(TrySendError::Closed)
     }
 
     /// Takes a place now if there is one: the item is built only once it has a place
@@ -206,6 +205,14 @@ impl<T> BatchQueue<T> {
         std::future::poll_fn(|cx| self.poll_recv_many(cx, batch, max)).await
     }
 
+    /// [`close`](BatchQueue::close)s the queue and moves everything still queued to
+    /// `batch`: for a receiver that stops, to account for what it will never write
+    /// (nothing can be queued after the close, so one call takes it all).
+    pub fn close_and_take(&self, batch: &mut Vec<T>) {
+        self.close();
+        self.try_recv_many(batch, usize::MAX);
+    }
+
     /// Moves up to `max` queued items to `batch` without waiting; how many it moved.
     pub fn try_recv_many(&self, batch: &mut Vec<T>, max: usize) -> usize {
         let taken = take(&mut self.state.lock().items, batch, max);
@@ -219,14 +226,21 @@ impl<T> BatchQueue<T> {
     /// the queue is closed.
     #[inline(always)]
     fn push(&self, item: T) -> Result<(), T> {
+        self.push_with(|| item).map_err(|make| make())
+    }
+
+    /// Queues the item `make` builds (under the lock, where it is stored) in a place
+    /// already taken; gives the place back, and `make` uncalled, when the queue is closed.
+    #[inline(always)]
+    fn push_with<F: FnOnce() -> T>(&self, make: F) -> Result<(), F> {
         let receiver = {
             let mut state = self.state.lock();
             if state.closed {
                 drop(state);
                 self.room.add_permits(1);
-                return Err(item);
+                return Err(make);
             }
-            state.items.push_back(item);
+            state.items.push_back(make());
             state.receiver.take()
         };
         if let Some(receiver) = receiver {
@@ -302,20 +316,7 @@ impl<'a, T> Permit<'a, T> {
     pub fn send_with(self, make: impl FnOnce() -> T) -> bool {
         let queue = self.queue;
         std::mem::forget(self);
-        let receiver = {
-            let mut state = queue.state.lock();
-            if state.closed {
-                drop(state);
-                queue.room.add_permits(1);
-                return false;
-            }
-            state.items.push_back(make());
-            state.receiver.take()
-        };
-        if let Some(receiver) = receiver {
-            receiver.wake();
-        }
-        true
+        queue.push_with(make).is_ok()
     }
 }
 
@@ -412,6 +413,25 @@ mod tests {
         assert_eq!(q.poll_recv_many(&mut noop(), &mut batch, 8), Poll::Ready(1));
         assert_eq!(q.poll_recv_many(&mut noop(), &mut batch, 8), Poll::Ready(0));
         assert_eq!(batch, ["a"]);
+    }
+
+    #[test]
+    fn close_and_take_hands_over_everything_and_nothing_follows() {
+        let q = BatchQueue::new(8);
+        let mut batch = vec![0];
+        for i in 1..4 {
+            q.try_send(i).unwrap();
+        }
+        let held = q.try_reserve().expect("room");
+        q.close_and_take(&mut batch);
+        assert_eq!(batch, [0, 1, 2, 3]);
+        assert!(
+            !held.send_with(|| 4),
+            "a place held across the close is refused"
+        );
+        assert!(matches!(q.try_send(5), Err(TrySendError::Closed(5))));
+        assert_eq!(q.try_recv_many(&mut batch, 8), 0);
+        assert!(q.is_empty(), "every place is given back");
     }
 
     #[test]
