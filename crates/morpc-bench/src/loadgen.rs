@@ -260,6 +260,24 @@ fn run_in_process(
     Ok(reports)
 }
 
+/// The server at `external` when there is one, else a server process of our own (the
+/// baseline's with `baseline`), and the address to load.
+fn server_or_external(
+    external: Option<&str>,
+    baseline: bool,
+    args: &RunArgs,
+    server_command: &[&str],
+) -> Result<(Option<ServerProcess>, String), Box<dyn std::error::Error>> {
+    Ok(match external {
+        Some(addr) => (None, addr.to_owned()),
+        None => {
+            let server = ServerProcess::start(baseline, args, server_command)?;
+            let addr = server.addr.clone();
+            (Some(server), addr)
+        }
+    })
+}
+
 /// A server child process; killed on drop.
 struct ServerProcess {
     child: Child,
@@ -326,15 +344,8 @@ pub fn run(mut args: RunArgs, server_command: &[&str]) -> Result<(), Box<dyn std
     let mut reports = Vec::new();
     let external = args.addr.is_some();
     if !args.baseline {
-        let server = match &args.addr {
-            Some(_) => None,
-            None => Some(ServerProcess::start(false, &args, server_command)?),
-        };
-        let addr = args
-            .addr
-            .clone()
-            .or_else(|| server.as_ref().map(|s| s.addr.clone()))
-            .unwrap();
+        let (server, addr) =
+            server_or_external(args.addr.as_deref(), false, &args, server_command)?;
         reports.push(measure(
             "morpc",
             &args.plan(),
@@ -343,17 +354,9 @@ pub fn run(mut args: RunArgs, server_command: &[&str]) -> Result<(), Box<dyn std
         )?);
     }
     if !args.no_baseline && !external && args.mode == Mode::Unary || args.baseline {
-        // `--baseline --addr A` measures a baseline server already listening at A.
-        let server = match &args.addr {
-            Some(_) if args.baseline => None,
-            _ => Some(ServerProcess::start(true, &args, server_command)?),
-        };
-        let addr = args
-            .addr
-            .clone()
-            .filter(|_| server.is_none())
-            .or_else(|| server.as_ref().map(|s| s.addr.clone()))
-            .unwrap();
+        // Here only with `--baseline` when `--addr` is given: then `--addr` is a
+        // baseline server already listening (`serve --baseline`).
+        let (server, addr) = server_or_external(args.addr.as_deref(), true, &args, server_command)?;
         reports.push(measure(
             "baseline",
             &args.plan(),
