@@ -408,9 +408,12 @@ enum AnyStream {
 impl Conn {
     /// Opens one connection through `layer` (connected before the run).
     async fn open(layer: Layer, args: &RunArgs, addr: &str) -> Self {
-        let config = BackendConfig::new()
+        let mut config = BackendConfig::new()
             .codec(args.wire.codec())
             .connect_on_create(true);
+        if let Some(batch) = args.batch {
+            config = config.batch_send_size(batch);
+        }
         match layer {
             Layer::Client => {
                 let client_config = ClientConfig::new()
