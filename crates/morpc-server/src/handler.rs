@@ -135,70 +135,95 @@ where
     }
 }
 
-/// Starts the handler for one request. The returned future resolves to `Ok` or to the
-/// connection's close reason for a handler error or panic. Inlined: a `Request` (200
-/// bytes) passed into a call is copied once more.
+/// The future of the handler's `handle` for `request`. A function of its own: its
+/// declared `Send` is what lets a task hold the future across an await (proving it
+/// through the trait's opaque return type trips over the handler's lifetimes).
 #[inline(always)]
-pub(crate) fn run_handler<Req, Resp, H>(
+pub(crate) fn start_handler<Req, Resp, H>(
     shared: &crate::shared::ServerShared<H, Resp>,
     request: Request<Req>,
     session: ClientSession<Resp>,
-) -> HandlerRun<impl Future<Output = Result<(), HandlerError>> + Send>
+) -> impl Future<Output = Result<(), HandlerError>> + Send
 where
     Req: Message,
     Resp: Message,
     H: Handler<Req, Resp>,
 {
-    // The clock is read (and the name's count taken) only when metrics are compiled in.
-    let metered = metrics::ENABLED.then(|| (Instant::now(), shared.name.clone()));
-    let span = handler_span(&request, &shared.name);
-    let expires = if shared.config.auto_cancel {
-        request.deadline
-    } else {
-        None
-    };
-    HandlerRun {
-        handler: shared.handler.handle(request, session),
-        span,
-        metered,
-        expires,
-        timer: None,
+    shared.handler.handle(request, session)
+}
+
+/// What a handler's run keeps besides the handler's future, taken from its request
+/// before the handler takes the request, so that the handler's future can be pinned
+/// where it is built and run from there.
+pub(crate) struct RunSetup {
+    span: tracing::Span,
+    metered: Option<(Instant, metrics::Server)>,
+    expires: Option<Instant>,
+}
+
+impl RunSetup {
+    /// The setup of a run of `request`'s handler.
+    #[inline(always)]
+    pub(crate) fn of<Req, H, Resp>(
+        shared: &crate::shared::ServerShared<H, Resp>,
+        request: &Request<Req>,
+    ) -> Self {
+        // The clock is read (and the name's count taken) only when metrics are compiled in.
+        Self {
+            metered: metrics::ENABLED.then(|| (Instant::now(), shared.name.clone())),
+            span: handler_span(request, &shared.name),
+            expires: if shared.config.auto_cancel {
+                request.deadline
+            } else {
+                None
+            },
+        }
+    }
+
+    /// The run of `handler`, a handler's future pinned where it was built.
+    #[inline(always)]
+    pub(crate) fn run<F>(self, handler: Pin<&mut F>) -> HandlerRun<'_, F> {
+        HandlerRun {
+            handler,
+            span: self.span,
+            metered: self.metered,
+            expires: self.expires,
+            timer: None,
+        }
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A running handler: polled inside its span, a panic caught, stopped at its
-    /// request's deadline (`auto_cancel`), the outcome recorded.
-    ///
-    /// One future instead of `catch_unwind().instrument()` around an `async fn`: each of
-    /// those layers moved the whole handler future once more for every request (a quarter
-    /// of the server's CPU went to those copies).
-    pub(crate) struct HandlerRun<F> {
-        #[pin]
-        handler: F,
-        span: tracing::Span,
-        // When it started and the server's name, with metrics compiled in.
-        metered: Option<(Instant, metrics::Server)>,
-        // The deadline at which the handler is stopped (`auto_cancel`).
-        expires: Option<Instant>,
-        // Its timer, armed only once the handler waits: most finish on their first poll.
-        timer: Option<Pin<Box<Sleep>>>,
-    }
+/// A running handler: polled inside its span, a panic caught, stopped at its request's
+/// deadline (`auto_cancel`), the outcome recorded.
+///
+/// One future instead of `catch_unwind().instrument()` around an `async fn`: each of
+/// those layers moved the whole handler future once more for every request (a quarter of
+/// the server's CPU went to those copies). It holds the handler's future by reference,
+/// pinned where it was built, which saves one more such move.
+pub(crate) struct HandlerRun<'a, F> {
+    handler: Pin<&'a mut F>,
+    span: tracing::Span,
+    // When it started and the server's name, with metrics compiled in.
+    metered: Option<(Instant, metrics::Server)>,
+    // The deadline at which the handler is stopped (`auto_cancel`).
+    expires: Option<Instant>,
+    // Its timer, armed only once the handler waits: most finish on their first poll.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerRun<F> {
+impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerRun<'_, F> {
     type Output = Result<(), CloseReason>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
         let polled = {
             let _entered = this.span.enter();
-            let handler = this.handler;
+            let handler = this.handler.as_mut();
             std::panic::catch_unwind(AssertUnwindSafe(|| handler.poll(cx)))
         };
         let outcome = match polled {
             Ok(Poll::Pending) => {
-                let Some(at) = *this.expires else {
+                let Some(at) = this.expires else {
                     return Poll::Pending;
                 };
                 let timer = this
@@ -207,10 +232,11 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerRun<F> {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                // Nobody waits for the answer: the handler is dropped with this future.
+                // Nobody waits for the answer: the handler is dropped where it was pinned,
+                // once this returns.
                 let _entered = this.span.enter();
                 tracing::debug!("handler stopped: its request's deadline passed");
-                if let Some((_, server)) = this.metered {
+                if let Some((_, server)) = &this.metered {
                     metrics::request_expired(server, true);
                 }
                 return Poll::Ready(Ok(()));
@@ -221,7 +247,7 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerRun<F> {
                 panic_message(panic.as_ref()).into(),
             )),
         };
-        if let Some((started, server)) = this.metered {
+        if let Some((started, server)) = &this.metered {
             metrics::handler_done(server, &outcome, started.elapsed());
         }
         Poll::Ready(outcome)

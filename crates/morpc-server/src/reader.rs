@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::control::{ConnControl, NO_EXPIRY};
-use crate::handler::run_handler;
+use crate::handler::{RunSetup, start_handler};
 use crate::metrics;
 use crate::session::SessionShared;
 use crate::shared::{ServerShared, Streams};
@@ -298,8 +298,11 @@ where
             };
             let client = ClientSession::new(session.clone(), expiry, trace);
             if shared.config.concurrency <= 1 {
-                // Built in place: every move of a handler's future is a `memcpy`.
-                let mut handler = std::pin::pin!(run_handler(shared, request, client));
+                // The handler's future pinned where it is built, and run through a
+                // reference: every move of it is a `memcpy` of the request and more.
+                let setup = RunSetup::of(shared, &request);
+                let future = std::pin::pin!(start_handler(shared, request, client));
+                let mut handler = std::pin::pin!(setup.run(future));
                 // Most handlers finish without waiting: poll once before setting up the
                 // read-ahead (the task's own waker is registered if it does not finish).
                 let first = std::future::poll_fn(|cx| Poll::Ready(handler.as_mut().poll(cx))).await;
@@ -427,10 +430,13 @@ where
         let closed = session.control.token.clone();
         let handle = self.running.spawn(async move {
             let _permit = permit;
+            // As in order: the run holds a reference to the pinned handler's future.
+            let setup = RunSetup::of(&shared, &request);
+            let handler = std::pin::pin!(start_handler(&shared, request, client));
             tokio::select! {
                 biased;
                 () = closed.cancelled() => Ok(()),
-                outcome = run_handler(&shared, request, client) => outcome,
+                outcome = setup.run(handler) => outcome,
             }
         });
         if self.handlers.len() >= self.prune_at {
