@@ -422,6 +422,49 @@ async fn survives_a_server_restart_without_a_new_client() {
 }
 
 #[tokio::test]
+async fn close_fails_request_calls_in_flight_with_client_closed() {
+    // As above, for `request` calls the server already has (not `send` futures): they
+    // fail with `ClientClosed`, not with their backend's `BackendClosed`.
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let arrived = arrived.clone();
+        move |_req: Request<RawMessage>, _session: ClientSession<RawMessage>| {
+            arrived.fetch_add(1, Ordering::SeqCst);
+            async move {
+                std::future::pending::<()>().await;
+                Ok::<_, HandlerError>(())
+            }
+        }
+    };
+    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new().concurrency(64), handler)
+        .await
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let c = client(ClientConfig::new()).await;
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let (c, addr) = (c.clone(), addr.clone());
+            tokio::spawn(async move {
+                c.request(&addr, msg(format!("{i}")), SendOptions::timeout(LONG))
+                    .await
+            })
+        })
+        .collect();
+    eventually("the server has every request", || {
+        arrived.load(Ordering::SeqCst) == 20
+    })
+    .await;
+    c.close();
+    for request in requests {
+        let result = within("request failure", request).await.unwrap();
+        assert!(
+            matches!(result, Err(ClientError::ClientClosed)),
+            "{result:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn close_fails_pending_requests_with_client_closed() {
     let handler = |_req: Request<RawMessage>, _session: ClientSession<RawMessage>| async move {
         std::future::pending::<()>().await;
