@@ -421,10 +421,8 @@ async fn survives_a_server_restart_without_a_new_client() {
     assert_eq!(answered.expect("answered after the restart").body, "after");
 }
 
-#[tokio::test]
-async fn close_fails_request_calls_in_flight_with_client_closed() {
-    // As above, for `request` calls the server already has (not `send` futures): they
-    // fail with `ClientClosed`, not with their backend's `BackendClosed`.
+/// A server whose handlers never answer, counting the requests that reach it.
+async fn silent_server() -> (RpcServer, String, Arc<AtomicUsize>) {
     let arrived = Arc::new(AtomicUsize::new(0));
     let handler = {
         let arrived = arrived.clone();
@@ -440,6 +438,39 @@ async fn close_fails_request_calls_in_flight_with_client_closed() {
         .await
         .unwrap();
     let addr = server.local_addr().to_string();
+    (server, addr, arrived)
+}
+
+#[tokio::test]
+async fn close_fails_pending_requests_with_client_closed() {
+    let (_server, addr, _) = silent_server().await;
+    let c = client(ClientConfig::new()).await;
+    let mut pending = Vec::new();
+    for i in 0..20 {
+        pending.push(
+            c.send(&addr, msg(format!("{i}")), SendOptions::timeout(LONG))
+                .await
+                .unwrap(),
+        );
+    }
+    c.close();
+    c.close();
+    for f in pending {
+        let err = within("pending failure", f).await.unwrap_err();
+        assert!(matches!(err, ClientError::ClientClosed), "{err:?}");
+    }
+    let err = c
+        .request(&addr, msg("late"), SendOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::ClientClosed), "{err:?}");
+}
+
+#[tokio::test]
+async fn close_fails_request_calls_in_flight_with_client_closed() {
+    // As above, for `request` calls the server already has (not `send` futures): they
+    // fail with `ClientClosed`, not with their backend's `BackendClosed`.
+    let (_server, addr, arrived) = silent_server().await;
     let c = client(ClientConfig::new()).await;
     let requests: Vec<_> = (0..20)
         .map(|i| {
@@ -462,38 +493,6 @@ async fn close_fails_request_calls_in_flight_with_client_closed() {
             "{result:?}"
         );
     }
-}
-
-#[tokio::test]
-async fn close_fails_pending_requests_with_client_closed() {
-    let handler = |_req: Request<RawMessage>, _session: ClientSession<RawMessage>| async move {
-        std::future::pending::<()>().await;
-        Ok::<_, HandlerError>(())
-    };
-    let server = RpcServer::start("127.0.0.1:0", ServerConfig::new().concurrency(64), handler)
-        .await
-        .unwrap();
-    let addr = server.local_addr().to_string();
-    let c = client(ClientConfig::new()).await;
-    let mut pending = Vec::new();
-    for i in 0..20 {
-        pending.push(
-            c.send(&addr, msg(format!("{i}")), SendOptions::timeout(LONG))
-                .await
-                .unwrap(),
-        );
-    }
-    c.close();
-    c.close();
-    for f in pending {
-        let err = within("pending failure", f).await.unwrap_err();
-        assert!(matches!(err, ClientError::ClientClosed), "{err:?}");
-    }
-    let err = c
-        .request(&addr, msg("late"), SendOptions::new())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ClientError::ClientClosed), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
